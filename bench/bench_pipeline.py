@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Times the default tl_keras pipeline against the classic Keras transfer recipe, same run.
+
+The classic recipe (keras/examples/mnist_transfer_cnn.py): conv32-conv32 CNN, Adadelta lr=1.0,
+batch 128, 5 epochs on digits 0-4, convolutions frozen, 5 epochs on digits 5-9. Both run as
+fresh processes on the same full MNIST, one after the other, so the wall times include
+TensorFlow start-up, data loading and saving. Writes a JSON report and prints the ratio.
+
+  python bench/bench_pipeline.py --data_dir=../shared/datasets
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(HERE)
+
+
+def classic_recipe(data_dir):
+  """Runs the classic recipe in this process; returns its accuracies and training times."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top
+
+  keras.utils.set_random_seed(1)
+  with np.load(os.path.join(data_dir, "mnist.npz")) as mnist:
+    x_train, y_train, x_test, y_test = (mnist[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+
+  def subset(x, y, low):
+    keep = (y >= low) & (y < low + 5)
+    return x[keep][..., None].astype("float32") / 255.0, y[keep] - low
+
+  layers = keras.layers
+  feature_layers = [layers.Conv2D(32, 3, activation="relu", input_shape=(28, 28, 1)),
+                    layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2),
+                    layers.Dropout(0.25), layers.Flatten()]
+  classification_layers = [layers.Dense(128, activation="relu"), layers.Dropout(0.5),
+                           layers.Dense(5, activation="softmax")]
+  model = keras.Sequential(feature_layers + classification_layers)
+  result = {}
+  for stage, low in (("source", 0), ("target", 5)):
+    if stage == "target":
+      for layer in feature_layers:
+        layer.trainable = False
+    model.compile(keras.optimizers.Adadelta(learning_rate=1.0),
+                  "sparse_categorical_crossentropy", ["accuracy"])
+    x, y = subset(x_train, y_train, low)
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=128, epochs=5, verbose=0)
+    result[f"{stage}_train_seconds"] = round(time.perf_counter() - start, 2)
+    result[f"{stage}_test_accuracy"] = float(model.evaluate(*subset(x_test, y_test, low),
+                                                            verbose=0)[1])
+  return result
+
+
+def timed(command, env=None):
+  start = time.perf_counter()
+  completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+  seconds = time.perf_counter() - start
+  if completed.returncode:
+    sys.exit(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
+  return seconds, completed.stdout
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--data_dir", default=os.environ.get("TL_KERAS_DATA_DIR",
+                                                           os.path.join(REPO_ROOT, "..", "shared",
+                                                                        "datasets")))
+  parser.add_argument("--output", default=os.path.join(HERE, "results", "pipeline.json"))
+  parser.add_argument("--classic_only", action="store_true", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.classic_only:
+    print(json.dumps(classic_recipe(args.data_dir)))
+    return
+
+  with tempfile.TemporaryDirectory() as output_dir:
+    env = dict(os.environ, TL_KERAS_DATA_DIR=args.data_dir)
+    ours_seconds, _ = timed([sys.executable, "scripts/pipeline.py", f"--output_dir={output_dir}"],
+                            env)
+    ours = {stage: json.load(open(os.path.join(output_dir, f"{stage}_metrics.json")))
+            for stage in ("source", "transfer", "finetune")}
+  classic_seconds, classic_out = timed([sys.executable, __file__, "--classic_only",
+                                        f"--data_dir={args.data_dir}"])
+  classic = json.loads(classic_out.strip().splitlines()[-1])
+
+  report = {
+      "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                  "python": platform.python_version()},
+      "tl_keras_pipeline": {
+          "wall_seconds": round(ours_seconds, 2),
+          "source_test_accuracy": ours["source"]["test_accuracy"],
+          "target_test_accuracy": ours["finetune"]["test_accuracy"],
+          "pretrain_train_seconds": ours["source"]["train_seconds"],
+          "finetune_train_seconds": ours["finetune"]["train_seconds"],
+          "stage_wall_seconds": {stage: ours[stage]["wall_seconds"] for stage in ours},
+          "transfer_images_per_second": ours["transfer"]["images_per_second"],
+      },
+      "classic_recipe": {"wall_seconds": round(classic_seconds, 2), **classic},
+      "wall_time_ratio": round(ours_seconds / classic_seconds, 3),
+  }
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  with open(args.output, "w") as f:
+    json.dump(report, f, indent=2)
+  print(json.dumps(report, indent=2))
+  print(f"\ntl_keras pipeline {ours_seconds:.1f} s "
+        f"({report['tl_keras_pipeline']['source_test_accuracy']:.2%} / "
+        f"{report['tl_keras_pipeline']['target_test_accuracy']:.2%}); classic recipe "
+        f"{classic_seconds:.1f} s ({classic['source_test_accuracy']:.2%} / "
+        f"{classic['target_test_accuracy']:.2%}); ratio {report['wall_time_ratio']:.2f}")
+
+
+if __name__ == "__main__":
+  main()

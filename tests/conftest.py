@@ -1,0 +1,60 @@
+"""Shared fixtures: small real-MNIST subsets, and two logical CPU devices for strategies."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+# Two logical CPUs let MirroredStrategy run with two replicas on one CPU. Must happen before
+# TensorFlow's runtime starts, hence at import.
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from tl_keras import data  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tl_keras import pretrain  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA_DIR = os.path.join(REPO_ROOT, "..", "shared", "datasets")
+
+
+def mnist_dir():
+  """Folder holding the full mnist.npz: $TL_KERAS_DATA_DIR, else ../shared/datasets."""
+  folder = os.environ.get(data.DATA_DIR_ENV) or SHARED_DATA_DIR
+  if not os.path.isfile(os.path.join(folder, data.MNIST_FILENAME)):
+    pytest.fail(f"tests need mnist.npz in {folder}: set {data.DATA_DIR_ENV}")
+  return folder
+
+
+@pytest.fixture(scope="session")
+def small_mnist_dir(tmp_path_factory):
+  """A folder with a small mnist.npz: real MNIST, 600 train and 200 test images per digit."""
+  with np.load(os.path.join(mnist_dir(), data.MNIST_FILENAME)) as full:
+    arrays = {}
+    for split, per_class in (("train", 600), ("test", 200)):
+      x, y = full[f"x_{split}"], full[f"y_{split}"]
+      keep = np.concatenate([np.flatnonzero(y == digit)[:per_class] for digit in range(10)])
+      keep.sort()
+      arrays[f"x_{split}"], arrays[f"y_{split}"] = x[keep], y[keep]
+  folder = tmp_path_factory.mktemp("small_mnist")
+  np.savez(folder / data.MNIST_FILENAME, **arrays)
+  return str(folder)
+
+
+@pytest.fixture(scope="session")
+def source_model(small_mnist_dir, tmp_path_factory):
+  """A source model pretrained on digits 0-4 of the small MNIST: (path, metrics)."""
+  output_dir = str(tmp_path_factory.mktemp("source"))
+  config = pretrain.PretrainConfig(data_dir=small_mnist_dir, output_dir=output_dir, epochs=4,
+                                   strategy="default")
+  metrics = pretrain.run(config)
+  return os.path.join(output_dir, pretrain.SOURCE_MODEL_FILENAME), metrics
+
+
+def run_command(args, **kwargs):
+  """Runs a Python script of the repo in a fresh process; returns the CompletedProcess."""
+  env = dict(os.environ, **kwargs.pop("env", {}))
+  return subprocess.run([sys.executable, *args], cwd=kwargs.pop("cwd", REPO_ROOT), env=env,
+                        capture_output=True, text=True, timeout=600, **kwargs)

@@ -1,0 +1,98 @@
+"""The command-line scripts, run as a user would: fresh processes, real files."""
+
+import json
+import os
+
+import pytest
+
+from conftest import run_command
+from tl_keras import model_io
+
+
+@pytest.mark.parametrize("script, flag", [
+    ("pretrain", "--source_classes"), ("transfer", "--target"), ("finetune", "--unfreeze"),
+    ("pipeline", "--finetune_epochs")])
+def test_help_lists_the_stage_flags(script, flag):
+  result = run_command([f"scripts/{script}.py", "--help"])
+  assert result.returncode == 0, result.stderr
+  assert flag in result.stdout and "--output_dir" in result.stdout
+  assert "--helpfull" in result.stdout and "I0000" not in result.stdout + result.stderr
+
+
+def test_stage_scripts_in_sequence(small_mnist_dir, tmp_path):
+  out = str(tmp_path / "out")
+  common = [f"--data_dir={small_mnist_dir}", f"--output_dir={out}"]
+  pretrain = run_command(["scripts/pretrain.py", "--epochs=2", *common])
+  assert pretrain.returncode == 0, pretrain.stderr[-3000:]
+  assert "== pretrain done" in pretrain.stdout
+  transfer = run_command(["scripts/transfer.py", f"--model={out}/source_model.h5",
+                          "--target=mnist:3-6", *common])
+  assert transfer.returncode == 0, transfer.stderr[-3000:]
+  finetune = run_command(["scripts/finetune.py", f"--model={out}/source_model.h5", "--epochs=2",
+                          "--optimizer=adadelta", "--unfreeze=last:2", *common])
+  assert finetune.returncode == 0, finetune.stderr[-3000:]
+
+  with open(os.path.join(out, "transfer_metrics.json")) as f:
+    transfer_metrics = json.load(f)
+  # Digits 3 and 4 are known to the source; 5 and 6 are not and count for nothing.
+  assert transfer_metrics["num_matched_by_name"] == 400
+  assert transfer_metrics["test_accuracy"] > 0.9
+  with open(os.path.join(out, "finetune_metrics.json")) as f:
+    finetune_metrics = json.load(f)
+  assert finetune_metrics["test_accuracy"] > 0.9
+  assert finetune_metrics["optimizer"] == "adadelta" and finetune_metrics["learning_rate"] == 1.0
+  assert finetune_metrics["trainable_layers"] == [
+      "features_conv2", "features_dense", "target_classifier"]
+
+
+def test_pipeline_end_to_end(small_mnist_dir, tmp_path):
+  out = tmp_path / "out"
+  result = run_command(["scripts/pipeline.py", f"--output_dir={out}", "--pretrain_epochs=2",
+                        "--finetune_epochs=2"], env={"TL_KERAS_DATA_DIR": small_mnist_dir})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "== pipeline done" in result.stdout
+  assert sorted(os.listdir(out)) == [
+      "finetune_metrics.json", "predictions.csv", "source_metrics.json", "source_model.h5",
+      "target_model.h5", "target_savedmodel", "transfer_metrics.json"]
+  metrics = {stage: json.loads((out / f"{stage}_metrics.json").read_text())
+             for stage in ("source", "transfer", "finetune")}
+  assert metrics["source"]["test_accuracy"] > 0.95
+  assert metrics["finetune"]["test_accuracy"] > 0.9
+  assert metrics["transfer"]["classes"] == ["5", "6", "7", "8", "9"]
+  assert model_io.read_metadata(str(out / "target_model.h5"))["source_class_names"] == [
+      "0", "1", "2", "3", "4"]
+
+
+def _assert_clean_failure(result, message, output_dir):
+  assert result.returncode == 2, result.stdout + result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+  assert "Traceback" not in result.stderr
+  assert not os.path.exists(output_dir) or not os.listdir(output_dir)
+
+
+def test_missing_data_file_is_one_clear_line(tmp_path):
+  out = tmp_path / "out"
+  result = run_command(["scripts/pretrain.py", f"--data_dir={tmp_path / 'nowhere'}",
+                        f"--output_dir={out}"])
+  _assert_clean_failure(result, "MNIST file not found", out)
+  assert "--data_dir" in result.stderr
+
+
+def test_unknown_target_is_one_clear_line(source_model, tmp_path):
+  out = tmp_path / "out"
+  result = run_command(["scripts/finetune.py", f"--model={source_model[0]}",
+                        "--target=cifar10", f"--output_dir={out}"])
+  _assert_clean_failure(result, "unknown --target 'cifar10'", out)
+
+
+def test_bad_flag_value_exits_2(tmp_path):
+  result = run_command(["scripts/finetune.py", "--optimizer=sgd"])
+  assert result.returncode == 2 and "--optimizer" in result.stderr
+
+
+def test_verbosity_shows_the_traceback(tmp_path):
+  result = run_command(["scripts/transfer.py", f"--model={tmp_path / 'none.h5'}",
+                        f"--output_dir={tmp_path}", "--verbosity=1"])
+  assert result.returncode == 2
+  assert "Traceback" in result.stderr and "model file not found" in result.stderr

@@ -1,0 +1,60 @@
+"""Tests for tl_keras.models: source CNN, target head, unfreezing, optimizers."""
+
+import pytest
+
+from tl_keras import models
+from tl_keras.errors import UserError
+from tl_keras.keras_api import keras
+
+
+@pytest.fixture
+def source():
+  return models.build_source_model((28, 28, 1), 5)
+
+
+def test_source_model_has_named_features_and_classifier(source):
+  classifier = source.get_layer(models.SOURCE_CLASSIFIER)
+  assert classifier is source.layers[-1]
+  assert classifier.activation is keras.activations.softmax
+  assert all(layer.name.startswith(models.FEATURE_PREFIX)
+             for layer in models.feature_layers(source))
+  assert source.output_shape == (None, 5)
+
+
+def test_target_head_replaces_the_softmax_classifier(source):
+  target = models.build_target_model(source, 3)
+  names = [layer.name for layer in target.layers]
+  assert models.SOURCE_CLASSIFIER not in names
+  head = target.get_layer(models.TARGET_CLASSIFIER)
+  # The new head reads the source's penultimate features, never its softmax output.
+  assert head.input is source.get_layer("features_dropout2").output
+  assert target.output_shape == (None, 3)
+
+
+def _trainable_weighted(model):
+  return [l.name for l in model.layers if l.trainable and l.weights]
+
+
+@pytest.mark.parametrize("unfreeze, expected", [
+    ("none", ["target_classifier"]),
+    ("all", ["features_conv1", "features_conv2", "features_dense", "target_classifier"]),
+    ("last:1", ["features_dense", "target_classifier"]),
+    ("last:2", ["features_conv2", "features_dense", "target_classifier"]),
+    ("features_conv1, features_dense", ["features_conv1", "features_dense", "target_classifier"]),
+])
+def test_unfreeze(source, unfreeze, expected):
+  assert _trainable_weighted(models.build_target_model(source, 2, unfreeze)) == expected
+
+
+@pytest.mark.parametrize("unfreeze", ["conv9", "last:x", "features_conv1,nope", ","])
+def test_unfreeze_rejects_unknown_layers(source, unfreeze):
+  with pytest.raises(UserError, match="--unfreeze"):
+    models.build_target_model(source, 2, unfreeze)
+
+
+def test_optimizer_defaults():
+  assert models.make_optimizer("adadelta").learning_rate.numpy() == pytest.approx(1.0)
+  assert models.make_optimizer("adam").learning_rate.numpy() == pytest.approx(1e-3)
+  assert models.make_optimizer("adam", 0.01).learning_rate.numpy() == pytest.approx(0.01)
+  with pytest.raises(UserError, match="unknown optimizer"):
+    models.make_optimizer("sgd")

@@ -1,0 +1,152 @@
+"""The three stages called as functions on small real-MNIST data."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import run_command
+from tl_keras import data
+from tl_keras import distribute
+from tl_keras import finetune
+from tl_keras import model_io
+from tl_keras import pretrain
+from tl_keras import transfer
+
+COMMON_METRICS = {"test_accuracy", "wall_seconds", "epochs", "num_train", "num_test", "classes"}
+
+
+def _read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def test_pretrain_learns_the_source_digits(source_model):
+  path, metrics = source_model
+  assert metrics["test_accuracy"] > 0.95  # chance is 0.2
+  assert COMMON_METRICS <= set(metrics)
+  assert metrics["classes"] == ["0", "1", "2", "3", "4"]
+  assert metrics["num_train"] == 5 * 600 and metrics["num_test"] == 5 * 200
+  saved = _read_json(os.path.join(os.path.dirname(path), pretrain.METRICS_FILENAME))
+  assert saved["test_accuracy"] == metrics["test_accuracy"]
+  assert model_io.read_metadata(path)["class_names"] == ["0", "1", "2", "3", "4"]
+
+
+def test_pretrain_accepts_injected_data(tmp_path):
+  rng = np.random.default_rng(0)
+  # Two trivially separable classes: dark and bright images.
+  x = np.concatenate([rng.integers(0, 60, (64, 28, 28)), rng.integers(200, 256, (64, 28, 28))])
+  y = np.repeat([0, 1], 64)
+  dataset = data.LabeledData(x.astype(np.uint8), y, x.astype(np.uint8), y, ["dark", "bright"])
+  metrics = pretrain.run(pretrain.PretrainConfig(output_dir=str(tmp_path), epochs=3, batch_size=16),
+                         datasets_override=dataset)
+  assert metrics["test_accuracy"] == 1.0
+  assert model_io.read_metadata(str(tmp_path / "source_model.h5"))["class_names"] == [
+      "dark", "bright"]
+
+
+def test_transfer_matches_classes_by_name(source_model, small_mnist_dir, tmp_path):
+  path, _ = source_model
+  # Digits 3 and 4 are source classes: the source model should already know them.
+  config = transfer.TransferConfig(model=path, target="mnist:3-4", data_dir=small_mnist_dir,
+                                   output_dir=str(tmp_path))
+  metrics = transfer.run(config)
+  assert COMMON_METRICS <= set(metrics)
+  assert metrics["num_matched_by_name"] == 400
+  assert metrics["test_accuracy"] > 0.95
+  assert metrics["epochs"] == 0 and metrics["images_per_second"] > 0
+  with open(tmp_path / transfer.PREDICTIONS_FILENAME) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 400
+  assert set(rows[0]) == {"index", "predicted_class", "confidence", "true_label"}
+  correct = sum(row["predicted_class"] == row["true_label"] for row in rows)
+  assert correct / len(rows) == pytest.approx(metrics["test_accuracy"])
+
+
+def test_transfer_to_new_classes_has_no_accuracy(source_model, small_mnist_dir, tmp_path):
+  path, _ = source_model
+  config = transfer.TransferConfig(model=path, target="mnist:5-9", data_dir=small_mnist_dir,
+                                   output_dir=str(tmp_path))
+  metrics = transfer.run(config)
+  assert metrics["test_accuracy"] is None and metrics["num_matched_by_name"] == 0
+  assert set(metrics["predicted_source_classes"]) == {"5", "6", "7", "8", "9"}
+  assert 0.2 < metrics["mean_confidence"] <= 1.0
+
+
+def _finetune(source_model, small_mnist_dir, output_dir, **overrides):
+  path, _ = source_model
+  settings = dict(model=path, target="mnist:5-9", data_dir=small_mnist_dir,
+                  output_dir=str(output_dir), epochs=3, strategy="default")
+  settings.update(overrides)
+  return finetune.FinetuneConfig(**settings)
+
+
+def test_finetune_learns_the_target_and_exports(source_model, small_mnist_dir, tmp_path):
+  metrics = finetune.run(_finetune(source_model, small_mnist_dir, tmp_path))
+  assert metrics["test_accuracy"] > 0.9  # chance is 0.2
+  assert COMMON_METRICS <= set(metrics)
+  assert metrics["classes"] == ["5", "6", "7", "8", "9"]
+  assert metrics["source_classes"] == ["0", "1", "2", "3", "4"]
+  h5_path = str(tmp_path / finetune.TARGET_MODEL_FILENAME)
+  metadata = model_io.read_metadata(h5_path)
+  assert metadata["class_names"] == ["5", "6", "7", "8", "9"]
+  assert metadata["source_class_names"] == ["0", "1", "2", "3", "4"]
+  assert sorted(os.listdir(tmp_path)) == sorted([
+      finetune.TARGET_MODEL_FILENAME, finetune.SAVED_MODEL_DIRNAME, finetune.METRICS_FILENAME])
+
+  # The SavedModel, in a fresh process that never imports tl_keras, takes raw uint8 images.
+  target = data.load_target("mnist:5-9", small_mnist_dir)
+  images_path = tmp_path.parent / "images.npz"
+  np.savez(images_path, x=target.x_test[:, :, :, None], y=target.y_test)
+  script = f"""
+import json, numpy as np, tensorflow as tf
+loaded = tf.saved_model.load({str(tmp_path / finetune.SAVED_MODEL_DIRNAME)!r})
+serve = loaded.signatures["serving_default"]
+batch = np.load({str(images_path)!r})
+out = serve(images=tf.constant(batch["x"]))
+print(json.dumps({{"accuracy": float((out["class_id"].numpy() == batch["y"]).mean()),
+                  "shape": out["probabilities"].shape.as_list(),
+                  "probabilities": out["probabilities"].numpy()[:5].tolist()}}))
+"""
+  result = run_command(["-c", script])
+  assert result.returncode == 0, result.stderr[-2000:]
+  served = json.loads(result.stdout.strip().splitlines()[-1])
+  assert served["shape"] == [1000, 5]
+  assert served["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+  reloaded = model_io.load_model(h5_path)
+  expected = reloaded.predict(data.preprocess_images(target.x_test[:5], (28, 28, 1)), verbose=0)
+  np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
+  with open(tmp_path / finetune.SAVED_MODEL_DIRNAME / "assets" / model_io.CLASS_NAMES_ASSET) as f:
+    assert f.read().split() == ["5", "6", "7", "8", "9"]
+
+
+def test_finetune_mirrored_over_two_logical_cpus(source_model, small_mnist_dir, tmp_path):
+  assert len(tf.config.list_logical_devices("CPU")) == 2
+  metrics = finetune.run(_finetune(source_model, small_mnist_dir, tmp_path, strategy="mirrored"))
+  assert metrics["strategy"] == "MirroredStrategy" and metrics["num_replicas"] == 2
+  assert metrics["test_accuracy"] > 0.9
+
+
+def test_finetune_only_head_keeps_source_features(source_model, small_mnist_dir, tmp_path):
+  path, _ = source_model
+  metrics = finetune.run(_finetune(source_model, small_mnist_dir, tmp_path, unfreeze="none",
+                                   learning_rate=0.01))
+  assert metrics["trainable_layers"] == ["target_classifier"]
+  source = model_io.load_model(path)
+  target = model_io.load_model(str(tmp_path / finetune.TARGET_MODEL_FILENAME))
+  for name in ("features_conv1", "features_conv2", "features_dense"):
+    for before, after in zip(source.get_layer(name).get_weights(),
+                             target.get_layer(name).get_weights()):
+      np.testing.assert_array_equal(before, after)
+  assert metrics["test_accuracy"] > 0.6  # chance is 0.2: frozen 0-4 features carry over
+
+
+def test_strategy_choice_on_cpu():
+  assert distribute.strategy_name(distribute.get_distribution_strategy("auto")) == "default"
+  assert distribute.get_distribution_strategy("mirrored").num_replicas_in_sync == 2
+  assert distribute.get_distribution_strategy("one_device").num_replicas_in_sync == 1
+  with pytest.raises(Exception, match="TF_CONFIG"):
+    distribute.get_distribution_strategy("multi_worker")

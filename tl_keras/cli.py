@@ -1,0 +1,210 @@
+"""Command-line entry points: absl flags for each stage and the pipeline.
+
+Each command defines only its own flags, turns them into the stage's config, and runs it.
+Bad input (`UserError`, bad flag values) ends the command with one line on stderr and exit
+code 2; `--verbosity=1` or higher adds the traceback.
+"""
+
+import contextlib
+import os
+import sys
+import tempfile
+import traceback
+
+
+@contextlib.contextmanager
+def _native_stderr_captured():
+  """Holds back what native code writes to stderr; replays it if the block raises.
+
+  TensorFlow's C++ start-up messages (oneDNN, CUDA stubs) bypass TF_CPP_MIN_LOG_LEVEL and
+  would open every command's output.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    except BaseException:
+      os.dup2(saved, 2)
+      captured.seek(0)
+      sys.stderr.write(captured.read().decode(errors="replace"))
+      raise
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+with _native_stderr_captured():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.list_physical_devices("GPU")  # logs CUDA probing once, here
+tf.get_logger().setLevel("ERROR")  # TF's Python INFO/WARNING chatter (SavedModel export etc.)
+
+from absl import app  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from absl import flags
+from absl import logging
+
+from tl_keras import distribute
+from tl_keras import finetune
+from tl_keras import models
+from tl_keras import pipeline
+from tl_keras import pretrain
+from tl_keras import training
+from tl_keras import transfer
+from tl_keras.errors import UserError
+
+FLAGS = flags.FLAGS
+
+
+def _define_output_flags():
+  flags.DEFINE_string("output_dir", "saved_models", "Folder for models, metrics and predictions.")
+  flags.DEFINE_string("data_dir", None, "Folder holding mnist.npz (default: $TL_KERAS_DATA_DIR, "
+                      "then the Keras cache, downloading there if needed).")
+
+
+def _define_training_flags():
+  defaults = training.TrainSettings
+  flags.DEFINE_enum("optimizer", defaults.optimizer, list(models.OPTIMIZERS),
+                    "Training optimizer.")
+  flags.DEFINE_float("learning_rate", None, "Learning rate (default per optimizer: " + ", ".join(
+      f"{name} {rate:g}" for name, rate in models.DEFAULT_LEARNING_RATES.items()) + ").")
+  flags.DEFINE_integer("batch_size", defaults.batch_size, "Global batch size (split over replicas).")
+  flags.DEFINE_integer("seed", defaults.seed, "Random seed for initialisation and shuffling.")
+  flags.DEFINE_enum("strategy", defaults.strategy, list(distribute.STRATEGIES),
+                    "tf.distribute strategy. auto: all GPUs mirrored, one GPU, else CPU; "
+                    "multi_worker reads TF_CONFIG.")
+
+
+def _define_source_classes_flag():
+  flags.DEFINE_string("source_classes", pretrain.PretrainConfig.source_classes,
+                      "MNIST digits to pretrain on: 'all', or digits and ranges such as '0-4' "
+                      "or '0,2,4-6'.")
+
+
+def _define_target_flag():
+  flags.DEFINE_string("target", finetune.FinetuneConfig.target,
+                      "Target data: 'mnist:CLASSES' (e.g. mnist:5-9; labels become 0..k-1) or "
+                      "'npz:PATH' (keys x_train y_train x_test y_test; any size, 1 or 3 channels).")
+
+
+def _define_unfreeze_flag():
+  flags.DEFINE_string("unfreeze", finetune.FinetuneConfig.unfreeze,
+                      "Source layers that train besides the new head: none, all, last:N (the last "
+                      "N layers with weights) or comma-separated layer names.")
+
+
+def _define_model_flags():
+  flags.DEFINE_string("model", finetune.FinetuneConfig.model, "Source model (.h5).")
+  flags.DEFINE_bool("allow_unsafe_deserialization", False,
+                    "Load models holding Lambda layers or unknown classes. This runs code from "
+                    "the file: only for files you trust.")
+
+
+def _flag_values(*names):
+  return {name: FLAGS[name].value for name in names}
+
+
+_TRAINING_FLAGS = ("output_dir", "data_dir", "optimizer", "learning_rate", "batch_size", "seed",
+                   "strategy")
+
+
+def _pretrain_config(epochs):
+  return pretrain.PretrainConfig(epochs=epochs,
+                                 **_flag_values("source_classes", *_TRAINING_FLAGS))
+
+
+def _allow_unsafe():
+  # The pipeline has no such flag: it only loads the model it has just trained.
+  return "allow_unsafe_deserialization" in FLAGS and FLAGS.allow_unsafe_deserialization
+
+
+def _finetune_config(epochs, model):
+  return finetune.FinetuneConfig(
+      epochs=epochs, model=model, allow_unsafe_deserialization=_allow_unsafe(),
+      **_flag_values("target", "unfreeze", *_TRAINING_FLAGS))
+
+
+def _transfer_config(model):
+  return transfer.TransferConfig(model=model, allow_unsafe_deserialization=_allow_unsafe(),
+                                 **_flag_values("target", "data_dir", "output_dir"))
+
+
+def _parse_flags(argv):
+  """Parses flags; a bad flag is a one-line error with exit code 2, like any bad input."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}. Try --help.", file=sys.stderr)
+    sys.exit(2)
+  except SystemExit:
+    # absl exits 1 after printing --help; asking for help is not a failure.
+    if any(arg.lstrip("-") in ("help", "helpfull", "helpshort", "h", "?") for arg in argv[1:]):
+      sys.exit(0)
+    raise
+
+
+def _run(main, description):
+  """Runs `main` under absl, turning UserError into one line on stderr and exit code 2."""
+  def guarded_main(argv):
+    if len(argv) > 1:
+      print(f"error: unexpected arguments {' '.join(argv[1:])}. Try --help.", file=sys.stderr)
+      sys.exit(2)
+    try:
+      main()
+    except UserError as e:
+      if logging.get_verbosity() >= 1:
+        traceback.print_exc()
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  sys.modules["__main__"].__doc__ = description  # absl's --help starts with it
+  for flag in FLAGS.get_flags_for_module(__name__):  # list them in --help, not only --helpfull
+    FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  app.run(guarded_main, flags_parser=_parse_flags)
+
+
+def pretrain_main():
+  """tl-pretrain: train the source CNN on MNIST digits, save source_model.h5."""
+  _define_output_flags()
+  _define_training_flags()
+  flags.DEFINE_integer("epochs", pretrain.PretrainConfig.epochs, "Training epochs.")
+  _define_source_classes_flag()
+  _run(lambda: pretrain.run(_pretrain_config(FLAGS.epochs)), pretrain_main.__doc__)
+
+
+def transfer_main():
+  """tl-transfer: predict on target data with a saved model, before any training."""
+  _define_output_flags()
+  _define_model_flags()
+  _define_target_flag()
+  _run(lambda: transfer.run(_transfer_config(FLAGS.model)), transfer_main.__doc__)
+
+
+def finetune_main():
+  """tl-finetune: a new head on the source model, trained on the target."""
+  _define_output_flags()
+  _define_training_flags()
+  flags.DEFINE_integer("epochs", finetune.FinetuneConfig.epochs, "Training epochs.")
+  _define_model_flags()
+  _define_target_flag()
+  _define_unfreeze_flag()
+  _run(lambda: finetune.run(_finetune_config(FLAGS.epochs, FLAGS.model)), finetune_main.__doc__)
+
+
+def pipeline_main():
+  """tl-pipeline: pretrain, transfer and finetune in sequence into one output folder."""
+  _define_output_flags()
+  _define_training_flags()
+  flags.DEFINE_integer("pretrain_epochs", pretrain.PretrainConfig.epochs,
+                       "Epochs of the pretrain stage.")
+  flags.DEFINE_integer("finetune_epochs", finetune.FinetuneConfig.epochs,
+                       "Epochs of the finetune stage.")
+  _define_source_classes_flag()
+  _define_target_flag()
+  _define_unfreeze_flag()
+
+  def run_pipeline():
+    source_model = os.path.join(FLAGS.output_dir, pretrain.SOURCE_MODEL_FILENAME)
+    pipeline.run(_pretrain_config(FLAGS.pretrain_epochs), _transfer_config(source_model),
+                 _finetune_config(FLAGS.finetune_epochs, source_model))
+  _run(run_pipeline, pipeline_main.__doc__)

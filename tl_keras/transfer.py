@@ -1,0 +1,89 @@
+"""Stage 2: predict on the target data with a saved model, before any training.
+
+Measures how well the source knowledge fits the target: where target class names are among
+the source's, predictions are matched by name (`test_accuracy`); always, the confidence and
+which source class each target class is taken for.
+"""
+
+import csv
+import dataclasses
+import os
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from tl_keras import data
+from tl_keras import model_io
+from tl_keras import pretrain
+from tl_keras import training
+
+PREDICTIONS_FILENAME = "predictions.csv"
+METRICS_FILENAME = "transfer_metrics.json"
+
+
+@dataclasses.dataclass
+class TransferConfig:
+  model: str = os.path.join("saved_models", pretrain.SOURCE_MODEL_FILENAME)
+  target: str = "mnist:5-9"
+  data_dir: Optional[str] = None
+  output_dir: str = "saved_models"
+  batch_size: int = 256
+  allow_unsafe_deserialization: bool = False
+
+
+def run(config: TransferConfig,
+        datasets_override: Optional[data.LabeledData] = None) -> Dict[str, Any]:
+  """Predicts on the target test split; writes predictions.csv and transfer_metrics.json."""
+  start = time.perf_counter()
+  output_dir = model_io.prepare_output_dir(config.output_dir)
+  model = model_io.load_model(config.model, config.allow_unsafe_deserialization)
+  source_names = model_io.class_names_of(model, model_io.read_metadata(config.model))
+  target = datasets_override or data.load_target(config.target, config.data_dir)
+
+  images = data.make_dataset(target.x_test, None, config.batch_size, model.input_shape[1:])
+  predict_start = time.perf_counter()
+  probabilities = model.predict(images, verbose=0)
+  predict_seconds = time.perf_counter() - predict_start
+
+  predicted = probabilities.argmax(axis=1)
+  confidence = probabilities.max(axis=1)
+  predicted_names = np.asarray(source_names)[predicted]
+  true_names = np.asarray(target.class_names)[target.y_test]
+  matched = np.isin(true_names, source_names)
+  test_accuracy = (float((predicted_names[matched] == true_names[matched]).mean())
+                   if matched.any() else None)
+
+  predictions_path = os.path.join(output_dir, PREDICTIONS_FILENAME)
+  with model_io.atomic_path(predictions_path) as temp, open(temp, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["index", "predicted_class", "confidence", "true_label"])
+    for index, (name, score, truth) in enumerate(zip(predicted_names, confidence, true_names)):
+      writer.writerow([index, name, f"{score:.6f}", truth])
+
+  metrics = {
+      "test_accuracy": test_accuracy,
+      "num_matched_by_name": int(matched.sum()),
+      "mean_confidence": float(confidence.mean()),
+      "images_per_second": round(len(target.x_test) / predict_seconds, 1),
+      "predicted_source_classes": {
+          true: {name: int(count) for name, count in
+                 zip(*np.unique(predicted_names[true_names == true], return_counts=True))}
+          for true in target.class_names},
+      "epochs": 0,
+      "num_train": int(len(target.x_train)),
+      "num_test": int(len(target.x_test)),
+      "classes": target.class_names,
+      "source_classes": source_names,
+      "model": config.model,
+      "target": target.description,
+      "wall_seconds": round(time.perf_counter() - start, 2),
+  }
+  metrics_path = os.path.join(output_dir, METRICS_FILENAME)
+  model_io.write_json(metrics_path, metrics)
+  training.print_summary("transfer", metrics,
+                         {"predictions": predictions_path, "metrics": metrics_path})
+  if test_accuracy is None:
+    print("  (no target class is a source class, so accuracy before training is undefined; "
+          "see predicted_source_classes in the metrics)")
+  return metrics
