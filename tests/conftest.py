@@ -20,18 +20,17 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA_DIR = os.path.join(REPO_ROOT, "..", "shared", "datasets")
 
 
-def mnist_dir():
-  """Folder holding the full mnist.npz: $TL_KERAS_DATA_DIR, else ../shared/datasets."""
-  folder = os.environ.get(data.DATA_DIR_ENV) or SHARED_DATA_DIR
-  if not os.path.isfile(os.path.join(folder, data.MNIST_FILENAME)):
-    pytest.fail(f"tests need mnist.npz in {folder}: set {data.DATA_DIR_ENV}")
-  return folder
+def mnist_file():
+  """The full mnist.npz: $TL_KERAS_DATA_DIR, else ../shared/datasets, else the Keras cache."""
+  if os.environ.get(data.DATA_DIR_ENV) or not os.path.isdir(SHARED_DATA_DIR):
+    return data.find_mnist_file()
+  return data.find_mnist_file(SHARED_DATA_DIR)
 
 
 @pytest.fixture(scope="session")
 def small_mnist_dir(tmp_path_factory):
   """A folder with a small mnist.npz: real MNIST, 600 train and 200 test images per digit."""
-  with np.load(os.path.join(mnist_dir(), data.MNIST_FILENAME)) as full:
+  with np.load(mnist_file()) as full:
     arrays = {}
     for split, per_class in (("train", 600), ("test", 200)):
       x, y = full[f"x_{split}"], full[f"y_{split}"]

@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import run_command
 from tl_keras import model_io
 from tl_keras import models
 from tl_keras.errors import UserError
@@ -94,3 +95,22 @@ def test_weights_only_h5_is_refused(tmp_path):
     model_io.load_model(path)
   with h5py.File(path) as f:
     assert "model_config" not in f.attrs
+
+
+def test_h5_loads_in_keras3_without_tl_keras(tmp_path):
+  model = models.build_source_model((28, 28, 1), 3)
+  path = tmp_path / "m.h5"
+  model_io.save_h5(model, str(path), {"class_names": ["a", "b", "c"]})
+  images = np.random.default_rng(1).random((4, 28, 28, 1), dtype=np.float32)
+  np.save(tmp_path / "images.npy", images)
+  script = f"""
+import sys, numpy as np, keras
+assert keras.__version__.startswith("3"), keras.__version__
+model = keras.models.load_model({str(path)!r}, compile=False)
+np.save({str(tmp_path / "out.npy")!r}, model.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0))
+assert "tl_keras" not in sys.modules
+"""
+  result = run_command(["-c", script])
+  assert result.returncode == 0, result.stderr[-2000:]
+  np.testing.assert_allclose(np.load(tmp_path / "out.npy"), model.predict(images, verbose=0),
+                             atol=1e-6)

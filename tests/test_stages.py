@@ -94,6 +94,7 @@ def test_finetune_learns_the_target_and_exports(source_model, small_mnist_dir, t
   metadata = model_io.read_metadata(h5_path)
   assert metadata["class_names"] == ["5", "6", "7", "8", "9"]
   assert metadata["source_class_names"] == ["0", "1", "2", "3", "4"]
+  assert metadata["label_map"] == {"5": 0, "6": 1, "7": 2, "8": 3, "9": 4}
   assert sorted(os.listdir(tmp_path)) == sorted([
       finetune.TARGET_MODEL_FILENAME, finetune.SAVED_MODEL_DIRNAME, finetune.METRICS_FILENAME])
 

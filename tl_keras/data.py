@@ -9,7 +9,7 @@ all go through it.
 import dataclasses
 import os
 import re
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -35,6 +35,11 @@ class LabeledData:
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  def metadata(self) -> Dict[str, object]:
+    """What a model trained on this data records: class names and the label each maps to."""
+    return {"class_names": self.class_names, "dataset": self.description,
+            "label_map": {name: index for index, name in enumerate(self.class_names)}}
 
 
 def parse_classes(spec: str) -> List[int]:

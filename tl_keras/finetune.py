@@ -54,10 +54,9 @@ def run(config: FinetuneConfig, datasets_override: Optional[data.LabeledData] = 
       "trainable_layers": [layer.name for layer in model.layers
                            if layer.trainable and layer.weights],
   })
-  metadata = {"stage": "finetune", "class_names": target.class_names,
+  metadata = {**target.metadata(), "stage": "finetune",
               "source_class_names": source_metadata.get("class_names"),
-              "dataset": target.description, "source_model": config.model,
-              "tl_keras_version": tl_keras.__version__}
+              "source_model": config.model, "tl_keras_version": tl_keras.__version__}
   with distribute.worker_output_dir(strategy, output_dir) as save_dir:
     artifacts = {"model": os.path.join(save_dir, TARGET_MODEL_FILENAME),
                  "savedmodel": os.path.join(save_dir, SAVED_MODEL_DIRNAME),

@@ -42,9 +42,8 @@ def run(config: PretrainConfig, datasets_override: Optional[data.LabeledData] = 
       lambda: models.build_source_model(MNIST_INPUT_SHAPE, dataset.num_classes),
       dataset, config, strategy)
 
-  metadata = {"stage": "pretrain", "class_names": dataset.class_names,
-              "source_class_names": dataset.class_names, "dataset": dataset.description,
-              "tl_keras_version": tl_keras.__version__}
+  metadata = {**dataset.metadata(), "stage": "pretrain",
+              "source_class_names": dataset.class_names, "tl_keras_version": tl_keras.__version__}
   with distribute.worker_output_dir(strategy, output_dir) as save_dir:
     model_path = os.path.join(save_dir, SOURCE_MODEL_FILENAME)
     metrics_path = os.path.join(save_dir, METRICS_FILENAME)
