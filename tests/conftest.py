@@ -53,7 +53,18 @@ def source_model(small_mnist_dir, tmp_path_factory):
 
 
 def run_command(args, **kwargs):
-  """Runs a Python script of the repo in a fresh process; returns the CompletedProcess."""
+  """Runs `python ARGS` (or an absolute-path program) in a fresh process from the repo root."""
   env = dict(os.environ, **kwargs.pop("env", {}))
-  return subprocess.run([sys.executable, *args], cwd=kwargs.pop("cwd", REPO_ROOT), env=env,
+  command = args if os.path.isabs(args[0]) else [sys.executable, *args]
+  return subprocess.run(command, cwd=kwargs.pop("cwd", REPO_ROOT), env=env,
                         capture_output=True, text=True, timeout=600, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def target_model(source_model, small_mnist_dir, tmp_path_factory):
+  """The source model finetuned on digits 5-9 of the small MNIST: (output_dir, metrics)."""
+  from tl_keras import finetune  # pylint: disable=g-import-not-at-top
+  output_dir = tmp_path_factory.mktemp("target")
+  config = finetune.FinetuneConfig(model=source_model[0], data_dir=small_mnist_dir,
+                                   output_dir=str(output_dir), epochs=3, strategy="default")
+  return output_dir, finetune.run(config)

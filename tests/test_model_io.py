@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_command
+from tl_keras import loading
 from tl_keras import model_io
 from tl_keras import models
 from tl_keras.errors import UserError
@@ -18,7 +19,7 @@ def test_h5_reload_gives_identical_predictions_and_metadata(tmp_path):
   path = str(tmp_path / "m.h5")
   model_io.save_h5(model, path, {"class_names": ["a", "b", "c"]})
   images = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
-  reloaded = model_io.load_model(path)
+  reloaded = loading.load_model(path)
   np.testing.assert_array_equal(model.predict(images, verbose=0),
                                 reloaded.predict(images, verbose=0))
   assert model_io.class_names_of(reloaded, model_io.read_metadata(path)) == ["a", "b", "c"]
@@ -38,10 +39,10 @@ def test_lambda_h5_is_refused_and_runs_no_code(tmp_path):
   model_io.save_h5(_lambda_model(marker), path, {})
   marker.unlink()  # building the model above ran the payload once
   with pytest.raises(UserError, match=r"refusing to load .*Lambda.*--allow_unsafe_deserialization"):
-    model_io.load_model(path)
+    loading.load_model(path)
   assert not marker.exists()
   # The payload is real: opting in runs it (which is why it is off by default).
-  model_io.load_model(path, allow_unsafe=True)
+  loading.load_model(path, allow_unsafe=True)
   assert marker.exists()
 
 
@@ -50,18 +51,18 @@ def test_unknown_class_is_refused():
       {"class_name": "Dense", "config": {"kernel_initializer": {"class_name": "GlorotUniform"}}},
       {"class_name": "Custom>Backdoor", "config": {}}]}}
   with pytest.raises(UserError, match="Custom>Backdoor"):
-    model_io.check_model_config(config, "x.h5")
+    loading.check_model_config(config, "x.h5")
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, "model file not found"), (b"\x89HDF\r\n" + os.urandom(500), "not a valid HDF5"),
+    (None, "model not found"), (b"\x89HDF\r\n" + os.urandom(500), "not a valid HDF5"),
     (os.urandom(1000), "not a valid HDF5")])
 def test_missing_or_corrupt_model_file(tmp_path, content, message):
   path = tmp_path / "m.h5"
   if content is not None:
     path.write_bytes(content)
   with pytest.raises(UserError, match=message):
-    model_io.load_model(str(path))
+    loading.load_model(str(path))
 
 
 def test_truncated_h5_is_refused(tmp_path):
@@ -69,7 +70,7 @@ def test_truncated_h5_is_refused(tmp_path):
   model_io.save_h5(models.build_source_model((28, 28, 1), 2), str(path), {})
   path.write_bytes(path.read_bytes()[:4096])
   with pytest.raises(UserError, match="cannot (read|load) model"):
-    model_io.load_model(str(path))
+    loading.load_model(str(path))
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):
@@ -92,7 +93,7 @@ def test_weights_only_h5_is_refused(tmp_path):
   path = str(tmp_path / "w.h5")
   models.build_source_model((28, 28, 1), 2).save_weights(path)
   with pytest.raises(UserError, match="weights only"):
-    model_io.load_model(path)
+    loading.load_model(path)
   with h5py.File(path) as f:
     assert "model_config" not in f.attrs
 

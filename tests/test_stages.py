@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from conftest import run_command
 from tl_keras import data
-from tl_keras import distribute
 from tl_keras import finetune
+from tl_keras import loading
 from tl_keras import model_io
 from tl_keras import pretrain
 from tl_keras import transfer
@@ -96,7 +96,9 @@ def test_finetune_learns_the_target_and_exports(source_model, small_mnist_dir, t
   assert metadata["source_class_names"] == ["0", "1", "2", "3", "4"]
   assert metadata["label_map"] == {"5": 0, "6": 1, "7": 2, "8": 3, "9": 4}
   assert sorted(os.listdir(tmp_path)) == sorted([
-      finetune.TARGET_MODEL_FILENAME, finetune.SAVED_MODEL_DIRNAME, finetune.METRICS_FILENAME])
+      finetune.TARGET_MODEL_FILENAME, finetune.SAVED_MODEL_DIRNAME, finetune.METRICS_FILENAME,
+      finetune.CURVES_FILENAME, finetune.CONFUSION_FILENAME, finetune.MISCLASSIFIED_FILENAME,
+      "report.md"])
 
   # The SavedModel, in a fresh process that never imports tl_keras, takes raw uint8 images.
   target = data.load_target("mnist:5-9", small_mnist_dir)
@@ -117,7 +119,7 @@ print(json.dumps({{"accuracy": float((out["class_id"].numpy() == batch["y"]).mea
   served = json.loads(result.stdout.strip().splitlines()[-1])
   assert served["shape"] == [1000, 5]
   assert served["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
-  reloaded = model_io.load_model(h5_path)
+  reloaded = loading.load_model(h5_path)
   expected = reloaded.predict(data.preprocess_images(target.x_test[:5], (28, 28, 1)), verbose=0)
   np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
   with open(tmp_path / finetune.SAVED_MODEL_DIRNAME / "assets" / model_io.CLASS_NAMES_ASSET) as f:
@@ -136,18 +138,10 @@ def test_finetune_only_head_keeps_source_features(source_model, small_mnist_dir,
   metrics = finetune.run(_finetune(source_model, small_mnist_dir, tmp_path, unfreeze="none",
                                    learning_rate=0.01))
   assert metrics["trainable_layers"] == ["target_classifier"]
-  source = model_io.load_model(path)
-  target = model_io.load_model(str(tmp_path / finetune.TARGET_MODEL_FILENAME))
+  source = loading.load_model(path)
+  target = loading.load_model(str(tmp_path / finetune.TARGET_MODEL_FILENAME))
   for name in ("features_conv1", "features_conv2", "features_dense"):
     for before, after in zip(source.get_layer(name).get_weights(),
                              target.get_layer(name).get_weights()):
       np.testing.assert_array_equal(before, after)
   assert metrics["test_accuracy"] > 0.6  # chance is 0.2: frozen 0-4 features carry over
-
-
-def test_strategy_choice_on_cpu():
-  assert distribute.strategy_name(distribute.get_distribution_strategy("auto")) == "default"
-  assert distribute.get_distribution_strategy("mirrored").num_replicas_in_sync == 2
-  assert distribute.get_distribution_strategy("one_device").num_replicas_in_sync == 1
-  with pytest.raises(Exception, match="TF_CONFIG"):
-    distribute.get_distribution_strategy("multi_worker")

@@ -74,6 +74,10 @@ def _define_training_flags():
   flags.DEFINE_enum("strategy", defaults.strategy, list(distribute.STRATEGIES),
                     "tf.distribute strategy. auto: all GPUs mirrored, one GPU, else CPU; "
                     "multi_worker reads TF_CONFIG.")
+  flags.DEFINE_bool("resume", defaults.resume, "Resume an interrupted run from its last finished "
+                    "epoch; --noresume starts over.")
+  flags.DEFINE_bool("deterministic", defaults.deterministic, "TF op determinism for identical "
+                    "results with the same --seed; --nodeterministic may be faster on GPUs.")
 
 
 def _define_source_classes_flag():
@@ -106,7 +110,7 @@ def _flag_values(*names):
 
 
 _TRAINING_FLAGS = ("output_dir", "data_dir", "optimizer", "learning_rate", "batch_size", "seed",
-                   "strategy")
+                   "strategy", "resume", "deterministic")
 
 
 def _pretrain_config(epochs):
@@ -158,6 +162,8 @@ def _run(main, description):
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   sys.modules["__main__"].__doc__ = description  # absl's --help starts with it
+  # TensorFlow logs INFO through absl while saving; --verbosity=0 brings it back.
+  FLAGS.set_default("verbosity", -1)
   for flag in FLAGS.get_flags_for_module(__name__):  # list them in --help, not only --helpfull
     FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(guarded_main, flags_parser=_parse_flags)

@@ -156,9 +156,13 @@ def _npz_target(path: str) -> LabeledData:
   for name, y in (("y_train", y_train), ("y_test", y_test)):
     if not np.issubdtype(y.dtype, np.integer):
       raise UserError(f"{path}: {name} must hold integer class labels, not {y.dtype}")
-  labels = sorted(set(np.unique(y_train).tolist()) | set(np.unique(y_test).tolist()))
+  labels = np.unique(y_train).tolist()
   if labels[0] < 0:
     raise UserError(f"{path}: labels must be non-negative integers, found {labels[0]}")
+  unseen = sorted(set(np.unique(y_test).tolist()) - set(labels))
+  if unseen:
+    raise UserError(f"{path}: y_test has label(s) {unseen} that never occur in y_train, so no "
+                    "model could learn them")
   return LabeledData(
       x_train=x_train, y_train=remap_labels(y_train, labels),
       x_test=x_test, y_test=remap_labels(y_test, labels),

@@ -55,17 +55,21 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   return task_type == "chief" or (not has_chief and task_type == "worker" and resolver.task_id == 0)
 
 
+_WORKER_DIR_PREFIX = "tl_keras_worker_"
+
+
 @contextlib.contextmanager
 def worker_output_dir(strategy: tf.distribute.Strategy, output_dir: str) -> Iterator[str]:
   """Yields `output_dir` on the chief and a temporary folder, removed afterwards, elsewhere.
 
   Every multi-worker replica must take part in saving a model, but only the chief's files
-  are kept.
+  are kept. A folder this function already made for this worker is yielded as it is, so a
+  pipeline can keep one worker folder across its stages.
   """
-  if is_chief(strategy):
+  if is_chief(strategy) or os.path.basename(output_dir).startswith(_WORKER_DIR_PREFIX):
     yield output_dir
     return
-  temp = tempfile.mkdtemp(prefix="tl_keras_worker_")
+  temp = tempfile.mkdtemp(prefix=_WORKER_DIR_PREFIX)
   try:
     yield temp
   finally:
@@ -73,6 +77,12 @@ def worker_output_dir(strategy: tf.distribute.Strategy, output_dir: str) -> Iter
 
 
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
-  """A short name for summaries: 'default' or the strategy's class name."""
-  name = type(strategy).__name__
-  return "default" if name.startswith("_Default") else name
+  """The strategy's public tf.distribute name, or 'default'."""
+  # Not type(strategy).__name__: MultiWorkerMirroredStrategy's class is named
+  # CollectiveAllReduceStrategy.
+  for public, name in ((tf.distribute.MultiWorkerMirroredStrategy, "MultiWorkerMirroredStrategy"),
+                       (tf.distribute.MirroredStrategy, "MirroredStrategy"),
+                       (tf.distribute.OneDeviceStrategy, "OneDeviceStrategy")):
+    if isinstance(strategy, public):
+      return name
+  return "default"

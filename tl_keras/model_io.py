@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Sequence
 
 import h5py
 import tensorflow as tf
@@ -22,12 +22,6 @@ from tl_keras.keras_api import keras
 METADATA_ATTR = "tl_keras_metadata"
 CLASS_NAMES_ASSET = "class_names.txt"
 METADATA_ASSET = "tl_keras_metadata.json"
-
-# Classes a model file may name, besides the built-in layers, initializers, regularizers and
-# constraints; `Lambda` (arbitrary Python code) is never on the list.
-_MODEL_CLASSES = {"Functional", "Sequential", "Model", "Policy", "DTypePolicy"}
-_UNSAFE_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
-
 
 @contextlib.contextmanager
 def atomic_path(path: str, is_dir: bool = False) -> Iterator[str]:
@@ -87,11 +81,16 @@ def save_h5(model: keras.Model, path: str, metadata: Dict[str, Any]) -> None:
       f.attrs[METADATA_ATTR] = json.dumps(metadata)
 
 
-def read_metadata(path: str) -> Dict[str, Any]:
-  """The tl_keras metadata of an .h5 model, or {} for files that carry none."""
-  with h5py.File(path, "r") as f:
-    raw = f.attrs.get(METADATA_ATTR)
-  return json.loads(raw) if raw is not None else {}
+def read_metadata(source: str) -> Dict[str, Any]:
+  """The tl_keras metadata of an .h5 file or SavedModel folder; {} where there is none."""
+  try:
+    if os.path.isdir(source):
+      with open(os.path.join(source, "assets", METADATA_ASSET)) as f:
+        return json.load(f)
+    with h5py.File(source, "r") as f:
+      return json.loads(f.attrs[METADATA_ATTR])
+  except (OSError, KeyError, ValueError):
+    return {}
 
 
 def class_names_of(model: keras.Model, metadata: Dict[str, Any]) -> List[str]:
@@ -100,73 +99,22 @@ def class_names_of(model: keras.Model, metadata: Dict[str, Any]) -> List[str]:
   return list(names) if names else [str(i) for i in range(model.output_shape[-1])]
 
 
-def _config_class_names(config: Any) -> Iterator[str]:
-  if isinstance(config, dict):
-    if isinstance(config.get("class_name"), str):
-      yield config["class_name"]
-    for value in config.values():
-      yield from _config_class_names(value)
-  elif isinstance(config, list):
-    for value in config:
-      yield from _config_class_names(value)
-
-
-def _known_classes() -> set:
-  known = set(_MODEL_CLASSES)
-  for module in (keras.layers, keras.initializers, keras.regularizers, keras.constraints):
-    known.update(name for name in dir(module) if name[:1].isupper())
-  return known - _UNSAFE_CLASSES
-
-
-def check_model_config(config: Dict[str, Any], source: str) -> None:
-  """Refuses a model config naming `Lambda` or any class that is not a built-in Keras class."""
-  known = _known_classes()
-  refused = sorted({name for name in _config_class_names(config) if name not in known})
-  if refused:
-    raise UserError(f"refusing to load {source}: it holds {', '.join(refused)} "
-                    "(Lambda layers and unknown classes can run code from the file); "
-                    "pass --allow_unsafe_deserialization only if you trust it")
-
-
-def _h5_model_config(path: str) -> Dict[str, Any]:
-  try:
-    with h5py.File(path, "r") as f:
-      raw = f.attrs.get("model_config")
-  except OSError as e:
-    raise UserError(f"cannot read model file {path}: not a valid HDF5 file "
-                    "(corrupt or truncated?); re-create it with the pretrain stage") from e
-  if raw is None:
-    raise UserError(f"{path} holds weights only, no model; save the whole model as .h5")
-  return json.loads(raw)
-
-
-def load_model(path: str, allow_unsafe: bool = False) -> keras.Model:
-  """Loads an .h5 model without compiling, after checking its config is safe to deserialise."""
-  if not os.path.exists(path):
-    raise UserError(f"model file not found: {path}; run the pretrain stage first or pass --model")
-  if not path.endswith(".h5"):
-    raise UserError(f"unsupported model file {path}: --model takes an .h5 file")
-  config = _h5_model_config(path)
-  if not allow_unsafe:
-    check_model_config(config, path)
-  try:
-    return keras.models.load_model(path, compile=False, safe_mode=not allow_unsafe)
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f"cannot load model {path} ({type(e).__name__}: {e})") from e
-
-
 def export_saved_model(model: keras.Model, export_dir: str, class_names: Sequence[str],
                        metadata: Dict[str, Any]) -> None:
   """Exports a SavedModel whose `serving_default` signature takes raw uint8 images.
 
-  The signature input `images` is a uint8 batch [N,H,W,C] at the model's input size; it
-  applies `data.preprocess_images` in the graph and returns `probabilities` (float32 [N,k])
-  and `class_id` (int64 [N]). The class names ship as assets/class_names.txt, one per line.
+  The signature's input `images` is a uint8 batch at the model's input size, [N,H,W,C] (or
+  [N,H,W] for one channel). It applies `data.preprocess_images` in the graph and returns
+  `probabilities` (float32 [N,k]) and `class_id` (int64 [N]). The class names ship as
+  assets/class_names.txt, one per line, and the metadata as assets/tl_keras_metadata.json.
   """
   input_shape = tuple(model.input_shape[1:])
 
-  @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.uint8, name="images")])
+  # Unknown rank, so that one signature takes both [N,H,W,C] and (grey) [N,H,W].
+  @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
   def serve(images):
+    images = tf.cond(tf.rank(images) == 3, lambda: images[..., tf.newaxis], lambda: images)
+    images = tf.ensure_shape(images, [None, *input_shape])
     probabilities = model(data.preprocess_images(images, input_shape), training=False)
     return {"probabilities": probabilities,
             "class_id": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
@@ -180,11 +128,3 @@ def export_saved_model(model: keras.Model, export_dir: str, class_names: Sequenc
       f.write("".join(f"{name}\n" for name in class_names))
     with open(os.path.join(assets, METADATA_ASSET), "w") as f:
       json.dump(metadata, f, indent=2)
-
-
-def read_saved_model_class_names(export_dir: str) -> Optional[List[str]]:
-  path = os.path.join(export_dir, "assets", CLASS_NAMES_ASSET)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return [line.rstrip("\n") for line in f]

@@ -12,10 +12,13 @@ from tl_keras import data
 from tl_keras import distribute
 from tl_keras import model_io
 from tl_keras import models
+from tl_keras import plots
+from tl_keras import report
 from tl_keras import training
 
 SOURCE_MODEL_FILENAME = "source_model.h5"
 METRICS_FILENAME = "source_metrics.json"
+CURVES_FILENAME = "pretrain_curves.png"
 MNIST_INPUT_SHAPE = (28, 28, 1)
 
 
@@ -40,16 +43,22 @@ def run(config: PretrainConfig, datasets_override: Optional[data.LabeledData] = 
 
   model, metrics = training.fit_and_evaluate(
       lambda: models.build_source_model(MNIST_INPUT_SHAPE, dataset.num_classes),
-      dataset, config, strategy)
+      dataset, config, strategy, backup_name="pretrain")
 
   metadata = {**dataset.metadata(), "stage": "pretrain",
               "source_class_names": dataset.class_names, "tl_keras_version": tl_keras.__version__}
   with distribute.worker_output_dir(strategy, output_dir) as save_dir:
-    model_path = os.path.join(save_dir, SOURCE_MODEL_FILENAME)
-    metrics_path = os.path.join(save_dir, METRICS_FILENAME)
-    model_io.save_h5(model, model_path, metadata)
+    artifacts = {"model": os.path.join(save_dir, SOURCE_MODEL_FILENAME),
+                 "metrics": os.path.join(save_dir, METRICS_FILENAME)}
+    model_io.save_h5(model, artifacts["model"], metadata)
+    if distribute.is_chief(strategy):
+      artifacts["plot"] = plots.plot_training_curves(
+          metrics["history"], os.path.join(save_dir, CURVES_FILENAME),
+          f"pretrain on {dataset.description}", first_epoch=metrics["resumed_from_epoch"] + 1)
+      metrics["plots"] = [CURVES_FILENAME]
     metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
-    model_io.write_json(metrics_path, metrics)
-  if distribute.is_chief(strategy):
-    training.print_summary("pretrain", metrics, {"model": model_path, "metrics": metrics_path})
+    model_io.write_json(artifacts["metrics"], metrics)
+    if distribute.is_chief(strategy):
+      artifacts["report"] = report.update_report(save_dir)
+  training.print_summary("pretrain", metrics, artifacts, strategy)
   return metrics

@@ -1,6 +1,10 @@
 """Training shared by the pretrain and finetune stages: settings, fit, evaluation, summaries."""
 
 import dataclasses
+import json
+import logging
+import os
+import shutil
 import sys
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -25,13 +29,17 @@ class TrainSettings:
   batch_size: int = 128
   seed: int = 42
   strategy: str = "auto"
+  resume: bool = True
+  deterministic: bool = True
 
   def validate(self) -> None:
     if self.epochs < 1:
       raise UserError(f"--epochs must be at least 1, got {self.epochs}")
     if self.batch_size < 1:
       raise UserError(f"--batch_size must be at least 1, got {self.batch_size}")
-    models.make_optimizer(self.optimizer, self.learning_rate)  # raises on bad names/rates
+    # Checks names and rates without creating an optimizer: that would start the TF runtime,
+    # after which a multi-worker strategy can no longer be created.
+    models.learning_rate_for(self.optimizer, self.learning_rate)
 
 
 def progress_verbosity() -> int:
@@ -39,14 +47,138 @@ def progress_verbosity() -> int:
   return 1 if sys.stdout.isatty() else 2
 
 
+BACKUP_DIRNAME = ".tl_keras_backup"
+_BACKUP_SETTINGS_FILENAME = "settings.json"
+# Settings a resumed run may change; any other change refuses to resume.
+_FREE_ON_RESUME = ("output_dir", "resume", "deterministic", "strategy")
+
+
+def backup_dir(output_dir: str, backup_name: str) -> str:
+  """The folder holding a stage's training-state backup while it trains."""
+  return os.path.join(output_dir, BACKUP_DIRNAME, backup_name)
+
+
+class _BackupAndRestore(keras.callbacks.BackupAndRestore):
+  """BackupAndRestore that also accepts OneDeviceStrategy, what --strategy=auto picks on one GPU.
+
+  tf_keras leaves it off its list of supported strategies and raises NotImplementedError, but
+  a single device checkpoints and restores like the default strategy.
+  """
+
+  def __init__(self, backup_dir_path: str):
+    super().__init__(backup_dir_path)
+    self._supported_strategies += (tf.distribute.OneDeviceStrategy,)
+
+
+class _BackupTracker(keras.callbacks.Callback):
+  """Records the epoch fit starts at (past 0 after a restore) and says so before training.
+
+  Goes before `_BackupAndRestore` in the callbacks, so the settings file it writes at the end
+  of the first epoch is on disk before the first backup.
+  """
+
+  def __init__(self, backup_path: str, settings: Dict[str, Any], epochs: int, chief: bool):
+    super().__init__()
+    self._backup_path = backup_path
+    self._settings = settings
+    self._epochs = epochs
+    self._chief = chief
+    self._settings_written = False
+    self.start_epoch = None
+
+  def _start(self, epoch):
+    self.start_epoch = epoch
+    if epoch and self._chief:
+      print(f"resuming from epoch {epoch} of {self._epochs} (backup in {self._backup_path})",
+            flush=True)
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if self.start_epoch is None:
+      self._start(epoch)
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self._chief and not self._settings_written:
+      os.makedirs(self._backup_path, exist_ok=True)
+      path = os.path.join(self._backup_path, _BACKUP_SETTINGS_FILENAME)
+      with open(path + ".tmp", "w") as f:
+        json.dump(self._settings, f, indent=2, sort_keys=True)
+      os.replace(path + ".tmp", path)
+      self._settings_written = True
+
+  def on_train_end(self, logs=None):
+    if self.start_epoch is None:  # the backup already held every epoch
+      self._start(self._epochs)
+
+
+class _DropCheckpointInfo(logging.Filter):
+  """Drops the INFO line TF logs through absl on every checkpoint save, i.e. every backup."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or record.module != "functional_saver"
+
+
+def _prepare_backup(settings: TrainSettings, path: str, chief: bool) -> Dict[str, Any]:
+  """Deletes the backup in `path`, or with `settings.resume` checks its settings match.
+
+  Returns the settings to record beside a new backup. Keras would restore a backup made with
+  other settings regardless (learning rate included, or fail on a shape mismatch). The chief
+  deletes and writes; every worker restores from the chief's backup, so with several machines
+  `path` must be on a file system they share.
+  """
+  current = json.loads(json.dumps({k: v for k, v in dataclasses.asdict(settings).items()
+                                   if k not in _FREE_ON_RESUME}))
+  settings_path = os.path.join(path, _BACKUP_SETTINGS_FILENAME)
+  if not settings.resume:
+    if chief:
+      shutil.rmtree(path, ignore_errors=True)
+  elif os.path.isfile(settings_path) and set(os.listdir(path)) != {_BACKUP_SETTINGS_FILENAME}:
+    with open(settings_path) as f:
+      saved = json.load(f)
+    changed = [f"--{k}={saved.get(k)} (now {v})" for k, v in current.items() if saved.get(k) != v]
+    if changed:
+      raise UserError(f"{path} holds an interrupted run with other settings: "
+                      f"{', '.join(changed)}. Rerun with those to resume it, or add --noresume "
+                      "to start over")
+  return current
+
+
+def _remove_backup(path: str, chief: bool) -> None:
+  """Removes what Keras leaves of a finished backup: our settings file and empty folders."""
+  if chief:
+    try:
+      os.remove(os.path.join(path, _BACKUP_SETTINGS_FILENAME))
+    except OSError:
+      pass
+  for folder in (path, os.path.dirname(path)):
+    try:
+      os.rmdir(folder)
+    except OSError:  # not empty (another stage's backup, another worker's files) or absent
+      pass
+
+
 def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: data.LabeledData,
-                     settings: TrainSettings,
-                     strategy: tf.distribute.Strategy) -> Tuple[keras.Model, Dict[str, Any]]:
+                     settings: TrainSettings, strategy: tf.distribute.Strategy,
+                     backup_name: Optional[str] = None) -> Tuple[keras.Model, Dict[str, Any]]:
   """Builds and compiles the model inside `strategy`'s scope, trains, and evaluates on test.
 
-  Returns the trained model and the metrics shared by all training stages.
+  With `backup_name`, the training state is backed up after every epoch into
+  `backup_dir(settings.output_dir, backup_name)` and, with `settings.resume`, a run killed
+  before it finished resumes from its last finished epoch. Returns the trained model and the
+  metrics shared by all training stages.
   """
+  if settings.deterministic:
+    # Process-wide, and TF has no public call to turn it off again.
+    tf.config.experimental.enable_op_determinism()
   keras.utils.set_random_seed(settings.seed)
+  chief = distribute.is_chief(strategy)
+  callbacks = []
+  if backup_name:
+    # Before building the model: creating its variables syncs the workers, so none restores
+    # a backup the chief is about to delete.
+    backup_path = backup_dir(settings.output_dir, backup_name)
+    tracker = _BackupTracker(backup_path, _prepare_backup(settings, backup_path, chief),
+                             settings.epochs, chief)
+    callbacks = [tracker, _BackupAndRestore(backup_path)]
   with strategy.scope():
     model = build_model()
     models.compile_classifier(model, models.make_optimizer(settings.optimizer,
@@ -55,15 +187,30 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: data.Label
   train = data.make_dataset(dataset.x_train, dataset.y_train, settings.batch_size, input_shape,
                             shuffle_seed=settings.seed)
   test = data.make_dataset(dataset.x_test, dataset.y_test, settings.batch_size, input_shape)
+  absl_logger = logging.getLogger("absl")
+  log_filter = _DropCheckpointInfo()
+  absl_logger.addFilter(log_filter)
   start = time.perf_counter()
-  history = model.fit(train, epochs=settings.epochs, verbose=progress_verbosity())
+  try:
+    history = model.fit(train, epochs=settings.epochs, verbose=progress_verbosity(),
+                        callbacks=callbacks)
+  finally:
+    absl_logger.removeFilter(log_filter)
   train_seconds = time.perf_counter() - start
+  resumed_from_epoch = 0
+  if backup_name:
+    _remove_backup(backup_path, chief)  # Keras has deleted the checkpoint itself
+    resumed_from_epoch = tracker.start_epoch
   _, test_accuracy = model.evaluate(test, verbose=0)
   return model, {
       "test_accuracy": float(test_accuracy),
       "train_seconds": round(train_seconds, 2),
-      "train_images_per_second": round(settings.epochs * len(dataset.x_train) / train_seconds, 1),
+      "train_images_per_second": round(len(history.epoch) * len(dataset.x_train) / train_seconds,
+                                       1),
       "epochs": settings.epochs,
+      # Epochs done by an interrupted run before this one; `history` and the timings cover the
+      # epochs after it only.
+      "resumed_from_epoch": resumed_from_epoch,
       "num_train": int(len(dataset.x_train)),
       "num_test": int(len(dataset.x_test)),
       "classes": dataset.class_names,
@@ -73,19 +220,32 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: data.Label
       "learning_rate": float(model.optimizer.learning_rate.numpy()),
       "batch_size": settings.batch_size,
       "seed": settings.seed,
+      "deterministic": settings.deterministic,
       "strategy": distribute.strategy_name(strategy),
       "num_replicas": strategy.num_replicas_in_sync,
+      "weights_sha256": models.weights_fingerprint(model),
   }
 
 
-def print_summary(stage: str, metrics: Dict[str, Any], artifacts: Dict[str, str]) -> None:
-  """Prints a short end-of-stage summary: key metrics and where the files went."""
+def print_summary(stage: str, metrics: Dict[str, Any], artifacts: Dict[str, str],
+                  strategy: Optional[tf.distribute.Strategy] = None) -> None:
+  """Prints a short end-of-stage summary: key metrics and where the files went.
+
+  Prints nothing on the non-chief workers of a multi-worker `strategy`.
+  """
+  if strategy is not None and not distribute.is_chief(strategy):
+    print(f"{stage} done on this worker: weights sha256 {metrics.get('weights_sha256')}",
+          flush=True)
+    return
   lines = [f"== {stage} done in {metrics['wall_seconds']:.1f} s =="]
   accuracy = metrics.get("test_accuracy")
   if accuracy is not None:
     lines.append(f"  test accuracy   {accuracy:.2%} on {metrics['num_test']} images")
   if "train_seconds" in metrics:
-    lines.append(f"  training        {metrics['epochs']} epochs on {metrics['num_train']} images, "
+    epochs = f"{metrics['epochs']} epochs"
+    if metrics.get("resumed_from_epoch"):
+      epochs += f" (resumed after epoch {metrics['resumed_from_epoch']})"
+    lines.append(f"  training        {epochs} on {metrics['num_train']} images, "
                  f"{metrics['train_seconds']:.1f} s ({metrics['strategy']}, "
                  f"{metrics['num_replicas']} replica(s))")
   if "images_per_second" in metrics:

@@ -14,12 +14,17 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from tl_keras import data
+from tl_keras import loading
 from tl_keras import model_io
+from tl_keras import models
+from tl_keras import plots
 from tl_keras import pretrain
+from tl_keras import report
 from tl_keras import training
 
 PREDICTIONS_FILENAME = "predictions.csv"
 METRICS_FILENAME = "transfer_metrics.json"
+CONFUSION_FILENAME = "transfer_confusion.png"
 
 
 @dataclasses.dataclass
@@ -28,7 +33,7 @@ class TransferConfig:
   target: str = "mnist:5-9"
   data_dir: Optional[str] = None
   output_dir: str = "saved_models"
-  batch_size: int = 256
+  batch_size: int = 1024
   allow_unsafe_deserialization: bool = False
 
 
@@ -37,13 +42,13 @@ def run(config: TransferConfig,
   """Predicts on the target test split; writes predictions.csv and transfer_metrics.json."""
   start = time.perf_counter()
   output_dir = model_io.prepare_output_dir(config.output_dir)
-  model = model_io.load_model(config.model, config.allow_unsafe_deserialization)
+  model = loading.load_model(config.model, config.allow_unsafe_deserialization)
+  input_shape = models.image_input_shape(model, config.model)
   source_names = model_io.class_names_of(model, model_io.read_metadata(config.model))
   target = datasets_override or data.load_target(config.target, config.data_dir)
 
-  images = data.make_dataset(target.x_test, None, config.batch_size, model.input_shape[1:])
   predict_start = time.perf_counter()
-  probabilities = model.predict(images, verbose=0)
+  probabilities = models.predict(model, target.x_test, config.batch_size)
   predict_seconds = time.perf_counter() - predict_start
 
   predicted = probabilities.argmax(axis=1)
@@ -79,10 +84,17 @@ def run(config: TransferConfig,
       "target": target.description,
       "wall_seconds": round(time.perf_counter() - start, 2),
   }
+  confusion_path = plots.plot_confusion_matrix(
+      target.y_test, predicted, target.class_names, os.path.join(output_dir, CONFUSION_FILENAME),
+      "Before training: target classes as source classes",
+      pred_class_names=source_names)
+  metrics["plots"] = [os.path.basename(confusion_path)]
   metrics_path = os.path.join(output_dir, METRICS_FILENAME)
   model_io.write_json(metrics_path, metrics)
-  training.print_summary("transfer", metrics,
-                         {"predictions": predictions_path, "metrics": metrics_path})
+  report_path = report.update_report(output_dir)
+  training.print_summary("transfer", metrics, {"predictions": predictions_path,
+                                               "metrics": metrics_path, "plot": confusion_path,
+                                               "report": report_path})
   if test_accuracy is None:
     print("  (no target class is a source class, so accuracy before training is undefined; "
           "see predicted_source_classes in the metrics)")

@@ -1,0 +1,67 @@
+"""Distribution: strategy choice, and real multi-worker training in two local processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+from tl_keras import distribute
+from tl_keras import finetune
+from tl_keras import loading
+from tl_keras import models
+from tl_keras.errors import UserError
+
+
+def test_strategy_choice_on_cpu():
+  assert distribute.strategy_name(distribute.get_distribution_strategy("auto")) == "default"
+  assert distribute.get_distribution_strategy("mirrored").num_replicas_in_sync == 2
+  assert distribute.get_distribution_strategy("one_device").num_replicas_in_sync == 1
+  with pytest.raises(UserError, match="TF_CONFIG"):
+    distribute.get_distribution_strategy("multi_worker")
+  with pytest.raises(UserError, match="unknown --strategy"):
+    distribute.get_distribution_strategy("tpu")
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def test_multi_worker_training_in_two_processes(source_model, small_mnist_dir, tmp_path):
+  cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+  output_dir = tmp_path / "out"
+  workers = []
+  for index in range(2):
+    temp = tmp_path / f"tmp{index}"
+    temp.mkdir()
+    env = dict(os.environ, TMPDIR=str(temp), TF_CONFIG=json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    workers.append(subprocess.Popen(
+        [sys.executable, "scripts/finetune.py", "--strategy=multi_worker", "--epochs=2",
+         f"--model={source_model[0]}", f"--data_dir={small_mnist_dir}",
+         f"--output_dir={output_dir}"],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outputs = [worker.communicate(timeout=600) for worker in workers]
+  for worker, (stdout, stderr) in zip(workers, outputs):
+    assert worker.returncode == 0, stderr[-3000:]
+
+  metrics = json.loads((output_dir / finetune.METRICS_FILENAME).read_text())
+  assert metrics["strategy"] == "MultiWorkerMirroredStrategy" and metrics["num_replicas"] == 2
+  assert metrics["test_accuracy"] > 0.9
+  assert "== finetune done" in outputs[0][0] and "== finetune done" not in outputs[1][0]
+  # Worker 1 saved into a temporary folder of its own, removed afterwards.
+  assert os.listdir(tmp_path / "tmp1") == []
+  # Synchronous training: both replicas ended with the weights the chief saved.
+  saved = models.weights_fingerprint(loading.load_model(
+      str(output_dir / finetune.TARGET_MODEL_FILENAME)))
+  assert metrics["weights_sha256"] == saved
+  assert f"weights sha256 {saved}" in outputs[1][0]

@@ -1,0 +1,119 @@
+"""report.md: a Markdown summary of a run's stages, from their metrics and plots."""
+
+import json
+import os
+import urllib.parse
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from tl_keras import model_io
+
+REPORT_FILENAME = "report.md"
+# The metrics file each stage writes into its output folder.
+METRICS_FILENAMES = {
+    "pretrain": "source_metrics.json",
+    "transfer": "transfer_metrics.json",
+    "finetune": "finetune_metrics.json",
+}
+_SETTINGS = ("optimizer", "learning_rate", "epochs", "batch_size", "strategy", "num_replicas",
+             "unfreeze", "target", "classes")
+# (metrics key, label, format); training stages time images/s while training, transfer while
+# predicting.
+_RESULTS = (
+    ("test_accuracy", "test accuracy", "percent"),
+    ("wall_seconds", "wall time", "seconds"),
+    ("train_seconds", "training time", "seconds"),
+    ("train_images_per_second", "training images/s", "rate"),
+    ("images_per_second", "inference images/s", "rate"),
+    ("mean_confidence", "mean confidence", "percent"),
+    ("num_train", "train images", "plain"),
+    ("num_test", "test images", "plain"),
+)
+
+
+def load_stage_metrics(output_dir: str) -> Dict[str, Dict[str, Any]]:
+  """Reads the metrics files present in `output_dir`: {"pretrain": {...}, ...}."""
+  stages = {}
+  for stage, filename in METRICS_FILENAMES.items():
+    path = os.path.join(output_dir, filename)
+    if os.path.isfile(path):
+      with open(path) as f:
+        stages[stage] = json.load(f)
+  return stages
+
+
+def _format(value: Any, kind: str = "plain") -> str:
+  if value is None:
+    return "n/a"
+  if kind == "percent":
+    return f"{value:.2%}"
+  if kind == "seconds":
+    return f"{value:.1f} s"
+  if kind == "rate":
+    return f"{value:,.0f}"
+  if isinstance(value, float):
+    return f"{value:g}"
+  if isinstance(value, (list, tuple)):
+    return ", ".join(str(item) for item in value)
+  return str(value)
+
+
+def _image_link(path: str, output_dir: str) -> str:
+  relative = os.path.relpath(os.path.abspath(path), os.path.abspath(output_dir))
+  relative = relative.replace(os.sep, "/")
+  title = os.path.splitext(os.path.basename(path))[0].replace("_", " ")
+  return f"![{title}]({urllib.parse.quote(relative)})"
+
+
+def _stage_section(stage: str, metrics: Mapping[str, Any], plot_paths: Sequence[str],
+                   output_dir: str) -> List[str]:
+  lines = [f"## {stage}", ""]
+  settings = [f"- {key.replace('_', ' ')}: {_format(metrics[key])}"
+              for key in _SETTINGS if key in metrics]
+  if settings:
+    lines += ["Settings:", "", *settings, ""]
+  results = [f"- {label}: {_format(metrics[key], kind)}"
+             for key, label, kind in _RESULTS if key in metrics]
+  if results:
+    lines += ["Results:", "", *results, ""]
+  for path in plot_paths:
+    lines += [_image_link(path, output_dir), ""]
+  return lines
+
+
+def write_report(output_dir: str, stages: Mapping[str, Mapping[str, Any]],
+                 plots: Optional[Mapping[str, Sequence[str]]] = None) -> str:
+  """Writes `output_dir`/report.md summarising the run; returns its path.
+
+  `stages` maps stage names ("pretrain", "transfer", "finetune") to their metrics dicts, as in
+  the metrics files (see `load_stage_metrics`); `plots` maps stage names to PNG paths, linked
+  relative to `output_dir`. Stages appear in pipeline order, any other names after them.
+  """
+  plots = plots or {}
+  known = [stage for stage in METRICS_FILENAMES if stage in stages or stage in plots]
+  names = list(dict.fromkeys([*known, *stages, *plots]))
+
+  lines = ["# tl_keras run report", ""]
+  if stages:
+    lines += ["| stage | accuracy | wall seconds |", "| --- | --- | --- |"]
+    for stage in names:
+      if stage in stages:
+        metrics = stages[stage]
+        wall = metrics.get("wall_seconds")
+        lines.append(f"| {stage} | {_format(metrics.get('test_accuracy'), 'percent')} | "
+                     f"{'n/a' if wall is None else f'{wall:.1f}'} |")
+    lines.append("")
+  for stage in names:
+    lines += _stage_section(stage, stages.get(stage, {}), plots.get(stage, ()), output_dir)
+
+  path = os.path.join(output_dir, REPORT_FILENAME)
+  with model_io.atomic_path(path) as temp, open(temp, "w") as f:
+    f.write("\n".join(lines).rstrip("\n") + "\n")
+  return path
+
+
+def update_report(output_dir: str) -> str:
+  """Rewrites report.md from the metrics files in `output_dir` and the plots they list."""
+  stages = load_stage_metrics(output_dir)
+  plots = {stage: [os.path.join(output_dir, name) for name in metrics.get("plots", [])]
+           for stage, metrics in stages.items()}
+  return write_report(output_dir, stages, plots)
