@@ -14,6 +14,7 @@ from tl_keras import finetune
 from tl_keras import loading
 from tl_keras import models
 from tl_keras.errors import UserError
+from tl_keras.keras_api import keras
 
 
 def test_strategy_choice_on_cpu():
@@ -65,3 +66,41 @@ def test_multi_worker_training_in_two_processes(source_model, small_mnist_dir, t
       str(output_dir / finetune.TARGET_MODEL_FILENAME)))
   assert metrics["weights_sha256"] == saved
   assert f"weights sha256 {saved}" in outputs[1][0]
+
+
+@pytest.mark.parametrize("batch_size, per_replica, strategy, expected", [
+    (128, None, "default", 128), (128, None, "mirrored", 128), (128, 32, "mirrored", 64),
+    (128, 32, "one_device", 32)])
+def test_global_batch_size(batch_size, per_replica, strategy, expected):
+  chosen = distribute.get_distribution_strategy(strategy)
+  assert distribute.global_batch_size(chosen, batch_size, per_replica) == expected
+
+
+def test_per_replica_batch_under_mirrored(source_model, small_mnist_dir, tmp_path):
+  config = finetune.FinetuneConfig(model=source_model[0], data_dir=small_mnist_dir,
+                                   output_dir=str(tmp_path), epochs=1, strategy="mirrored",
+                                   per_replica_batch_size=50)
+  metrics = finetune.run(config)
+  assert metrics["batch_size"] == 100 and metrics["per_replica_batch_size"] == 50
+  assert metrics["history"]["loss"] and metrics["num_replicas"] == 2
+
+
+def test_mixed_precision_is_refused_on_cpu(tmp_path):
+  with pytest.raises(UserError, match="--mixed_precision needs a GPU"):
+    finetune.FinetuneConfig(output_dir=str(tmp_path), mixed_precision=True).validate()
+
+
+def test_mixed_precision_keeps_classifiers_float32(source_model):
+  # What --mixed_precision does on a GPU, checked for structure (not speed) on the CPU.
+  source = loading.load_model(source_model[0])
+  keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    mixed = models.with_global_dtype_policy(source)
+    target = models.build_target_model(mixed, 3)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert target.get_layer("features_conv2").compute_dtype == "float16"
+  assert target.get_layer("features_dense").compute_dtype == "float16"
+  assert target.get_layer(models.TARGET_CLASSIFIER).compute_dtype == "float32"
+  assert target.output.dtype == "float32"
+  assert models.weights_fingerprint(mixed) == models.weights_fingerprint(source)

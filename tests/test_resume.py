@@ -105,7 +105,7 @@ def test_backup_accepts_one_device_strategy(tmp_path):
   settings = training.TrainSettings(output_dir=str(tmp_path), epochs=2, batch_size=16)
   _, metrics = training.fit_and_evaluate(
       lambda: models.build_source_model((28, 28, 1), 2), dataset, settings,
-      distribute.get_distribution_strategy("one_device"), backup_name="test")
+      distribute.get_distribution_strategy("one_device"), stage="test")
   assert metrics["resumed_from_epoch"] == 0 and len(metrics["history"]["loss"]) == 2
   assert not os.listdir(tmp_path)
 

@@ -145,3 +145,13 @@ def test_finetune_only_head_keeps_source_features(source_model, small_mnist_dir,
                              target.get_layer(name).get_weights()):
       np.testing.assert_array_equal(before, after)
   assert metrics["test_accuracy"] > 0.6  # chance is 0.2: frozen 0-4 features carry over
+
+
+def test_tensorboard_logs_go_under_the_output_dir(tmp_path):
+  x = np.zeros((32, 28, 28), np.uint8)
+  y = np.repeat([0, 1], 16)
+  dataset = data.LabeledData(x, y, x, y, ["a", "b"])
+  pretrain.run(pretrain.PretrainConfig(output_dir=str(tmp_path), epochs=1, tensorboard=True),
+               datasets_override=dataset)
+  events = [name for _, _, files in os.walk(tmp_path / "logs" / "pretrain") for name in files]
+  assert any(name.startswith("events.out.tfevents") for name in events)

@@ -69,7 +69,8 @@ def _define_training_flags():
                     "Training optimizer.")
   flags.DEFINE_float("learning_rate", None, "Learning rate (default per optimizer: " + ", ".join(
       f"{name} {rate:g}" for name, rate in models.DEFAULT_LEARNING_RATES.items()) + ").")
-  flags.DEFINE_integer("batch_size", defaults.batch_size, "Global batch size (split over replicas).")
+  flags.DEFINE_integer("batch_size", defaults.batch_size, "Global batch size, split over the "
+                       "replicas.")
   flags.DEFINE_integer("seed", defaults.seed, "Random seed for initialisation and shuffling.")
   flags.DEFINE_enum("strategy", defaults.strategy, list(distribute.STRATEGIES),
                     "tf.distribute strategy. auto: all GPUs mirrored, one GPU, else CPU; "
@@ -78,6 +79,15 @@ def _define_training_flags():
                     "epoch; --noresume starts over.")
   flags.DEFINE_bool("deterministic", defaults.deterministic, "TF op determinism for identical "
                     "results with the same --seed; --nodeterministic may be faster on GPUs.")
+  flags.DEFINE_integer("per_replica_batch_size", None, "Batch size per replica; when set, the "
+                       "global batch is this times the number of replicas and --batch_size is "
+                       "ignored.")
+  flags.DEFINE_bool("mixed_precision", defaults.mixed_precision, "Float16 compute on GPUs "
+                    "(classifier layers stay float32); refused on CPU.")
+  flags.DEFINE_bool("jit_compile", defaults.jit_compile, "XLA-compile the training step "
+                    "(faster on GPUs, slower on CPU).")
+  flags.DEFINE_bool("tensorboard", defaults.tensorboard, "Write TensorBoard logs to "
+                    "OUTPUT_DIR/logs/STAGE.")
 
 
 def _define_source_classes_flag():
@@ -110,7 +120,8 @@ def _flag_values(*names):
 
 
 _TRAINING_FLAGS = ("output_dir", "data_dir", "optimizer", "learning_rate", "batch_size", "seed",
-                   "strategy", "resume", "deterministic")
+                   "strategy", "resume", "deterministic", "per_replica_batch_size",
+                   "mixed_precision", "jit_compile", "tensorboard")
 
 
 def _pretrain_config(epochs):

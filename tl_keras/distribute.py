@@ -4,7 +4,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from typing import Iterator, Optional
 
 import tensorflow as tf
 
@@ -40,6 +40,18 @@ def get_distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
   # mirrored: all GPUs, else every logical CPU device.
   devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
   return tf.distribute.MirroredStrategy(devices)
+
+
+def global_batch_size(strategy: tf.distribute.Strategy, batch_size: int,
+                      per_replica_batch_size: Optional[int] = None) -> int:
+  """The batch one training step takes over all replicas.
+
+  `batch_size` is global (split over the replicas) unless `per_replica_batch_size` is given,
+  which is multiplied by the number of replicas.
+  """
+  if per_replica_batch_size:
+    return per_replica_batch_size * strategy.num_replicas_in_sync
+  return batch_size
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -50,10 +50,12 @@ def run(config: FinetuneConfig, datasets_override: Optional[data.LabeledData] = 
   def build_model():
     source = loading.load_model(config.model, config.allow_unsafe_deserialization)
     models.image_input_shape(source, config.model)
+    if config.mixed_precision:
+      source = models.with_global_dtype_policy(source)
     return models.build_target_model(source, target.num_classes, config.unfreeze)
 
   model, metrics = training.fit_and_evaluate(build_model, target, config, strategy,
-                                             backup_name="finetune")
+                                             stage="finetune")
   metrics.update({
       "source_model": config.model,
       "source_classes": source_metadata.get("class_names"),

@@ -43,7 +43,7 @@ def run(config: PretrainConfig, datasets_override: Optional[data.LabeledData] = 
 
   model, metrics = training.fit_and_evaluate(
       lambda: models.build_source_model(MNIST_INPUT_SHAPE, dataset.num_classes),
-      dataset, config, strategy, backup_name="pretrain")
+      dataset, config, strategy, stage="pretrain")
 
   metadata = {**dataset.metadata(), "stage": "pretrain",
               "source_class_names": dataset.class_names, "tl_keras_version": tl_keras.__version__}

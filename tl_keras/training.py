@@ -31,12 +31,21 @@ class TrainSettings:
   strategy: str = "auto"
   resume: bool = True
   deterministic: bool = True
+  # When set, the global batch is this times the number of replicas and batch_size is unused.
+  per_replica_batch_size: Optional[int] = None
+  mixed_precision: bool = False
+  jit_compile: bool = False
+  tensorboard: bool = False
 
   def validate(self) -> None:
     if self.epochs < 1:
       raise UserError(f"--epochs must be at least 1, got {self.epochs}")
-    if self.batch_size < 1:
-      raise UserError(f"--batch_size must be at least 1, got {self.batch_size}")
+    if self.batch_size < 1 or (self.per_replica_batch_size or 1) < 1:
+      raise UserError("batch sizes must be at least 1, got --batch_size="
+                      f"{self.batch_size} --per_replica_batch_size={self.per_replica_batch_size}")
+    if self.mixed_precision and not tf.config.list_physical_devices("GPU"):
+      raise UserError("--mixed_precision needs a GPU: float16 on a CPU is slower, not faster; "
+                      "drop the flag here")
     # Checks names and rates without creating an optimizer: that would start the TF runtime,
     # after which a multi-worker strategy can no longer be created.
     models.learning_rate_for(self.optimizer, self.learning_rate)
@@ -53,9 +62,14 @@ _BACKUP_SETTINGS_FILENAME = "settings.json"
 _FREE_ON_RESUME = ("output_dir", "resume", "deterministic", "strategy")
 
 
-def backup_dir(output_dir: str, backup_name: str) -> str:
+def tensorboard_dir(output_dir: str, stage: str) -> str:
+  """Where --tensorboard writes a stage's logs: `tensorboard --logdir OUTPUT_DIR/logs`."""
+  return os.path.join(output_dir, "logs", stage)
+
+
+def backup_dir(output_dir: str, stage: str) -> str:
   """The folder holding a stage's training-state backup while it trains."""
-  return os.path.join(output_dir, BACKUP_DIRNAME, backup_name)
+  return os.path.join(output_dir, BACKUP_DIRNAME, stage)
 
 
 class _BackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -158,11 +172,11 @@ def _remove_backup(path: str, chief: bool) -> None:
 
 def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: data.LabeledData,
                      settings: TrainSettings, strategy: tf.distribute.Strategy,
-                     backup_name: Optional[str] = None) -> Tuple[keras.Model, Dict[str, Any]]:
+                     stage: Optional[str] = None) -> Tuple[keras.Model, Dict[str, Any]]:
   """Builds and compiles the model inside `strategy`'s scope, trains, and evaluates on test.
 
-  With `backup_name`, the training state is backed up after every epoch into
-  `backup_dir(settings.output_dir, backup_name)` and, with `settings.resume`, a run killed
+  With a `stage` name, the training state is backed up after every epoch into
+  `backup_dir(settings.output_dir, stage)` and, with `settings.resume`, a run killed
   before it finished resumes from its last finished epoch. Returns the trained model and the
   metrics shared by all training stages.
   """
@@ -172,21 +186,29 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: data.Label
   keras.utils.set_random_seed(settings.seed)
   chief = distribute.is_chief(strategy)
   callbacks = []
-  if backup_name:
+  if stage:
     # Before building the model: creating its variables syncs the workers, so none restores
     # a backup the chief is about to delete.
-    backup_path = backup_dir(settings.output_dir, backup_name)
+    backup_path = backup_dir(settings.output_dir, stage)
     tracker = _BackupTracker(backup_path, _prepare_backup(settings, backup_path, chief),
                              settings.epochs, chief)
     callbacks = [tracker, _BackupAndRestore(backup_path)]
+    if settings.tensorboard and chief:
+      callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir(settings.output_dir, stage)))
+  if settings.mixed_precision:
+    # Float16 compute on GPUs; models.py keeps every classifier layer in float32.
+    keras.mixed_precision.set_global_policy("mixed_float16")
   with strategy.scope():
     model = build_model()
-    models.compile_classifier(model, models.make_optimizer(settings.optimizer,
-                                                           settings.learning_rate))
+    models.compile_classifier(
+        model, models.make_optimizer(settings.optimizer, settings.learning_rate),
+        jit_compile=settings.jit_compile)
   input_shape = model.input_shape[1:]
-  train = data.make_dataset(dataset.x_train, dataset.y_train, settings.batch_size, input_shape,
+  batch_size = distribute.global_batch_size(strategy, settings.batch_size,
+                                            settings.per_replica_batch_size)
+  train = data.make_dataset(dataset.x_train, dataset.y_train, batch_size, input_shape,
                             shuffle_seed=settings.seed)
-  test = data.make_dataset(dataset.x_test, dataset.y_test, settings.batch_size, input_shape)
+  test = data.make_dataset(dataset.x_test, dataset.y_test, batch_size, input_shape)
   absl_logger = logging.getLogger("absl")
   log_filter = _DropCheckpointInfo()
   absl_logger.addFilter(log_filter)
@@ -198,7 +220,7 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: data.Label
     absl_logger.removeFilter(log_filter)
   train_seconds = time.perf_counter() - start
   resumed_from_epoch = 0
-  if backup_name:
+  if stage:
     _remove_backup(backup_path, chief)  # Keras has deleted the checkpoint itself
     resumed_from_epoch = tracker.start_epoch
   _, test_accuracy = model.evaluate(test, verbose=0)
@@ -218,7 +240,10 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: data.Label
                   for name, values in history.history.items()},
       "optimizer": settings.optimizer,
       "learning_rate": float(model.optimizer.learning_rate.numpy()),
-      "batch_size": settings.batch_size,
+      "batch_size": batch_size,
+      "per_replica_batch_size": batch_size / strategy.num_replicas_in_sync,
+      "mixed_precision": settings.mixed_precision,
+      "jit_compile": settings.jit_compile,
       "seed": settings.seed,
       "deterministic": settings.deterministic,
       "strategy": distribute.strategy_name(strategy),
