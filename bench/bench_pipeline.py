@@ -4,7 +4,8 @@
 The classic recipe (keras/examples/mnist_transfer_cnn.py): conv32-conv32 CNN, Adadelta lr=1.0,
 batch 128, 5 epochs on digits 0-4, convolutions frozen, 5 epochs on digits 5-9. Both run as
 fresh processes on the same full MNIST, one after the other, so the wall times include
-TensorFlow start-up, data loading and saving. Writes a JSON report and prints the ratio.
+TensorFlow start-up, data loading and saving. Also measures the pipeline's peak memory and
+inference throughput against a plain `model.predict`. Writes a JSON report and prints the ratio.
 
   python bench/bench_pipeline.py --data_dir=../shared/datasets
 """
@@ -13,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -58,6 +60,30 @@ def classic_recipe(data_dir):
   return result
 
 
+def inference_speed(data_dir, model_path, repeats=3):
+  """Images/s on MNIST 5-9 test: plain `model.predict` on NumPy floats vs `models.predict`."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tl_keras import data, loading, models  # pylint: disable=g-import-not-at-top
+
+  model = loading.load_model(model_path)
+  images = data.mnist_subset(range(5, 10), data_dir).x_test
+  floats = images[..., None].astype(np.float32) / 255.0
+
+  def best(run):
+    run()  # warm-up: tracing
+    seconds = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      run()
+      seconds.append(time.perf_counter() - start)
+    return round(len(images) / min(seconds), 1)
+
+  plain = best(lambda: model.predict(floats, verbose=0))
+  ours = best(lambda: models.predict(model, images))
+  return {"images": len(images), "plain_predict_images_per_second": plain,
+          "tl_keras_predict_images_per_second": ours, "speedup": round(ours / plain, 2)}
+
+
 def timed(command, env=None):
   start = time.perf_counter()
   completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
@@ -74,17 +100,26 @@ def main():
                                                                         "datasets")))
   parser.add_argument("--output", default=os.path.join(HERE, "results", "pipeline.json"))
   parser.add_argument("--classic_only", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--inference_only", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.classic_only:
     print(json.dumps(classic_recipe(args.data_dir)))
+    return
+  if args.inference_only:
+    print(json.dumps(inference_speed(args.data_dir, args.inference_only)))
     return
 
   with tempfile.TemporaryDirectory() as output_dir:
     env = dict(os.environ, TL_KERAS_DATA_DIR=args.data_dir)
     ours_seconds, _ = timed([sys.executable, "scripts/pipeline.py", f"--output_dir={output_dir}"],
                             env)
+    # Only finished children count, so this is the pipeline's peak resident memory.
+    ours_peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     ours = {stage: json.load(open(os.path.join(output_dir, f"{stage}_metrics.json")))
             for stage in ("source", "transfer", "finetune")}
+    _, inference_out = timed([sys.executable, __file__, f"--data_dir={args.data_dir}",
+                              f"--inference_only={os.path.join(output_dir, 'source_model.h5')}"])
+    inference = json.loads(inference_out.strip().splitlines()[-1])
   classic_seconds, classic_out = timed([sys.executable, __file__, "--classic_only",
                                         f"--data_dir={args.data_dir}"])
   classic = json.loads(classic_out.strip().splitlines()[-1])
@@ -100,7 +135,11 @@ def main():
           "finetune_train_seconds": ours["finetune"]["train_seconds"],
           "stage_wall_seconds": {stage: ours[stage]["wall_seconds"] for stage in ours},
           "transfer_images_per_second": ours["transfer"]["images_per_second"],
+          "train_images_per_second": {"pretrain": ours["source"]["train_images_per_second"],
+                                      "finetune": ours["finetune"]["train_images_per_second"]},
+          "peak_memory_mib": round(ours_peak_mib, 1),
       },
+      "inference": inference,
       "classic_recipe": {"wall_seconds": round(classic_seconds, 2), **classic},
       "wall_time_ratio": round(ours_seconds / classic_seconds, 3),
   }
@@ -112,7 +151,8 @@ def main():
         f"({report['tl_keras_pipeline']['source_test_accuracy']:.2%} / "
         f"{report['tl_keras_pipeline']['target_test_accuracy']:.2%}); classic recipe "
         f"{classic_seconds:.1f} s ({classic['source_test_accuracy']:.2%} / "
-        f"{classic['target_test_accuracy']:.2%}); ratio {report['wall_time_ratio']:.2f}")
+        f"{classic['target_test_accuracy']:.2%}); ratio {report['wall_time_ratio']:.2f}; "
+        f"peak memory {ours_peak_mib:.0f} MiB; inference {inference['speedup']:.2f}x model.predict")
 
 
 if __name__ == "__main__":

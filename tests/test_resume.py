@@ -15,6 +15,7 @@ from conftest import REPO_ROOT, run_command
 from tl_keras import data
 from tl_keras import distribute
 from tl_keras import models
+from tl_keras import resume
 from tl_keras import training
 
 PRETRAIN_FILES = ["pretrain_curves.png", "report.md", "source_metrics.json", "source_model.h5"]
@@ -58,7 +59,7 @@ def _read_metrics(output_dir):
 def test_killed_run_resumes_from_its_last_epoch(sig, small_mnist_dir, tmp_path):
   out = tmp_path / "out"
   args = _pretrain_args(small_mnist_dir, out, epochs=6)
-  backup = training.backup_dir(str(out), "pretrain")
+  backup = resume.backup_dir(str(out), "pretrain")
   _interrupt(args, backup, sig, tmp_path / "interrupted.log")
   assert not (out / "source_model.h5").exists()
 
@@ -78,7 +79,7 @@ def test_killed_run_resumes_from_its_last_epoch(sig, small_mnist_dir, tmp_path):
 
 def test_resume_refuses_other_settings_and_noresume_starts_over(small_mnist_dir, tmp_path):
   out = tmp_path / "out"
-  backup = training.backup_dir(str(out), "pretrain")
+  backup = resume.backup_dir(str(out), "pretrain")
   _interrupt(_pretrain_args(small_mnist_dir, out, epochs=3), backup, signal.SIGKILL,
              tmp_path / "interrupted.log")
 

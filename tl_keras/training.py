@@ -1,10 +1,7 @@
 """Training shared by the pretrain and finetune stages: settings, fit, evaluation, summaries."""
 
 import dataclasses
-import json
-import logging
 import os
-import shutil
 import sys
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -14,6 +11,7 @@ import tensorflow as tf
 from tl_keras import data
 from tl_keras import distribute
 from tl_keras import models
+from tl_keras import resume
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 
@@ -56,118 +54,9 @@ def progress_verbosity() -> int:
   return 1 if sys.stdout.isatty() else 2
 
 
-BACKUP_DIRNAME = ".tl_keras_backup"
-_BACKUP_SETTINGS_FILENAME = "settings.json"
-# Settings a resumed run may change; any other change refuses to resume.
-_FREE_ON_RESUME = ("output_dir", "resume", "deterministic", "strategy")
-
-
 def tensorboard_dir(output_dir: str, stage: str) -> str:
   """Where --tensorboard writes a stage's logs: `tensorboard --logdir OUTPUT_DIR/logs`."""
   return os.path.join(output_dir, "logs", stage)
-
-
-def backup_dir(output_dir: str, stage: str) -> str:
-  """The folder holding a stage's training-state backup while it trains."""
-  return os.path.join(output_dir, BACKUP_DIRNAME, stage)
-
-
-class _BackupAndRestore(keras.callbacks.BackupAndRestore):
-  """BackupAndRestore that also accepts OneDeviceStrategy, what --strategy=auto picks on one GPU.
-
-  tf_keras leaves it off its list of supported strategies and raises NotImplementedError, but
-  a single device checkpoints and restores like the default strategy.
-  """
-
-  def __init__(self, backup_dir_path: str):
-    super().__init__(backup_dir_path)
-    self._supported_strategies += (tf.distribute.OneDeviceStrategy,)
-
-
-class _BackupTracker(keras.callbacks.Callback):
-  """Records the epoch fit starts at (past 0 after a restore) and says so before training.
-
-  Goes before `_BackupAndRestore` in the callbacks, so the settings file it writes at the end
-  of the first epoch is on disk before the first backup.
-  """
-
-  def __init__(self, backup_path: str, settings: Dict[str, Any], epochs: int, chief: bool):
-    super().__init__()
-    self._backup_path = backup_path
-    self._settings = settings
-    self._epochs = epochs
-    self._chief = chief
-    self._settings_written = False
-    self.start_epoch = None
-
-  def _start(self, epoch):
-    self.start_epoch = epoch
-    if epoch and self._chief:
-      print(f"resuming from epoch {epoch} of {self._epochs} (backup in {self._backup_path})",
-            flush=True)
-
-  def on_epoch_begin(self, epoch, logs=None):
-    if self.start_epoch is None:
-      self._start(epoch)
-
-  def on_epoch_end(self, epoch, logs=None):
-    if self._chief and not self._settings_written:
-      os.makedirs(self._backup_path, exist_ok=True)
-      path = os.path.join(self._backup_path, _BACKUP_SETTINGS_FILENAME)
-      with open(path + ".tmp", "w") as f:
-        json.dump(self._settings, f, indent=2, sort_keys=True)
-      os.replace(path + ".tmp", path)
-      self._settings_written = True
-
-  def on_train_end(self, logs=None):
-    if self.start_epoch is None:  # the backup already held every epoch
-      self._start(self._epochs)
-
-
-class _DropCheckpointInfo(logging.Filter):
-  """Drops the INFO line TF logs through absl on every checkpoint save, i.e. every backup."""
-
-  def filter(self, record):
-    return record.levelno >= logging.WARNING or record.module != "functional_saver"
-
-
-def _prepare_backup(settings: TrainSettings, path: str, chief: bool) -> Dict[str, Any]:
-  """Deletes the backup in `path`, or with `settings.resume` checks its settings match.
-
-  Returns the settings to record beside a new backup. Keras would restore a backup made with
-  other settings regardless (learning rate included, or fail on a shape mismatch). The chief
-  deletes and writes; every worker restores from the chief's backup, so with several machines
-  `path` must be on a file system they share.
-  """
-  current = json.loads(json.dumps({k: v for k, v in dataclasses.asdict(settings).items()
-                                   if k not in _FREE_ON_RESUME}))
-  settings_path = os.path.join(path, _BACKUP_SETTINGS_FILENAME)
-  if not settings.resume:
-    if chief:
-      shutil.rmtree(path, ignore_errors=True)
-  elif os.path.isfile(settings_path) and set(os.listdir(path)) != {_BACKUP_SETTINGS_FILENAME}:
-    with open(settings_path) as f:
-      saved = json.load(f)
-    changed = [f"--{k}={saved.get(k)} (now {v})" for k, v in current.items() if saved.get(k) != v]
-    if changed:
-      raise UserError(f"{path} holds an interrupted run with other settings: "
-                      f"{', '.join(changed)}. Rerun with those to resume it, or add --noresume "
-                      "to start over")
-  return current
-
-
-def _remove_backup(path: str, chief: bool) -> None:
-  """Removes what Keras leaves of a finished backup: our settings file and empty folders."""
-  if chief:
-    try:
-      os.remove(os.path.join(path, _BACKUP_SETTINGS_FILENAME))
-    except OSError:
-      pass
-  for folder in (path, os.path.dirname(path)):
-    try:
-      os.rmdir(folder)
-    except OSError:  # not empty (another stage's backup, another worker's files) or absent
-      pass
 
 
 def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: data.LabeledData,
@@ -189,10 +78,10 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: data.Label
   if stage:
     # Before building the model: creating its variables syncs the workers, so none restores
     # a backup the chief is about to delete.
-    backup_path = backup_dir(settings.output_dir, stage)
-    tracker = _BackupTracker(backup_path, _prepare_backup(settings, backup_path, chief),
+    backup_path = resume.backup_dir(settings.output_dir, stage)
+    tracker = resume.BackupTracker(backup_path, resume.prepare_backup(settings, backup_path, chief),
                              settings.epochs, chief)
-    callbacks = [tracker, _BackupAndRestore(backup_path)]
+    callbacks = [tracker, resume.BackupAndRestore(backup_path)]
     if settings.tensorboard and chief:
       callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir(settings.output_dir, stage)))
   if settings.mixed_precision:
@@ -209,19 +98,13 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: data.Label
   train = data.make_dataset(dataset.x_train, dataset.y_train, batch_size, input_shape,
                             shuffle_seed=settings.seed)
   test = data.make_dataset(dataset.x_test, dataset.y_test, batch_size, input_shape)
-  absl_logger = logging.getLogger("absl")
-  log_filter = _DropCheckpointInfo()
-  absl_logger.addFilter(log_filter)
   start = time.perf_counter()
-  try:
-    history = model.fit(train, epochs=settings.epochs, verbose=progress_verbosity(),
-                        callbacks=callbacks)
-  finally:
-    absl_logger.removeFilter(log_filter)
+  history = model.fit(train, epochs=settings.epochs, verbose=progress_verbosity(),
+                      callbacks=callbacks)
   train_seconds = time.perf_counter() - start
   resumed_from_epoch = 0
   if stage:
-    _remove_backup(backup_path, chief)  # Keras has deleted the checkpoint itself
+    resume.remove_backup(backup_path, chief)  # Keras has deleted the checkpoint itself
     resumed_from_epoch = tracker.start_epoch
   _, test_accuracy = model.evaluate(test, verbose=0)
   return model, {
