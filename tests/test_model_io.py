@@ -98,15 +98,16 @@ def test_weights_only_h5_is_refused(tmp_path):
     assert "model_config" not in f.attrs
 
 
-def test_h5_loads_in_keras3_without_tl_keras(tmp_path):
+@pytest.mark.parametrize("keras_module", ["keras", "tf_keras"])
+def test_h5_loads_in_plain_keras_without_tl_keras(tmp_path, keras_module):
   model = models.build_source_model((28, 28, 1), 3)
   path = tmp_path / "m.h5"
   model_io.save_h5(model, str(path), {"class_names": ["a", "b", "c"]})
   images = np.random.default_rng(1).random((4, 28, 28, 1), dtype=np.float32)
   np.save(tmp_path / "images.npy", images)
   script = f"""
-import sys, numpy as np, keras
-assert keras.__version__.startswith("3"), keras.__version__
+import sys, numpy as np, {keras_module} as keras
+assert keras.__version__.startswith({"3" if keras_module == "keras" else "2"!r}), keras.__version__
 model = keras.models.load_model({str(path)!r}, compile=False)
 np.save({str(tmp_path / "out.npy")!r}, model.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0))
 assert "tl_keras" not in sys.modules
