@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 
@@ -31,6 +32,9 @@ def test_stage_scripts_in_sequence(small_mnist_dir, tmp_path):
   finetune = run_command(["scripts/finetune.py", f"--model={out}/source_model.h5", "--epochs=2",
                           "--optimizer=adadelta", "--unfreeze=last:2", *common])
   assert finetune.returncode == 0, finetune.stderr[-3000:]
+
+  for result in (pretrain, transfer, finetune):  # TF's INFO/C++ log lines stay hidden by default
+    assert not re.search(r"^[IWE]\d{4} ", result.stdout + result.stderr, re.M), result.stderr
 
   with open(os.path.join(out, "transfer_metrics.json")) as f:
     transfer_metrics = json.load(f)

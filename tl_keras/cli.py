@@ -148,7 +148,12 @@ def _transfer_config(model):
 def _parse_flags(argv):
   """Parses flags; a bad flag is a one-line error with exit code 2, like any bad input."""
   try:
-    return FLAGS(argv)
+    remaining = FLAGS(argv)
+    if FLAGS["verbosity"].using_default_value:
+      # Warnings only: TensorFlow logs INFO through absl on every save (--verbosity=0 shows it).
+      # Set here, as absl's app.run raises a default verbosity to INFO after this parser.
+      FLAGS.verbosity = -1
+    return remaining
   except flags.Error as e:
     print(f"error: {e}. Try --help.", file=sys.stderr)
     sys.exit(2)
@@ -173,8 +178,6 @@ def _run(main, description):
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   sys.modules["__main__"].__doc__ = description  # absl's --help starts with it
-  # TensorFlow logs INFO through absl while saving; --verbosity=0 brings it back.
-  FLAGS.set_default("verbosity", -1)
   for flag in FLAGS.get_flags_for_module(__name__):  # list them in --help, not only --helpfull
     FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(guarded_main, flags_parser=_parse_flags)
