@@ -15,7 +15,6 @@ from tl_keras import model_io
 from tl_keras import models
 from tl_keras import plots
 from tl_keras import pretrain
-from tl_keras import report
 from tl_keras import training
 
 TARGET_MODEL_FILENAME = "target_model.h5"
@@ -75,10 +74,8 @@ def run(config: FinetuneConfig, datasets_override: Optional[data.LabeledData] = 
     model_io.export_saved_model(model, artifacts["savedmodel"], target.class_names, metadata)
     if distribute.is_chief(strategy):
       metrics["plots"] = _plot(model, target, metrics, save_dir)
-    metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
-    model_io.write_json(artifacts["metrics"], metrics)
-    if distribute.is_chief(strategy):
-      artifacts["report"] = report.update_report(save_dir)
+    artifacts["report"] = training.write_metrics(metrics, artifacts["metrics"], start,
+                                                 distribute.is_chief(strategy))
   training.print_summary("finetune", metrics, artifacts, strategy)
   return metrics
 

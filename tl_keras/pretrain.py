@@ -13,7 +13,6 @@ from tl_keras import distribute
 from tl_keras import model_io
 from tl_keras import models
 from tl_keras import plots
-from tl_keras import report
 from tl_keras import training
 
 SOURCE_MODEL_FILENAME = "source_model.h5"
@@ -56,9 +55,7 @@ def run(config: PretrainConfig, datasets_override: Optional[data.LabeledData] = 
           metrics["history"], os.path.join(save_dir, CURVES_FILENAME),
           f"pretrain on {dataset.description}", first_epoch=metrics["resumed_from_epoch"] + 1)
       metrics["plots"] = [CURVES_FILENAME]
-    metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
-    model_io.write_json(artifacts["metrics"], metrics)
-    if distribute.is_chief(strategy):
-      artifacts["report"] = report.update_report(save_dir)
+    artifacts["report"] = training.write_metrics(metrics, artifacts["metrics"], start,
+                                                 distribute.is_chief(strategy))
   training.print_summary("pretrain", metrics, artifacts, strategy)
   return metrics

@@ -10,7 +10,9 @@ import tensorflow as tf
 
 from tl_keras import data
 from tl_keras import distribute
+from tl_keras import model_io
 from tl_keras import models
+from tl_keras import report
 from tl_keras import resume
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
@@ -133,6 +135,15 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: data.Label
       "num_replicas": strategy.num_replicas_in_sync,
       "weights_sha256": models.weights_fingerprint(model),
   }
+
+
+def write_metrics(metrics: Dict[str, Any], path: str, start: float,
+                  chief: bool = True) -> Optional[str]:
+  """Adds `wall_seconds` since `start`, writes the metrics file, and on the chief rewrites the
+  folder's report.md; returns the report's path (None elsewhere)."""
+  metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
+  model_io.write_json(path, metrics)
+  return report.update_report(os.path.dirname(path)) if chief else None
 
 
 def print_summary(stage: str, metrics: Dict[str, Any], artifacts: Dict[str, str],

@@ -19,7 +19,6 @@ from tl_keras import model_io
 from tl_keras import models
 from tl_keras import plots
 from tl_keras import pretrain
-from tl_keras import report
 from tl_keras import training
 
 PREDICTIONS_FILENAME = "predictions.csv"
@@ -82,7 +81,6 @@ def run(config: TransferConfig,
       "source_classes": source_names,
       "model": config.model,
       "target": target.description,
-      "wall_seconds": round(time.perf_counter() - start, 2),
   }
   confusion_path = plots.plot_confusion_matrix(
       target.y_test, predicted, target.class_names, os.path.join(output_dir, CONFUSION_FILENAME),
@@ -90,8 +88,7 @@ def run(config: TransferConfig,
       pred_class_names=source_names)
   metrics["plots"] = [os.path.basename(confusion_path)]
   metrics_path = os.path.join(output_dir, METRICS_FILENAME)
-  model_io.write_json(metrics_path, metrics)
-  report_path = report.update_report(output_dir)
+  report_path = training.write_metrics(metrics, metrics_path, start)
   training.print_summary("transfer", metrics, {"predictions": predictions_path,
                                                "metrics": metrics_path, "plot": confusion_path,
                                                "report": report_path})
