@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tl_keras import data
 from tl_keras import finetune
 from tl_keras import loading
 from tl_keras import model_io

@@ -42,7 +42,7 @@ def run(config: TransferConfig,
   start = time.perf_counter()
   output_dir = model_io.prepare_output_dir(config.output_dir)
   model = loading.load_model(config.model, config.allow_unsafe_deserialization)
-  input_shape = models.image_input_shape(model, config.model)
+  models.image_input_shape(model, config.model)  # refuses models that take no images
   source_names = model_io.class_names_of(model, model_io.read_metadata(config.model))
   target = datasets_override or data.load_target(config.target, config.data_dir)
 
