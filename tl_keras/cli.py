@@ -134,13 +134,13 @@ def _allow_unsafe():
   return "allow_unsafe_deserialization" in FLAGS and FLAGS.allow_unsafe_deserialization
 
 
-def _finetune_config(epochs, model):
+def _finetune_config(epochs, model=finetune.FinetuneConfig.model):
   return finetune.FinetuneConfig(
       epochs=epochs, model=model, allow_unsafe_deserialization=_allow_unsafe(),
       **_flag_values("target", "unfreeze", *_TRAINING_FLAGS))
 
 
-def _transfer_config(model):
+def _transfer_config(model=transfer.TransferConfig.model):
   return transfer.TransferConfig(model=model, allow_unsafe_deserialization=_allow_unsafe(),
                                  **_flag_values("target", "data_dir", "output_dir"))
 
@@ -223,8 +223,6 @@ def pipeline_main():
   _define_target_flag()
   _define_unfreeze_flag()
 
-  def run_pipeline():
-    source_model = os.path.join(FLAGS.output_dir, pretrain.SOURCE_MODEL_FILENAME)
-    pipeline.run(_pretrain_config(FLAGS.pretrain_epochs), _transfer_config(source_model),
-                 _finetune_config(FLAGS.finetune_epochs, source_model))
-  _run(run_pipeline, pipeline_main.__doc__)
+  # The pipeline points transfer and finetune at the model its pretrain stage writes.
+  _run(lambda: pipeline.run(_pretrain_config(FLAGS.pretrain_epochs), _transfer_config(),
+                            _finetune_config(FLAGS.finetune_epochs)), pipeline_main.__doc__)

@@ -81,8 +81,8 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: data.Label
     # Before building the model: creating its variables syncs the workers, so none restores
     # a backup the chief is about to delete.
     backup_path = resume.backup_dir(settings.output_dir, stage)
-    tracker = resume.BackupTracker(backup_path, resume.prepare_backup(settings, backup_path, chief),
-                             settings.epochs, chief)
+    recorded_settings = resume.prepare_backup(settings, backup_path, chief)
+    tracker = resume.BackupTracker(backup_path, recorded_settings, settings.epochs, chief)
     callbacks = [tracker, resume.BackupAndRestore(backup_path)]
     if settings.tensorboard and chief:
       callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir(settings.output_dir, stage)))
