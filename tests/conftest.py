@@ -68,3 +68,20 @@ def target_model(source_model, small_mnist_dir, tmp_path_factory):
   config = finetune.FinetuneConfig(model=source_model[0], data_dir=small_mnist_dir,
                                    output_dir=str(output_dir), epochs=3, strategy="default")
   return output_dir, finetune.run(config)
+
+
+def write_image_folder(folder, images, labels, class_names, extensions=("png",), size=None,
+                       rgb=False):
+  """Saves uint8 [N,28,28] `images` as files in FOLDER/CLASS_NAME/, cycling through
+  `extensions` (any Pillow writes: png, jpg, bmp, gif), resized to `size` and as RGB if asked."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top (Pillow comes with matplotlib)
+  for index, (pixels, label) in enumerate(zip(images, labels)):
+    class_dir = os.path.join(folder, class_names[label])
+    os.makedirs(class_dir, exist_ok=True)
+    image = Image.fromarray(pixels)
+    if size:
+      image = image.resize(size)
+    if rgb:
+      image = image.convert("RGB")
+    image.save(os.path.join(class_dir, f"{index}.{extensions[index % len(extensions)]}"))
+  return str(folder)

@@ -12,7 +12,9 @@ from tl_keras import model_io
 
 @pytest.mark.parametrize("script, flag", [
     ("pretrain", "--source_classes"), ("transfer", "--target"), ("finetune", "--unfreeze"),
-    ("pipeline", "--finetune_epochs")])
+    ("pipeline", "--finetune_epochs"), ("transfer", "--train_per_class"),
+    ("finetune", "--warmup_epochs"), ("finetune", "--[no]compare_scratch"),
+    ("finetune", "--validation_split"), ("pipeline", "--target_fit")])
 def test_help_lists_the_stage_flags(script, flag):
   result = run_command([f"scripts/{script}.py", "--help"])
   assert result.returncode == 0, result.stderr
@@ -23,13 +25,13 @@ def test_help_lists_the_stage_flags(script, flag):
 def test_stage_scripts_in_sequence(small_mnist_dir, tmp_path):
   out = str(tmp_path / "out")
   common = [f"--data_dir={small_mnist_dir}", f"--output_dir={out}"]
-  pretrain = run_command(["scripts/pretrain.py", "--epochs=2", *common])
+  pretrain = run_command(["scripts/pretrain.py", "--epochs=3", *common])
   assert pretrain.returncode == 0, pretrain.stderr[-3000:]
   assert "== pretrain done" in pretrain.stdout
   transfer = run_command(["scripts/transfer.py", f"--model={out}/source_model.h5",
                           "--target=mnist:3-6", *common])
   assert transfer.returncode == 0, transfer.stderr[-3000:]
-  finetune = run_command(["scripts/finetune.py", f"--model={out}/source_model.h5", "--epochs=2",
+  finetune = run_command(["scripts/finetune.py", f"--model={out}/source_model.h5", "--epochs=3",
                           "--optimizer=adadelta", "--unfreeze=last:2", *common])
   assert finetune.returncode == 0, finetune.stderr[-3000:]
 
@@ -51,8 +53,8 @@ def test_stage_scripts_in_sequence(small_mnist_dir, tmp_path):
 
 def test_pipeline_end_to_end(small_mnist_dir, tmp_path):
   out = tmp_path / "out"
-  result = run_command(["scripts/pipeline.py", f"--output_dir={out}", "--pretrain_epochs=2",
-                        "--finetune_epochs=2"], env={"TL_KERAS_DATA_DIR": small_mnist_dir})
+  result = run_command(["scripts/pipeline.py", f"--output_dir={out}", "--pretrain_epochs=3",
+                        "--finetune_epochs=3"], env={"TL_KERAS_DATA_DIR": small_mnist_dir})
   assert result.returncode == 0, result.stderr[-3000:]
   assert "== pipeline done" in result.stdout
   assert sorted(os.listdir(out)) == [

@@ -32,6 +32,12 @@ def _file(folder, name, content):
   return f"--model={folder / name}"
 
 
+def _folder_with_empty_class(folder):
+  (folder / "images" / "a").mkdir(parents=True)
+  (folder / "images" / "a" / "x.png").write_bytes(b"not a png")
+  return f"--target=dir:{folder / 'images'}"
+
+
 CASES = {
     # name: (script, flags made from a scratch folder, message)
     "missing MNIST file": ("pretrain", lambda d: [f"--data_dir={d / 'nowhere'}"],
@@ -59,6 +65,16 @@ CASES = {
     "unknown strategy": ("pretrain", lambda d: ["--strategy=tpu"], "--strategy"),
     "unknown unfreeze": ("finetune", lambda d: ["--unfreeze=bottom"], "--unfreeze='bottom'"),
     "unknown layer name": ("finetune", lambda d: ["--unfreeze=features_conv9"], "features_conv9"),
+    "missing target folder": ("finetune", lambda d: [f"--target=dir:{d / 'nowhere'}"],
+                              "target folder not found"),
+    "class folder without images": ("transfer", lambda d: [_folder_with_empty_class(d)],
+                                    "holds no readable images"),
+    "unknown target fit": ("transfer", lambda d: ["--target_fit=crop"], "--target_fit"),
+    "zero train per class": ("finetune", lambda d: ["--train_per_class=0"],
+                             "--train_per_class must be at least 1"),
+    "head dropout of 1.5": ("finetune", lambda d: ["--head_dropout=1.5"], "--head_dropout"),
+    "validation split of 1": ("finetune", lambda d: ["--validation_split=1"],
+                              "--validation_split must lie in [0, 1)"),
     "unwritable output": ("finetune", lambda d: [f"--output_dir={d / 'source.h5' / 'out'}"],
                           "cannot write to output folder"),
 }

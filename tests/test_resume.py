@@ -77,20 +77,24 @@ def test_killed_run_resumes_from_its_last_epoch(sig, small_mnist_dir, tmp_path):
   assert sorted(os.listdir(out)) == PRETRAIN_FILES
 
 
-def test_killed_finetune_resumes(source_model, small_mnist_dir, tmp_path):
+def test_killed_finetune_resumes_after_its_warmup(source_model, small_mnist_dir, tmp_path):
   out = tmp_path / "out"
   args = ["scripts/finetune.py", f"--model={source_model[0]}", f"--data_dir={small_mnist_dir}",
-          f"--output_dir={out}", "--epochs=5", "--batch_size=32"]
+          f"--output_dir={out}", "--warmup_epochs=1", "--epochs=4", "--batch_size=32",
+          "--finetune_learning_rate=0.0005"]
+  # Killed in the second phase: the rerun skips the finished warmup and resumes the finetune.
   backup = resume.backup_dir(str(out), "finetune")
   _interrupt(args, backup, signal.SIGKILL, tmp_path / "interrupted.log")
   assert not (out / "target_model.h5").exists()
 
   result = run_command(args)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "warmup finished before the interruption" in result.stdout
   assert "resuming from epoch" in result.stdout
   with open(out / "finetune_metrics.json") as f:
     metrics = json.load(f)
-  assert 1 <= metrics["resumed_from_epoch"] < 5
+  assert 2 <= metrics["resumed_from_epoch"] < 5 and metrics["epochs"] == 5
+  assert [phase["name"] for phase in metrics["phases"]] == ["finetune"]
   assert metrics["test_accuracy"] > 0.9
   assert not os.path.exists(os.path.dirname(backup))
 

@@ -45,6 +45,7 @@ from absl import app  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import flags
 from absl import logging
 
+from tl_keras import data
 from tl_keras import distribute
 from tl_keras import finetune
 from tl_keras import models
@@ -88,6 +89,13 @@ def _define_training_flags():
                     "(faster on GPUs, slower on CPU).")
   flags.DEFINE_bool("tensorboard", defaults.tensorboard, "Write TensorBoard logs to "
                     "OUTPUT_DIR/logs/STAGE.")
+  flags.DEFINE_bool("augment", defaults.augment, "Random shifts, rotations and zoom of the "
+                    "training images.")
+  flags.DEFINE_float("validation_split", defaults.validation_split, "Fraction of each class's "
+                     "training images held out for validation; when set, training stops early "
+                     "once the validation loss stalls and keeps the best epoch's weights.")
+  flags.DEFINE_integer("patience", defaults.patience, "With --validation_split: epochs without "
+                       "a better validation loss before stopping.")
 
 
 def _define_source_classes_flag():
@@ -96,16 +104,44 @@ def _define_source_classes_flag():
                       "or '0,2,4-6'.")
 
 
-def _define_target_flag():
-  flags.DEFINE_string("target", finetune.FinetuneConfig.target,
-                      "Target data: 'mnist:CLASSES' (e.g. mnist:5-9; labels become 0..k-1) or "
-                      "'npz:PATH' (keys x_train y_train x_test y_test; any size, 1 or 3 channels).")
+def _define_target_flags():
+  defaults = data.TargetOptions
+  flags.DEFINE_string("target", defaults.target,
+                      "Target data: 'mnist:CLASSES' (e.g. mnist:5-9; labels become 0..k-1), "
+                      "'npz:PATH' (keys x_train y_train x_test y_test; any size, 1 or 3 channels) "
+                      "or 'dir:PATH' (a folder per class of PNG/JPEG/BMP/GIF images, optionally "
+                      "inside train/ and test/ folders).")
+  flags.DEFINE_enum("target_fit", defaults.target_fit, list(data.FITS),
+                    "How target images of another size reach the model's input: resize "
+                    "(stretch) or pad (keep the aspect ratio, centre, pad with black).")
+  flags.DEFINE_float("test_split", defaults.test_split, "For dir: targets without train/ and "
+                     "test/ folders: the fraction of each class held out for testing (seeded).")
+  flags.DEFINE_integer("train_per_class", defaults.train_per_class, "Use only this many "
+                       "training images per target class (a seeded, stratified subset).")
 
 
-def _define_unfreeze_flag():
-  flags.DEFINE_string("unfreeze", finetune.FinetuneConfig.unfreeze,
+def _define_features_layer_flag():
+  flags.DEFINE_string("features_layer", None, "Source layer whose output the new head sits on "
+                      "(its later layers are dropped); default: the source classifier's input.")
+
+
+def _define_finetune_flags():
+  defaults = finetune.FinetuneConfig
+  _define_features_layer_flag()
+  flags.DEFINE_string("unfreeze", defaults.unfreeze,
                       "Source layers that train besides the new head: none, all, last:N (the last "
-                      "N layers with weights) or comma-separated layer names.")
+                      "N layers with weights) or comma-separated layer names. BatchNormalization "
+                      "layers always stay frozen, in inference mode.")
+  flags.DEFINE_integer("warmup_epochs", defaults.warmup_epochs, "Epochs that train only the new "
+                       "head before the --unfreeze'd layers join it.")
+  flags.DEFINE_float("finetune_learning_rate", None, "Learning rate after the warmup epochs "
+                     "(default: a tenth of --learning_rate).")
+  flags.DEFINE_integer("head_units", defaults.head_units, "Units of a hidden ReLU Dense layer in "
+                       "the new head; 0: the classifier sits directly on the source features.")
+  flags.DEFINE_float("head_dropout", defaults.head_dropout, "Dropout rate in the new head.")
+  flags.DEFINE_float("head_l2", defaults.head_l2, "L2 weight decay on the new head's kernels.")
+  flags.DEFINE_bool("compare_scratch", defaults.compare_scratch, "Also train the same model from "
+                    "random weights for as many epochs and report the transfer gain.")
 
 
 def _define_model_flags():
@@ -121,7 +157,11 @@ def _flag_values(*names):
 
 _TRAINING_FLAGS = ("output_dir", "data_dir", "optimizer", "learning_rate", "batch_size", "seed",
                    "strategy", "resume", "deterministic", "per_replica_batch_size",
-                   "mixed_precision", "jit_compile", "tensorboard")
+                   "mixed_precision", "jit_compile", "tensorboard", "augment", "validation_split",
+                   "patience")
+_TARGET_FLAGS = ("target", "target_fit", "test_split", "train_per_class")
+_FINETUNE_FLAGS = ("features_layer", "unfreeze", "warmup_epochs", "finetune_learning_rate", "head_units",
+                   "head_dropout", "head_l2", "compare_scratch")
 
 
 def _pretrain_config(epochs):
@@ -137,12 +177,13 @@ def _allow_unsafe():
 def _finetune_config(epochs, model=finetune.FinetuneConfig.model):
   return finetune.FinetuneConfig(
       epochs=epochs, model=model, allow_unsafe_deserialization=_allow_unsafe(),
-      **_flag_values("target", "unfreeze", *_TRAINING_FLAGS))
+      **_flag_values(*_TARGET_FLAGS, *_FINETUNE_FLAGS, *_TRAINING_FLAGS))
 
 
 def _transfer_config(model=transfer.TransferConfig.model):
   return transfer.TransferConfig(model=model, allow_unsafe_deserialization=_allow_unsafe(),
-                                 **_flag_values("target", "data_dir", "output_dir"))
+                                 **_flag_values(*_TARGET_FLAGS, "data_dir", "output_dir", "seed",
+                                                "features_layer"))
 
 
 def _parse_flags(argv):
@@ -196,7 +237,10 @@ def transfer_main():
   """tl-transfer: predict on target data with a saved model, before any training."""
   _define_output_flags()
   _define_model_flags()
-  _define_target_flag()
+  _define_target_flags()
+  flags.DEFINE_integer("seed", transfer.TransferConfig.seed, "Random seed for --train_per_class "
+                       "and --test_split.")
+  _define_features_layer_flag()
   _run(lambda: transfer.run(_transfer_config(FLAGS.model)), transfer_main.__doc__)
 
 
@@ -206,8 +250,8 @@ def finetune_main():
   _define_training_flags()
   flags.DEFINE_integer("epochs", finetune.FinetuneConfig.epochs, "Training epochs.")
   _define_model_flags()
-  _define_target_flag()
-  _define_unfreeze_flag()
+  _define_target_flags()
+  _define_finetune_flags()
   _run(lambda: finetune.run(_finetune_config(FLAGS.epochs, FLAGS.model)), finetune_main.__doc__)
 
 
@@ -220,8 +264,8 @@ def pipeline_main():
   flags.DEFINE_integer("finetune_epochs", finetune.FinetuneConfig.epochs,
                        "Epochs of the finetune stage.")
   _define_source_classes_flag()
-  _define_target_flag()
-  _define_unfreeze_flag()
+  _define_target_flags()
+  _define_finetune_flags()
 
   # The pipeline points transfer and finetune at the model its pretrain stage writes.
   _run(lambda: pipeline.run(_pretrain_config(FLAGS.pretrain_epochs), _transfer_config(),

@@ -15,11 +15,16 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras.errors import UserError
+from tl_keras.errors import warn
+from tl_keras.keras_api import keras
 
 MNIST_FILENAME = "mnist.npz"
 MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 DATA_DIR_ENV = "TL_KERAS_DATA_DIR"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# How images of another size reach the model's: stretched, or scaled into the box keeping the
+# aspect ratio, centred and padded with black (as MNIST centres its digits).
+FITS = ("resize", "pad")
 
 
 @dataclasses.dataclass
@@ -129,15 +134,88 @@ def format_classes(classes: Sequence[int]) -> str:
   return ",".join(str(c) for c in classes)
 
 
-def load_target(spec: str, data_dir: Optional[str] = None) -> LabeledData:
-  """Loads a target from 'mnist:CLASSES' or 'npz:PATH'."""
+@dataclasses.dataclass
+class TargetOptions:
+  """Which target data to use and how to read it; the CLI flags of the same names fill it."""
+  target: str = "mnist:5-9"
+  target_fit: str = "resize"
+  test_split: float = 0.2  # for dir: targets without train/ and test/ subfolders
+  train_per_class: Optional[int] = None  # None: all training images
+
+
+def load_target(spec: str, data_dir: Optional[str] = None,
+                input_shape: Optional[Sequence[int]] = None, fit: str = "resize",
+                test_split: float = 0.2, seed: int = 42) -> LabeledData:
+  """Loads a target from 'mnist:CLASSES', 'npz:PATH' or 'dir:PATH' (a folder of class folders).
+
+  With `input_shape`, images of another size or channel count are fitted to it now (float32
+  in [0, 1]), with `fit` 'resize' or 'pad'; 'dir:' targets need it, as their images differ
+  in size. `test_split` and `seed` split 'dir:' folders that have no train/ and test/.
+  """
+  if fit not in FITS:
+    raise UserError(f"unknown --target_fit={fit!r}: use {' or '.join(FITS)}")
   kind, _, arg = spec.partition(":")
   if kind == "mnist":
-    return mnist_subset(parse_classes(arg or "all"), data_dir)
-  if kind == "npz" and arg:
-    return _npz_target(arg)
-  raise UserError(f"unknown --target {spec!r}: use 'mnist:CLASSES' (e.g. mnist:5-9) "
-                  "or 'npz:PATH' (keys x_train y_train x_test y_test)")
+    target = mnist_subset(parse_classes(arg or "all"), data_dir)
+  elif kind == "npz" and arg:
+    target = _npz_target(arg)
+  elif kind == "dir" and arg and input_shape:
+    from tl_keras import image_folder  # pylint: disable=g-import-not-at-top (it imports data)
+    return image_folder.load_image_folder(arg, input_shape, fit, test_split, seed)
+  else:
+    raise UserError(f"unknown --target {spec!r}: use 'mnist:CLASSES' (e.g. mnist:5-9), "
+                    "'npz:PATH' (keys x_train y_train x_test y_test) or 'dir:PATH' (one "
+                    "subfolder of images per class)")
+  if input_shape:
+    target.x_train = fit_images(target.x_train, input_shape, fit)
+    target.x_test = fit_images(target.x_test, input_shape, fit)
+  return target
+
+
+def prepare_target(options: TargetOptions, input_shape: Sequence[int],
+                   data_dir: Optional[str] = None, seed: int = 42) -> LabeledData:
+  """The target `options` describe, fitted to `input_shape`, with its training subset."""
+  target = load_target(options.target, data_dir, input_shape, options.target_fit,
+                       options.test_split, seed)
+  if options.train_per_class is not None:
+    target = subset_per_class(target, options.train_per_class, seed)
+  return target
+
+
+def split_per_class(labels: np.ndarray, fraction: float,
+                    seed: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Seeded stratified split: (kept indices, held-out indices), `fraction` of each class held.
+
+  Each class keeps at least one example; both index arrays are sorted.
+  """
+  rng = np.random.default_rng(seed)
+  kept, held = [], []
+  for label in np.unique(labels):
+    members = rng.permutation(np.flatnonzero(labels == label))
+    count = min(int(round(fraction * len(members))), len(members) - 1)
+    held.append(members[:count])
+    kept.append(members[count:])
+  return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def subset_per_class(dataset: LabeledData, per_class: int, seed: int) -> LabeledData:
+  """`dataset` with a seeded, stratified `per_class` training images of each class."""
+  if per_class < 1:
+    raise UserError(f"--train_per_class must be at least 1, got {per_class}")
+  rng = np.random.default_rng(seed)
+  keep, short = [], []
+  for label, name in enumerate(dataset.class_names):
+    members = np.flatnonzero(dataset.y_train == label)
+    if len(members) < per_class:
+      short.append(f"{name} ({len(members)})")
+    keep.append(rng.permutation(members)[:per_class])
+  if short:
+    warn(f"fewer than {per_class} training images in class(es) {', '.join(short)}: "
+         "using all of theirs")
+  keep = np.sort(np.concatenate(keep))
+  return dataclasses.replace(
+      dataset, x_train=dataset.x_train[keep], y_train=dataset.y_train[keep],
+      description=f"{dataset.description} ({per_class} per class)")
 
 
 def _npz_target(path: str) -> LabeledData:
@@ -169,12 +247,14 @@ def _npz_target(path: str) -> LabeledData:
       class_names=[str(label) for label in labels], description=f"npz:{path}")
 
 
-def preprocess_images(images, input_shape: Sequence[int]) -> tf.Tensor:
+def preprocess_images(images, input_shape: Sequence[int], fit: str = "resize") -> tf.Tensor:
   """Maps an image batch to float32 [N, *input_shape] in [0, 1].
 
   Accepts uint8 (0-255) or float (0-1) pixels, shaped [N,H,W] or [N,H,W,C] with C of 1 or 3:
-  integer pixels are scaled by 1/255, channels converted (RGB<->grey) and the images resized
-  to the model's height and width. Works on NumPy arrays and inside tf.function graphs.
+  integer pixels are scaled by 1/255, channels converted (RGB<->grey) and the images brought
+  to the model's height and width: stretched (`fit='resize'`) or scaled to fit inside keeping
+  their aspect ratio, centred and padded with black (`fit='pad'`). Works on NumPy arrays and
+  inside tf.function graphs.
   """
   images = tf.convert_to_tensor(images)
   if images.dtype.is_integer:
@@ -194,22 +274,53 @@ def preprocess_images(images, input_shape: Sequence[int]) -> tf.Tensor:
       raise UserError(f"cannot map {have_channels}-channel images to a model input of "
                       f"{channels} channels")
   if tuple(images.shape[1:3]) != (height, width):
-    images = tf.image.resize(images, (height, width), antialias=True)
+    if fit == "pad":
+      images = tf.image.resize_with_pad(images, height, width, antialias=True)
+    else:
+      images = tf.image.resize(images, (height, width), antialias=True)
   return images
 
 
+def fit_images(images: np.ndarray, input_shape: Sequence[int], fit: str = "resize",
+               batch_size: int = 1024) -> np.ndarray:
+  """`images` fitted to `input_shape` by `preprocess_images` (float32), or as they are if they
+  already have that shape."""
+  shape = tuple(images.shape[1:]) + ((1,) if images.ndim == 3 else ())
+  if shape == tuple(input_shape):
+    return images
+  return np.concatenate([preprocess_images(images[start:start + batch_size], input_shape,
+                                           fit).numpy()
+                         for start in range(0, len(images), batch_size)])
+
+
+def augmentation(seed: Optional[int] = None) -> keras.Sequential:
+  """Random shifts (up to 10%), rotations (up to 15 degrees) and zoom (up to 10%), filling
+  with black; for training images only."""
+  layers = keras.layers
+  return keras.Sequential([
+      layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed),
+      layers.RandomRotation(15 / 360, fill_mode="constant", seed=seed),
+      layers.RandomZoom(0.1, fill_mode="constant", seed=seed),
+  ], name="augmentation")
+
+
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, input_shape: Sequence[int],
-                 shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
+                 shuffle_seed: Optional[int] = None, augment: bool = False) -> tf.data.Dataset:
   """A batched tf.data pipeline of (preprocessed images, labels) for training and evaluation.
 
-  Shuffles each epoch when `shuffle_seed` is given; preprocessing runs per batch.
+  Shuffles each epoch when `shuffle_seed` is given, and with `augment` applies
+  `augmentation()`; preprocessing runs per batch.
   """
   dataset = tf.data.Dataset.from_tensor_slices((x, y))
   if shuffle_seed is not None:
     dataset = dataset.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-  dataset = dataset.batch(batch_size).map(
-      lambda images, labels: (preprocess_images(images, input_shape), labels),
-      num_parallel_calls=tf.data.AUTOTUNE)
+  augmenter = augmentation(shuffle_seed) if augment else None
+
+  def prepare(images, labels):
+    images = preprocess_images(images, input_shape)
+    return (augmenter(images, training=True) if augmenter else images), labels
+
+  dataset = dataset.batch(batch_size).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   # The tf.data autotuner stalled model.fit for about 1 s per epoch on 2 CPU cores (MNIST 0-4,
   # two epochs: 10.0 s with it, 7.7 s without); this pipeline is too light to need tuning.
   options = tf.data.Options()

@@ -16,6 +16,8 @@ from tl_keras import models
 from tl_keras import plots
 from tl_keras import pretrain
 from tl_keras import training
+from tl_keras.errors import UserError
+from tl_keras.errors import warn
 
 TARGET_MODEL_FILENAME = "target_model.h5"
 SAVED_MODEL_DIRNAME = "target_savedmodel"
@@ -26,12 +28,24 @@ MISCLASSIFIED_FILENAME = "misclassified.png"
 
 
 @dataclasses.dataclass
-class FinetuneConfig(training.TrainSettings):
+class FinetuneConfig(training.TrainSettings, data.TargetOptions, models.HeadSettings):
+  """Finetune settings. With `warmup_epochs`, only the new head trains first; then the
+  `unfreeze`d layers join it at `finetune_learning_rate` for `epochs` more epochs."""
   model: str = os.path.join("saved_models", pretrain.SOURCE_MODEL_FILENAME)
-  target: str = "mnist:5-9"
   unfreeze: str = "all"
-  epochs: int = 5
+  epochs: int = 4
+  warmup_epochs: int = 0
+  finetune_learning_rate: Optional[float] = None  # None: a tenth of the warmup rate
+  compare_scratch: bool = False
   allow_unsafe_deserialization: bool = False
+
+  def validate(self) -> None:
+    super().validate()
+    models.HeadSettings.validate(self)
+    if self.warmup_epochs < 0:
+      raise UserError(f"--warmup_epochs must not be negative, got {self.warmup_epochs}")
+    if self.finetune_learning_rate is not None:
+      models.learning_rate_for(self.optimizer, self.finetune_learning_rate)
 
 
 def run(config: FinetuneConfig, datasets_override: Optional[data.LabeledData] = None,
@@ -44,24 +58,30 @@ def run(config: FinetuneConfig, datasets_override: Optional[data.LabeledData] = 
   strategy = strategy_override or distribute.get_distribution_strategy(config.strategy)
   output_dir = model_io.prepare_output_dir(config.output_dir)
   source_metadata = model_io.read_metadata(config.model)
-  target = datasets_override or data.load_target(config.target, config.data_dir)
+  # Loaded here, outside the strategy's scope, only to read its input and layers.
+  source = loading.load_model(config.model, config.allow_unsafe_deserialization)
+  input_shape = models.image_input_shape(source, config.model)
+  target = datasets_override or data.prepare_target(config, input_shape, config.data_dir,
+                                                    config.seed)
 
   def build_model():
     source = loading.load_model(config.model, config.allow_unsafe_deserialization)
-    models.image_input_shape(source, config.model)
     if config.mixed_precision:
       source = models.with_global_dtype_policy(source)
-    return models.build_target_model(source, target.num_classes, config.unfreeze)
+    return models.build_target_model(source, target.num_classes, config.unfreeze, config)
 
+  phases = _phases(config, models.build_target_model(source, target.num_classes,
+                                                     config.unfreeze, config))
   model, metrics = training.fit_and_evaluate(build_model, target, config, strategy,
-                                             stage="finetune")
+                                             stage="finetune", phases=phases)
   metrics.update({
       "source_model": config.model,
       "source_classes": source_metadata.get("class_names"),
       "target": target.description,
       "unfreeze": config.unfreeze,
-      "trainable_layers": [layer.name for layer in model.layers
-                           if layer.trainable and layer.weights],
+      "features_layer": config.features_layer,
+      "warmup_epochs": config.warmup_epochs,
+      "trainable_layers": models.trainable_layer_names(model),
   })
   metadata = {**target.metadata(), "stage": "finetune",
               "source_class_names": source_metadata.get("class_names"),
@@ -72,19 +92,58 @@ def run(config: FinetuneConfig, datasets_override: Optional[data.LabeledData] = 
                  "metrics": os.path.join(save_dir, METRICS_FILENAME)}
     model_io.save_h5(model, artifacts["model"], metadata)
     model_io.export_saved_model(model, artifacts["savedmodel"], target.class_names, metadata)
+    if config.compare_scratch:
+      metrics.update(_compare_scratch(config, target, metrics, strategy))
     if distribute.is_chief(strategy):
       metrics["plots"] = _plot(model, target, metrics, save_dir)
     artifacts["report"] = training.write_metrics(metrics, artifacts["metrics"], start,
                                                  distribute.is_chief(strategy))
   training.print_summary("finetune", metrics, artifacts, strategy)
+  if metrics.get("transfer_gain", 0) < 0 and distribute.is_chief(strategy):
+    warn(f"transfer hurt: the model trained from scratch scored "
+         f"{metrics['scratch_test_accuracy']:.2%}, {-metrics['transfer_gain']:.2%} above the "
+         "finetuned source model")
   return metrics
+
+
+def _phases(config: FinetuneConfig, target_model) -> List[training.Phase]:
+  """One phase, or with warmup epochs: the head alone, then the unfrozen layers at a lower rate."""
+  if not config.warmup_epochs:
+    return [training.Phase("finetune", config.epochs, config.learning_rate)]
+  warmup_rate = models.learning_rate_for(config.optimizer, config.learning_rate)
+  finetune_rate = config.finetune_learning_rate or warmup_rate / 10
+  return [training.Phase("warmup", config.warmup_epochs, warmup_rate,
+                         trainable=models.head_layer_names(target_model)),
+          training.Phase("finetune", config.epochs, finetune_rate,
+                         trainable=models.trainable_layer_names(target_model))]
+
+
+def _compare_scratch(config: FinetuneConfig, target: data.LabeledData, metrics: Dict[str, Any],
+                     strategy: tf.distribute.Strategy) -> Dict[str, Any]:
+  """Trains the same architecture from random weights for the same number of epochs at the
+  first phase's rate, all layers training; returns its accuracy and the transfer gain."""
+  def build_scratch_model():
+    source = loading.load_model(config.model, config.allow_unsafe_deserialization)
+    return models.reinitialized(models.build_target_model(source, target.num_classes,
+                                                          "all", config))
+
+  if distribute.is_chief(strategy):
+    print("compare_scratch: training the same model from random weights", flush=True)
+  _, scratch = training.fit_and_evaluate(
+      build_scratch_model, target, config, strategy, stage="finetune_scratch",
+      phases=[training.Phase("scratch", metrics["epochs"], config.learning_rate)])
+  return {"scratch_test_accuracy": scratch["test_accuracy"],
+          "transfer_gain": metrics["test_accuracy"] - scratch["test_accuracy"],
+          "scratch_history": scratch["history"]}
 
 
 def _plot(model, target: data.LabeledData, metrics: Dict[str, Any], output_dir: str) -> List[str]:
   """Training curves, confusion matrix and misclassified test images; returns the file names."""
   probabilities = models.predict(model, target.x_test)
   predicted = probabilities.argmax(axis=1)
-  plots.plot_training_curves(metrics["history"], os.path.join(output_dir, CURVES_FILENAME),
+  history = {**metrics["history"], **{f"scratch_{name}": values for name, values
+                                      in metrics.get("scratch_history", {}).items()}}
+  plots.plot_training_curves(history, os.path.join(output_dir, CURVES_FILENAME),
                              f"finetune on {target.description}",
                              first_epoch=metrics["resumed_from_epoch"] + 1)
   plots.plot_confusion_matrix(target.y_test, predicted, target.class_names,

@@ -1,5 +1,6 @@
 """Model building: the source CNN, the target model on its features, and optimizers."""
 
+import dataclasses
 import hashlib
 from typing import List, Optional, Sequence, Tuple
 
@@ -13,6 +14,7 @@ from tl_keras.keras_api import keras
 SOURCE_CLASSIFIER = "classifier"
 TARGET_CLASSIFIER = "target_classifier"
 FEATURE_PREFIX = "features_"
+HEAD_PREFIX = "target_head_"
 
 # Adadelta's Keras default (0.001) is a thousand times too small for this CNN; 1.0 is the
 # rate of the original paper and of the classic Keras MNIST examples.
@@ -23,14 +25,16 @@ OPTIMIZERS = tuple(DEFAULT_LEARNING_RATES)
 def build_source_model(input_shape: Sequence[int], num_classes: int) -> keras.Model:
   """The source CNN: named `features_*` layers, then a softmax Dense named `classifier`.
 
-  Pooling after each convolution keeps the cost per image at about a fifth of the classic
-  conv32-conv64 Keras example, at the same accuracy.
+  Pooling after each convolution, with 16 and 32 filters, keeps the cost per image at an
+  eighth of the classic Keras transfer example's (0.76M vs 6.1M multiply-adds). Chosen by
+  paired timings on 2 CPU cores: half the training time of 32 and 64 filters, at the same
+  accuracy (digits 0-4 / 5-9 over four seeds: 99.71-99.81% / 99.24-99.51%).
   """
   layers = keras.layers
   inputs = keras.Input(shape=tuple(input_shape), name="image")
-  x = layers.Conv2D(32, 3, activation="relu", name="features_conv1")(inputs)
+  x = layers.Conv2D(16, 3, activation="relu", name="features_conv1")(inputs)
   x = layers.MaxPooling2D(2, name="features_pool1")(x)
-  x = layers.Conv2D(64, 3, activation="relu", name="features_conv2")(x)
+  x = layers.Conv2D(32, 3, activation="relu", name="features_conv2")(x)
   x = layers.MaxPooling2D(2, name="features_pool2")(x)
   x = layers.Flatten(name="features_flatten")(x)
   x = layers.Dropout(0.25, name="features_dropout1")(x)
@@ -52,8 +56,14 @@ def classifier_layer(model: keras.Model) -> Optional[keras.layers.Layer]:
   return last if isinstance(last, keras.layers.Dense) else None
 
 
-def feature_tensor(model: keras.Model):
-  """The penultimate features of `model`: its classifier's input, else its output."""
+def feature_tensor(model: keras.Model, layer_name: Optional[str] = None):
+  """The features the new head sits on: layer `layer_name`'s output if given, else the
+  penultimate features (the classifier's input), else, with no classifier, the model's output."""
+  if layer_name:
+    names = [layer.name for layer in feature_layers(model)]
+    if layer_name not in names:
+      raise UserError(f"invalid --features_layer={layer_name!r}: use one of {', '.join(names)}")
+    return model.get_layer(layer_name).output
   classifier = classifier_layer(model)
   return model.output if classifier is None else classifier.input
 
@@ -65,21 +75,80 @@ def feature_layers(model: keras.Model) -> List[keras.layers.Layer]:
           if layer is not classifier and not isinstance(layer, keras.layers.InputLayer)]
 
 
-def build_target_model(source_model: keras.Model, num_classes: int,
-                       unfreeze: str = "all") -> keras.Model:
-  """Drops the source classifier, adds a softmax Dense head, and sets which layers train.
+@dataclasses.dataclass
+class HeadSettings:
+  """The new head: where it sits, an optional hidden Dense layer, dropout, and L2 weight decay
+  on its kernels."""
+  features_layer: Optional[str] = None  # None: the source classifier's input
+  head_units: int = 0  # 0: the softmax classifier sits directly on the source features
+  head_dropout: float = 0.0
+  head_l2: float = 0.0
+
+  def validate(self) -> None:
+    if self.head_units < 0 or not 0 <= self.head_dropout < 1 or self.head_l2 < 0:
+      raise UserError("--head_units and --head_l2 must be non-negative and --head_dropout in "
+                      f"[0, 1), got {self.head_units}, {self.head_l2} and {self.head_dropout}")
+
+
+def build_target_model(source_model: keras.Model, num_classes: int, unfreeze: str = "all",
+                       head: HeadSettings = HeadSettings()) -> keras.Model:
+  """Cuts the source model at its features, adds a new head (layers `target_*`) and sets which
+  layers train.
+
+  The features are the source classifier's input, or the output of `head.features_layer`
+  (the layers after it are dropped). Features that are images are flattened first.
 
   `unfreeze`: 'none' (only the new head trains), 'all', 'last:N' (the last N feature layers
-  that have weights), or comma-separated layer names.
+  that have weights), or comma-separated layer names. BatchNormalization layers stay frozen
+  whatever `unfreeze` says: frozen, Keras runs them in inference mode, so small target batches
+  never overwrite the statistics learned on the source.
   """
-  features = feature_tensor(source_model)
-  layers = feature_layers(source_model)
-  trainable = set(select_unfrozen(layers, unfreeze))
-  for layer in layers:
-    layer.trainable = layer.name in trainable
+  features = feature_tensor(source_model, head.features_layer)
+  layers = keras.Model(source_model.inputs, features).layers[1:]  # those the head builds on
+  set_trainable(layers, select_unfrozen(layers, unfreeze))
+  regularizer = keras.regularizers.L2(head.head_l2) if head.head_l2 else None
+  x = features
+  if len(x.shape) > 2:
+    x = keras.layers.Flatten(name=f"{HEAD_PREFIX}flatten")(x)
+  if head.head_dropout:
+    x = keras.layers.Dropout(head.head_dropout, name=f"{HEAD_PREFIX}dropout1")(x)
+  if head.head_units:
+    x = keras.layers.Dense(head.head_units, activation="relu", kernel_regularizer=regularizer,
+                           name=f"{HEAD_PREFIX}dense")(x)
+    if head.head_dropout:
+      x = keras.layers.Dropout(head.head_dropout, name=f"{HEAD_PREFIX}dropout2")(x)
   outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
-                               name=TARGET_CLASSIFIER)(features)
+                               kernel_regularizer=regularizer, name=TARGET_CLASSIFIER)(x)
   return keras.Model(source_model.inputs, outputs, name="target_model")
+
+
+def head_layer_names(model: keras.Model) -> List[str]:
+  """Names of the layers `build_target_model` added."""
+  return [layer.name for layer in model.layers
+          if layer.name.startswith(HEAD_PREFIX) or layer.name == TARGET_CLASSIFIER]
+
+
+def set_trainable(layers: Sequence[keras.layers.Layer], names: Sequence[str]) -> None:
+  """Makes the layers named in `names` trainable and the others frozen; BatchNormalization
+  layers are always frozen (see `build_target_model`)."""
+  for layer in layers:
+    layer.trainable = (layer.name in names and
+                       not isinstance(layer, keras.layers.BatchNormalization))
+
+
+def reinitialized(model: keras.Model) -> keras.Model:
+  """A copy of `model` with freshly initialised weights, every layer trainable."""
+  if any(not type(layer).__module__.startswith("tf_keras") for layer in model.layers):
+    raise UserError("cannot re-initialise a model with TF Hub or custom layers; "
+                    "--compare_scratch needs a Keras model")
+  copy = keras.models.clone_model(model)
+  for layer in copy.layers:
+    layer.trainable = True
+  return copy
+
+
+def trainable_layer_names(model: keras.Model) -> List[str]:
+  return [layer.name for layer in model.layers if layer.trainable and layer.weights]
 
 
 def with_global_dtype_policy(model: keras.Model) -> keras.Model:

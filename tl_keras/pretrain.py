@@ -24,6 +24,7 @@ MNIST_INPUT_SHAPE = (28, 28, 1)
 @dataclasses.dataclass
 class PretrainConfig(training.TrainSettings):
   source_classes: str = "0-4"
+  epochs: int = 4
 
 
 def run(config: PretrainConfig, datasets_override: Optional[data.LabeledData] = None,

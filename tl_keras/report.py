@@ -14,12 +14,16 @@ METRICS_FILENAMES = {
     "transfer": "transfer_metrics.json",
     "finetune": "finetune_metrics.json",
 }
-_SETTINGS = ("optimizer", "learning_rate", "epochs", "batch_size", "strategy", "num_replicas",
-             "unfreeze", "target", "classes")
+_SETTINGS = ("optimizer", "learning_rate", "epochs", "warmup_epochs", "batch_size", "strategy",
+             "num_replicas", "unfreeze", "augment", "validation_split", "target", "classes")
 # (metrics key, label, format); training stages time images/s while training, transfer while
 # predicting.
 _RESULTS = (
     ("test_accuracy", "test accuracy", "percent"),
+    ("linear_probe_accuracy", "linear-probe accuracy (frozen source features)", "percent"),
+    ("logme", "LogME (higher: features suit the target better)", "plain"),
+    ("scratch_test_accuracy", "test accuracy from scratch (same model and epochs)", "percent"),
+    ("transfer_gain", "transfer gain (finetuned minus scratch)", "points"),
     ("wall_seconds", "wall time", "seconds"),
     ("train_seconds", "training time", "seconds"),
     ("train_images_per_second", "training images/s", "rate"),
@@ -46,6 +50,8 @@ def _format(value: Any, kind: str = "plain") -> str:
     return "n/a"
   if kind == "percent":
     return f"{value:.2%}"
+  if kind == "points":
+    return f"{value * 100:+.2f} points"
   if kind == "seconds":
     return f"{value:.1f} s"
   if kind == "rate":

@@ -82,6 +82,12 @@ class BackupTracker(keras.callbacks.Callback):
       self._start(self._epochs)
 
 
+def has_backup(path: str) -> bool:
+  """Whether `path` holds a backup of an interrupted run (not only our settings file)."""
+  return (os.path.isfile(os.path.join(path, _BACKUP_SETTINGS_FILENAME)) and
+          set(os.listdir(path)) != {_BACKUP_SETTINGS_FILENAME})
+
+
 def prepare_backup(settings, path: str, chief: bool) -> Dict[str, Any]:
   """Deletes the backup in `path`, or with `settings.resume` checks its settings match.
 
@@ -96,7 +102,7 @@ def prepare_backup(settings, path: str, chief: bool) -> Dict[str, Any]:
   if not settings.resume:
     if chief:
       shutil.rmtree(path, ignore_errors=True)
-  elif os.path.isfile(settings_path) and set(os.listdir(path)) != {_BACKUP_SETTINGS_FILENAME}:
+  elif has_backup(path):
     with open(settings_path) as f:
       saved = json.load(f)
     changed = [f"--{k}={saved.get(k)} (now {v})" for k, v in current.items() if saved.get(k) != v]

@@ -1,8 +1,9 @@
 """Stage 2: predict on the target data with a saved model, before any training.
 
 Measures how well the source knowledge fits the target: where target class names are among
-the source's, predictions are matched by name (`test_accuracy`); always, the confidence and
-which source class each target class is taken for.
+the source's, predictions are matched by name (`test_accuracy`); always, the confidence,
+which source class each target class is taken for, and how well the source's features
+suit the target classes (`linear_probe_accuracy`, `logme`; see `transferability`).
 """
 
 import csv
@@ -20,6 +21,7 @@ from tl_keras import models
 from tl_keras import plots
 from tl_keras import pretrain
 from tl_keras import training
+from tl_keras import transferability
 
 PREDICTIONS_FILENAME = "predictions.csv"
 METRICS_FILENAME = "transfer_metrics.json"
@@ -27,12 +29,13 @@ CONFUSION_FILENAME = "transfer_confusion.png"
 
 
 @dataclasses.dataclass
-class TransferConfig:
+class TransferConfig(data.TargetOptions):
   model: str = os.path.join("saved_models", pretrain.SOURCE_MODEL_FILENAME)
-  target: str = "mnist:5-9"
   data_dir: Optional[str] = None
   output_dir: str = "saved_models"
   batch_size: int = 1024
+  seed: int = 42  # for --train_per_class and --test_split
+  features_layer: Optional[str] = None  # None: the classifier's input, as in finetune
   allow_unsafe_deserialization: bool = False
 
 
@@ -42,9 +45,10 @@ def run(config: TransferConfig,
   start = time.perf_counter()
   output_dir = model_io.prepare_output_dir(config.output_dir)
   model = loading.load_model(config.model, config.allow_unsafe_deserialization)
-  models.image_input_shape(model, config.model)  # refuses models that take no images
+  input_shape = models.image_input_shape(model, config.model)  # refuses non-image models
   source_names = model_io.class_names_of(model, model_io.read_metadata(config.model))
-  target = datasets_override or data.load_target(config.target, config.data_dir)
+  target = datasets_override or data.prepare_target(config, input_shape, config.data_dir,
+                                                    config.seed)
 
   predict_start = time.perf_counter()
   probabilities = models.predict(model, target.x_test, config.batch_size)
@@ -65,8 +69,14 @@ def run(config: TransferConfig,
     for index, (name, score, truth) in enumerate(zip(predicted_names, confidence, true_names)):
       writer.writerow([index, name, f"{score:.6f}", truth])
 
+  train_features = transferability.features_of(model, target.x_train, config.features_layer)
   metrics = {
       "test_accuracy": test_accuracy,
+      "linear_probe_accuracy": transferability.linear_probe_accuracy(
+          train_features, target.y_train,
+          transferability.features_of(model, target.x_test, config.features_layer),
+          target.y_test),
+      "logme": transferability.logme(train_features, target.y_train),
       "num_matched_by_name": int(matched.sum()),
       "mean_confidence": float(confidence.mean()),
       "images_per_second": round(len(target.x_test) / predict_seconds, 1),
@@ -81,6 +91,7 @@ def run(config: TransferConfig,
       "source_classes": source_names,
       "model": config.model,
       "target": target.description,
+      "features_layer": config.features_layer,
   }
   confusion_path = plots.plot_confusion_matrix(
       target.y_test, predicted, target.class_names, os.path.join(output_dir, CONFUSION_FILENAME),

@@ -1,0 +1,71 @@
+"""Transferability before finetuning: LogME and the linear probe, alone and in the transfer stage."""
+
+import numpy as np
+
+from tl_keras import model_io
+from tl_keras import models
+from tl_keras import transfer
+from tl_keras import transferability
+from tl_keras.keras_api import keras
+
+
+def _blobs(informative, seed=0, n=300, d=16):
+  """Features of 3 classes: class-dependent means when `informative`, else pure noise."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 3, n)
+  features = rng.normal(size=(n, d))
+  if informative:
+    features[:, :3] += 4.0 * np.eye(3)[labels]
+  return features, labels
+
+
+def test_logme_prefers_informative_features():
+  informative, labels = _blobs(True)
+  noise, _ = _blobs(False)
+  assert transferability.logme(informative, labels) > transferability.logme(noise, labels) + 0.1
+
+
+def _log_evidence(features, y, alpha, beta):
+  """log N(y; 0, F F^T / alpha + I / beta) per example, computed directly."""
+  n = len(y)
+  covariance = features @ features.T / alpha + np.eye(n) / beta
+  _, log_det = np.linalg.slogdet(covariance)
+  return -0.5 * (y @ np.linalg.solve(covariance, y) + log_det + n * np.log(2 * np.pi)) / n
+
+
+def test_logme_is_the_maximum_evidence_of_the_bayesian_linear_model():
+  features, labels = _blobs(True, n=60, d=5)
+  grid = np.logspace(-3, 3, 61)
+  best = np.mean([max(_log_evidence(features, (labels == k).astype(float), alpha, beta)
+                      for alpha in grid for beta in grid) for k in range(3)])
+  value = transferability.logme(features, labels)
+  # The fixed point maximises the evidence: at least the grid's best, and not far above it.
+  assert best - 1e-6 <= value < best + 0.01
+
+
+def test_linear_probe_separates_informative_features_only():
+  train, train_labels = _blobs(True, seed=0)
+  test, test_labels = _blobs(True, seed=1)
+  assert transferability.linear_probe_accuracy(train, train_labels, test, test_labels) > 0.9
+  noise, _ = _blobs(False, seed=2)
+  noise_test, _ = _blobs(False, seed=3)
+  assert transferability.linear_probe_accuracy(noise, train_labels, noise_test,
+                                               test_labels) < 0.6  # chance is 1/3
+
+
+def test_trained_source_ranks_above_random_source_on_digits_5_to_9(source_model, small_mnist_dir,
+                                                                   tmp_path):
+  keras.utils.set_random_seed(0)
+  random_path = str(tmp_path / "random.h5")
+  model_io.save_h5(models.build_source_model((28, 28, 1), 5), random_path, {})
+  results = {}
+  for name, path in (("trained", source_model[0]), ("random", random_path)):
+    config = transfer.TransferConfig(model=path, data_dir=small_mnist_dir, train_per_class=100,
+                                     output_dir=str(tmp_path / name))
+    results[name] = transfer.run(config)
+  trained, random = results["trained"], results["random"]
+  assert trained["num_train"] == 500
+  # Random convolutions make fair MNIST features too (86% here), so the probe's margin is small.
+  assert trained["linear_probe_accuracy"] > random["linear_probe_accuracy"]
+  assert trained["linear_probe_accuracy"] > 0.85
+  assert trained["logme"] > random["logme"] + 0.05
