@@ -116,18 +116,7 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: data.Label
   input_shape = model.input_shape[1:]
   batch_size = distribute.global_batch_size(strategy, settings.batch_size,
                                             settings.per_replica_batch_size)
-  x_train, y_train, validation = dataset.x_train, dataset.y_train, None
-  if settings.validation_split:
-    train_index, validation_index = data.split_per_class(y_train, settings.validation_split,
-                                                         settings.seed)
-    if not len(validation_index):
-      raise UserError(f"--validation_split={settings.validation_split} holds out no image of "
-                      f"the {len(y_train)} training images; raise it or drop it")
-    validation = data.make_dataset(x_train[validation_index], y_train[validation_index],
-                                   batch_size, input_shape)
-    x_train, y_train = x_train[train_index], y_train[train_index]
-  train = data.make_dataset(x_train, y_train, batch_size, input_shape,
-                            shuffle_seed=settings.seed, augment=settings.augment)
+  train, validation, num_train = _training_datasets(dataset, settings, batch_size, input_shape)
   test = data.make_dataset(dataset.x_test, dataset.y_test, batch_size, input_shape)
 
   history, phase_records, train_seconds, resumed_from_epoch = {}, [], 0.0, 0
@@ -184,15 +173,15 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: data.Label
   return model, {
       "test_accuracy": float(test_accuracy),
       "train_seconds": round(train_seconds, 2),
-      "train_images_per_second": round(epochs_run * len(x_train) / train_seconds, 1)
+      "train_images_per_second": round(epochs_run * num_train / train_seconds, 1)
                                  if train_seconds else None,
       "epochs": sum(phase.epochs for phase in phases),
       # Epochs done by an interrupted run before this one; `history` and the timings cover the
       # epochs after it only.
       "resumed_from_epoch": resumed_from_epoch,
       "phases": phase_records,
-      "num_train": int(len(x_train)),
-      "num_validation": int(len(dataset.x_train) - len(x_train)),
+      "num_train": num_train,
+      "num_validation": len(dataset.x_train) - num_train,
       "num_test": int(len(dataset.x_test)),
       "classes": dataset.class_names,
       "history": history,
@@ -210,6 +199,25 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: data.Label
       "num_replicas": strategy.num_replicas_in_sync,
       "weights_sha256": models.weights_fingerprint(model),
   }
+
+
+def _training_datasets(dataset: data.LabeledData, settings: TrainSettings, batch_size: int,
+                       input_shape) -> Tuple[tf.data.Dataset, Optional[tf.data.Dataset], int]:
+  """(train, validation or None, number of training images), split by
+  `settings.validation_split`; only the training images are shuffled and augmented."""
+  x_train, y_train, validation = dataset.x_train, dataset.y_train, None
+  if settings.validation_split:
+    train_index, validation_index = data.split_per_class(y_train, settings.validation_split,
+                                                         settings.seed)
+    if not len(validation_index):
+      raise UserError(f"--validation_split={settings.validation_split} holds out no image of "
+                      f"the {len(y_train)} training images; raise it or drop it")
+    validation = data.make_dataset(x_train[validation_index], y_train[validation_index],
+                                   batch_size, input_shape)
+    x_train, y_train = x_train[train_index], y_train[train_index]
+  train = data.make_dataset(x_train, y_train, batch_size, input_shape,
+                            shuffle_seed=settings.seed, augment=settings.augment)
+  return train, validation, len(x_train)
 
 
 def write_metrics(metrics: Dict[str, Any], path: str, start: float,
