@@ -145,7 +145,8 @@ def _define_finetune_flags():
 
 
 def _define_model_flags():
-  flags.DEFINE_string("model", finetune.FinetuneConfig.model, "Source model (.h5).")
+  flags.DEFINE_string("model", finetune.FinetuneConfig.model, "Source model: an .h5 or .keras "
+                      "file, a SavedModel folder or a TF Hub handle.")
   flags.DEFINE_bool("allow_unsafe_deserialization", False,
                     "Load models holding Lambda layers or unknown classes. This runs code from "
                     "the file: only for files you trust.")

@@ -159,7 +159,9 @@ def load_target(spec: str, data_dir: Optional[str] = None,
     target = mnist_subset(parse_classes(arg or "all"), data_dir)
   elif kind == "npz" and arg:
     target = _npz_target(arg)
-  elif kind == "dir" and arg and input_shape:
+  elif kind == "dir" and arg:
+    if not input_shape:
+      raise ValueError("'dir:' targets need input_shape: their images differ in size")
     from tl_keras import image_folder  # pylint: disable=g-import-not-at-top (it imports data)
     return image_folder.load_image_folder(arg, input_shape, fit, test_split, seed)
   else:
