@@ -65,7 +65,7 @@ def test_trained_source_ranks_above_random_source_on_digits_5_to_9(source_model,
     results[name] = transfer.run(config)
   trained, random = results["trained"], results["random"]
   assert trained["num_train"] == 500
-  # Random convolutions make fair MNIST features too (86% here), so the probe's margin is small.
+  # Random convolutions make fair MNIST features too (83% here), so the probe's margin is small.
   assert trained["linear_probe_accuracy"] > random["linear_probe_accuracy"]
   assert trained["linear_probe_accuracy"] > 0.85
   assert trained["logme"] > random["logme"] + 0.05
