@@ -31,7 +31,8 @@ def classic_recipe(data_dir):
 
   keras.utils.set_random_seed(1)
   with np.load(os.path.join(data_dir, "mnist.npz")) as mnist:
-    x_train, y_train, x_test, y_test = (mnist[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    x_train, y_train, x_test, y_test = (mnist[k] for k in
+                                        ("x_train", "y_train", "x_test", "y_test"))
 
   def subset(x, y, low):
     keep = (y >= low) & (y < low + 5)

@@ -31,6 +31,26 @@ def test_target_head_replaces_the_softmax_classifier(source):
   assert target.output_shape == (None, 3)
 
 
+def test_conv_filters_set_the_source_convolutions():
+  model = models.build_source_model((28, 28, 1), 5, models.parse_conv_filters("8, 12,24"))
+  assert [model.get_layer(f"features_conv{i}").filters for i in (1, 2, 3)] == [8, 12, 24]
+  assert model.get_layer("features_flatten").output_shape == (None, 24)  # 28 -> 13 -> 5 -> 1
+
+
+@pytest.mark.parametrize("spec", ["", "16,x", "0,32", "8,8,8,8", "-4"])
+def test_conv_filters_rejects_bad_specs(spec):
+  with pytest.raises(UserError, match="--conv_filters"):
+    models.parse_conv_filters(spec)
+
+
+def test_probe_head_init_needs_the_classifier_on_the_features():
+  models.HeadSettings(head_init="probe").validate()
+  with pytest.raises(UserError, match="--head_units=0"):
+    models.HeadSettings(head_init="probe", head_units=8).validate()
+  with pytest.raises(UserError, match="--head_init"):
+    models.HeadSettings(head_init="zeros").validate()
+
+
 def _trainable_weighted(model):
   return [l.name for l in model.layers if l.trainable and l.weights]
 

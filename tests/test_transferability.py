@@ -53,6 +53,14 @@ def test_linear_probe_separates_informative_features_only():
                                                test_labels) < 0.6  # chance is 1/3
 
 
+def test_linear_probe_weights_apply_to_the_raw_features():
+  train, labels = _blobs(True, seed=0)
+  train = train * 50 + 7  # far from standardised
+  kernel, bias = transferability.fit_linear_probe(train, labels, 3)
+  assert kernel.shape == (16, 3) and bias.shape == (3,)
+  assert (np.argmax(train @ kernel + bias, axis=1) == labels).mean() > 0.95
+
+
 def test_trained_source_ranks_above_random_source_on_digits_5_to_9(source_model, small_mnist_dir,
                                                                    tmp_path):
   keras.utils.set_random_seed(0)

@@ -98,10 +98,13 @@ def _define_training_flags():
                        "a better validation loss before stopping.")
 
 
-def _define_source_classes_flag():
+def _define_source_flags():
   flags.DEFINE_string("source_classes", pretrain.PretrainConfig.source_classes,
                       "MNIST digits to pretrain on: 'all', or digits and ranges such as '0-4' "
                       "or '0,2,4-6'.")
+  flags.DEFINE_string("conv_filters", pretrain.PretrainConfig.conv_filters,
+                      "Filters of each convolution of the source CNN, e.g. 16,32 (fast) or "
+                      "32,64 (transfers better to a few target labels).")
 
 
 def _define_target_flags():
@@ -140,6 +143,9 @@ def _define_finetune_flags():
                        "the new head; 0: the classifier sits directly on the source features.")
   flags.DEFINE_float("head_dropout", defaults.head_dropout, "Dropout rate in the new head.")
   flags.DEFINE_float("head_l2", defaults.head_l2, "L2 weight decay on the new head's kernels.")
+  flags.DEFINE_enum("head_init", defaults.head_init, list(models.HEAD_INITS),
+                    "How the new classifier starts: random, or probe (a linear probe fitted on "
+                    "the frozen source features; best with few target labels).")
   flags.DEFINE_bool("compare_scratch", defaults.compare_scratch, "Also train the same model from "
                     "random weights for as many epochs and report the transfer gain.")
 
@@ -161,13 +167,14 @@ _TRAINING_FLAGS = ("output_dir", "data_dir", "optimizer", "learning_rate", "batc
                    "mixed_precision", "jit_compile", "tensorboard", "augment", "validation_split",
                    "patience")
 _TARGET_FLAGS = ("target", "target_fit", "test_split", "train_per_class")
-_FINETUNE_FLAGS = ("features_layer", "unfreeze", "warmup_epochs", "finetune_learning_rate", "head_units",
-                   "head_dropout", "head_l2", "compare_scratch")
+_FINETUNE_FLAGS = ("features_layer", "unfreeze", "warmup_epochs", "finetune_learning_rate",
+                   "head_units", "head_dropout", "head_l2", "head_init", "compare_scratch")
 
 
 def _pretrain_config(epochs):
   return pretrain.PretrainConfig(epochs=epochs,
-                                 **_flag_values("source_classes", *_TRAINING_FLAGS))
+                                 **_flag_values("source_classes", "conv_filters",
+                                                *_TRAINING_FLAGS))
 
 
 def _allow_unsafe():
@@ -230,7 +237,7 @@ def pretrain_main():
   _define_output_flags()
   _define_training_flags()
   flags.DEFINE_integer("epochs", pretrain.PretrainConfig.epochs, "Training epochs.")
-  _define_source_classes_flag()
+  _define_source_flags()
   _run(lambda: pretrain.run(_pretrain_config(FLAGS.epochs)), pretrain_main.__doc__)
 
 
@@ -264,7 +271,7 @@ def pipeline_main():
                        "Epochs of the pretrain stage.")
   flags.DEFINE_integer("finetune_epochs", finetune.FinetuneConfig.epochs,
                        "Epochs of the finetune stage.")
-  _define_source_classes_flag()
+  _define_source_flags()
   _define_target_flags()
   _define_finetune_flags()
 

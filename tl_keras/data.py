@@ -83,7 +83,8 @@ def find_mnist_file(data_dir: Optional[str] = None) -> str:
     from tl_keras.keras_api import keras  # pylint: disable=g-import-not-at-top
     return keras.utils.get_file(MNIST_FILENAME, origin=MNIST_URL, cache_subdir="datasets")
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f"MNIST is not in the Keras cache and could not be downloaded ({type(e).__name__}); "
+    raise UserError("MNIST is not in the Keras cache and could not be downloaded "
+                    f"({type(e).__name__}); "
                     f"if offline, download {MNIST_URL} elsewhere and pass --data_dir=FOLDER "
                     f"or set {DATA_DIR_ENV}=FOLDER") from e
 

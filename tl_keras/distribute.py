@@ -26,7 +26,8 @@ def get_distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
   if name == "multi_worker":
     if "TF_CONFIG" not in os.environ:
       raise UserError("--strategy=multi_worker needs the TF_CONFIG environment variable "
-                      "(cluster and task of this worker); see README 'Training on several machines'")
+                      "(cluster and task of this worker); see README 'Training on several "
+                      "machines'")
     return tf.distribute.MultiWorkerMirroredStrategy()
   # Physical, not logical, devices: listing logical ones would start the runtime, after which
   # logical devices can no longer be configured.

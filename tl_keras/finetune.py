@@ -5,6 +5,7 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import tensorflow as tf
 
 import tl_keras
@@ -16,6 +17,7 @@ from tl_keras import models
 from tl_keras import plots
 from tl_keras import pretrain
 from tl_keras import training
+from tl_keras import transferability
 from tl_keras.errors import UserError
 from tl_keras.errors import warn
 
@@ -64,14 +66,20 @@ def run(config: FinetuneConfig, datasets_override: Optional[data.LabeledData] = 
   target = datasets_override or data.prepare_target(config, input_shape, config.data_dir,
                                                     config.seed)
 
+  template = models.build_target_model(source, target.num_classes, config.unfreeze, config)
+  classifier_weights = (_probe_classifier_weights(config, template, target, strategy)
+                        if config.head_init == "probe" else None)
+
   def build_model():
     source = loading.load_model(config.model, config.allow_unsafe_deserialization)
     if config.mixed_precision:
       source = models.with_global_dtype_policy(source)
-    return models.build_target_model(source, target.num_classes, config.unfreeze, config)
+    model = models.build_target_model(source, target.num_classes, config.unfreeze, config)
+    if classifier_weights:
+      model.get_layer(models.TARGET_CLASSIFIER).set_weights(classifier_weights)
+    return model
 
-  phases = _phases(config, models.build_target_model(source, target.num_classes,
-                                                     config.unfreeze, config))
+  phases = _phases(config, template)
   model, metrics = training.fit_and_evaluate(build_model, target, config, strategy,
                                              stage="finetune", phases=phases)
   metrics.update({
@@ -80,6 +88,7 @@ def run(config: FinetuneConfig, datasets_override: Optional[data.LabeledData] = 
       "target": target.description,
       "unfreeze": config.unfreeze,
       "features_layer": config.features_layer,
+      "head_init": config.head_init,
       "warmup_epochs": config.warmup_epochs,
       "trainable_layers": models.trainable_layer_names(model),
   })
@@ -104,6 +113,20 @@ def run(config: FinetuneConfig, datasets_override: Optional[data.LabeledData] = 
          f"{metrics['scratch_test_accuracy']:.2%}, {-metrics['transfer_gain']:.2%} above the "
          "finetuned source model")
   return metrics
+
+
+def _probe_classifier_weights(config: FinetuneConfig, template, target: data.LabeledData,
+                              strategy: tf.distribute.Strategy) -> List[np.ndarray]:
+  """Classifier weights from a linear probe on the frozen source features of the training
+  images, so finetuning starts from a good head and changes the features less (LP-FT: Kumar et
+  al., "Fine-Tuning can Distort Pretrained Features", ICLR 2022)."""
+  x_train, y_train, _ = training.training_split(target, config)
+  if distribute.is_chief(strategy):
+    print(f"head_init: fitting a linear probe on the features of {len(x_train)} training images",
+          flush=True)
+  features = transferability.features_of(template, x_train)
+  kernel, bias = transferability.fit_linear_probe(features, y_train, target.num_classes)
+  return [kernel.astype(np.float32), bias.astype(np.float32)]
 
 
 def _phases(config: FinetuneConfig, target_model) -> List[training.Phase]:

@@ -15,27 +15,31 @@ SOURCE_CLASSIFIER = "classifier"
 TARGET_CLASSIFIER = "target_classifier"
 FEATURE_PREFIX = "features_"
 HEAD_PREFIX = "target_head_"
+HEAD_INITS = ("random", "probe")
 
 # Adadelta's Keras default (0.001) is a thousand times too small for this CNN; 1.0 is the
 # rate of the original paper and of the classic Keras MNIST examples.
 DEFAULT_LEARNING_RATES = {"adadelta": 1.0, "adam": 1e-3}
 OPTIMIZERS = tuple(DEFAULT_LEARNING_RATES)
+DEFAULT_CONV_FILTERS = (16, 32)
 
 
-def build_source_model(input_shape: Sequence[int], num_classes: int) -> keras.Model:
+def build_source_model(input_shape: Sequence[int], num_classes: int,
+                       conv_filters: Sequence[int] = DEFAULT_CONV_FILTERS) -> keras.Model:
   """The source CNN: named `features_*` layers, then a softmax Dense named `classifier`.
 
-  Pooling after each convolution, with 16 and 32 filters, keeps the cost per image at an
-  eighth of the classic Keras transfer example's (0.76M vs 6.1M multiply-adds). Chosen by
-  paired timings on 2 CPU cores: half the training time of 32 and 64 filters, at the same
-  accuracy (digits 0-4 / 5-9 over four seeds: 99.71-99.81% / 99.24-99.51%).
+  Each entry of `conv_filters` adds a 3x3 convolution and a 2x2 max pooling. The default, 16
+  and 32 filters, keeps the cost per image at an eighth of the classic Keras transfer
+  example's (0.76M vs 6.1M multiply-adds): on 2 CPU cores, half the training time of 32 and 64
+  filters at the same accuracy (digits 0-4 / 5-9 over four seeds: 99.71-99.81% /
+  99.24-99.51%). Wider sources transfer better from few target labels (bench/).
   """
   layers = keras.layers
   inputs = keras.Input(shape=tuple(input_shape), name="image")
-  x = layers.Conv2D(16, 3, activation="relu", name="features_conv1")(inputs)
-  x = layers.MaxPooling2D(2, name="features_pool1")(x)
-  x = layers.Conv2D(32, 3, activation="relu", name="features_conv2")(x)
-  x = layers.MaxPooling2D(2, name="features_pool2")(x)
+  x = inputs
+  for index, filters in enumerate(conv_filters, start=1):
+    x = layers.Conv2D(filters, 3, activation="relu", name=f"features_conv{index}")(x)
+    x = layers.MaxPooling2D(2, name=f"features_pool{index}")(x)
   x = layers.Flatten(name="features_flatten")(x)
   x = layers.Dropout(0.25, name="features_dropout1")(x)
   x = layers.Dense(128, activation="relu", name="features_dense")(x)
@@ -44,6 +48,15 @@ def build_source_model(input_shape: Sequence[int], num_classes: int) -> keras.Mo
   outputs = layers.Dense(num_classes, activation="softmax", dtype="float32",
                          name=SOURCE_CLASSIFIER)(x)
   return keras.Model(inputs, outputs, name="source_cnn")
+
+
+def parse_conv_filters(spec: str) -> Tuple[int, ...]:
+  """'16,32' -> (16, 32): filters of the source CNN's convolutions, one to three of them."""
+  parts = [part.strip() for part in spec.split(",")]
+  if not 1 <= len(parts) <= 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
+    raise UserError(f"invalid --conv_filters={spec!r}: use one to three positive whole numbers "
+                    "separated by commas, e.g. 16,32")
+  return tuple(int(part) for part in parts)
 
 
 def classifier_layer(model: keras.Model) -> Optional[keras.layers.Layer]:
@@ -83,11 +96,17 @@ class HeadSettings:
   head_units: int = 0  # 0: the softmax classifier sits directly on the source features
   head_dropout: float = 0.0
   head_l2: float = 0.0
+  head_init: str = "random"  # or "probe": the classifier starts as a linear probe's solution
 
   def validate(self) -> None:
     if self.head_units < 0 or not 0 <= self.head_dropout < 1 or self.head_l2 < 0:
       raise UserError("--head_units and --head_l2 must be non-negative and --head_dropout in "
                       f"[0, 1), got {self.head_units}, {self.head_l2} and {self.head_dropout}")
+    if self.head_init not in HEAD_INITS:
+      raise UserError(f"invalid --head_init={self.head_init!r}: use one of {', '.join(HEAD_INITS)}")
+    if self.head_init == "probe" and self.head_units:
+      raise UserError("--head_init=probe fits the classifier on the source features, so it "
+                      "needs --head_units=0")
 
 
 def build_target_model(source_model: keras.Model, num_classes: int, unfreeze: str = "all",

@@ -25,6 +25,7 @@ MNIST_INPUT_SHAPE = (28, 28, 1)
 class PretrainConfig(training.TrainSettings):
   source_classes: str = "0-4"
   epochs: int = 4
+  conv_filters: str = ",".join(str(f) for f in models.DEFAULT_CONV_FILTERS)
 
 
 def run(config: PretrainConfig, datasets_override: Optional[data.LabeledData] = None,
@@ -38,12 +39,15 @@ def run(config: PretrainConfig, datasets_override: Optional[data.LabeledData] = 
   config.validate()
   strategy = strategy_override or distribute.get_distribution_strategy(config.strategy)
   classes = data.parse_classes(config.source_classes)
+  conv_filters = models.parse_conv_filters(config.conv_filters)
   output_dir = model_io.prepare_output_dir(config.output_dir)
   dataset = datasets_override or data.mnist_subset(classes, config.data_dir)
 
   model, metrics = training.fit_and_evaluate(
-      lambda: models.build_source_model(MNIST_INPUT_SHAPE, dataset.num_classes),
+      lambda: models.build_source_model(MNIST_INPUT_SHAPE, dataset.num_classes,
+                                         conv_filters),
       dataset, config, strategy, stage="pretrain")
+  metrics["conv_filters"] = list(conv_filters)
 
   metadata = {**dataset.metadata(), "stage": "pretrain",
               "source_class_names": dataset.class_names, "tl_keras_version": tl_keras.__version__}

@@ -14,8 +14,9 @@ METRICS_FILENAMES = {
     "transfer": "transfer_metrics.json",
     "finetune": "finetune_metrics.json",
 }
-_SETTINGS = ("optimizer", "learning_rate", "epochs", "warmup_epochs", "batch_size", "strategy",
-             "num_replicas", "unfreeze", "augment", "validation_split", "target", "classes")
+_SETTINGS = ("conv_filters", "optimizer", "learning_rate", "epochs", "warmup_epochs",
+             "batch_size", "strategy", "num_replicas", "unfreeze", "features_layer", "head_init",
+             "augment", "validation_split", "target", "classes")
 # (metrics key, label, format); training stages time images/s while training, transfer while
 # predicting.
 _RESULTS = (

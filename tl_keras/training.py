@@ -201,20 +201,27 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: data.Label
   }
 
 
+def training_split(dataset: data.LabeledData, settings: TrainSettings):
+  """(training images, their labels, (validation images, labels) or None): with
+  `settings.validation_split`, that seeded, stratified part of the training data is held out."""
+  x_train, y_train = dataset.x_train, dataset.y_train
+  if not settings.validation_split:
+    return x_train, y_train, None
+  train_index, validation_index = data.split_per_class(y_train, settings.validation_split,
+                                                       settings.seed)
+  if not len(validation_index):
+    raise UserError(f"--validation_split={settings.validation_split} holds out no image of "
+                    f"the {len(y_train)} training images; raise it or drop it")
+  return (x_train[train_index], y_train[train_index],
+          (x_train[validation_index], y_train[validation_index]))
+
+
 def _training_datasets(dataset: data.LabeledData, settings: TrainSettings, batch_size: int,
                        input_shape) -> Tuple[tf.data.Dataset, Optional[tf.data.Dataset], int]:
-  """(train, validation or None, number of training images), split by
-  `settings.validation_split`; only the training images are shuffled and augmented."""
-  x_train, y_train, validation = dataset.x_train, dataset.y_train, None
-  if settings.validation_split:
-    train_index, validation_index = data.split_per_class(y_train, settings.validation_split,
-                                                         settings.seed)
-    if not len(validation_index):
-      raise UserError(f"--validation_split={settings.validation_split} holds out no image of "
-                      f"the {len(y_train)} training images; raise it or drop it")
-    validation = data.make_dataset(x_train[validation_index], y_train[validation_index],
-                                   batch_size, input_shape)
-    x_train, y_train = x_train[train_index], y_train[train_index]
+  """(train, validation or None, number of training images) of `training_split`; only the
+  training images are shuffled and augmented."""
+  x_train, y_train, held_out = training_split(dataset, settings)
+  validation = data.make_dataset(*held_out, batch_size, input_shape) if held_out else None
   train = data.make_dataset(x_train, y_train, batch_size, input_shape,
                             shuffle_seed=settings.seed, augment=settings.augment)
   return train, validation, len(x_train)

@@ -1,13 +1,13 @@
 """How well a source model's features suit a target, before any finetuning.
 
-Both measures read the features a new head would sit on (by default the penultimate ones) on the labelled target
-training images: a linear probe (logistic regression on the frozen features, scored on the
-target test images) and LogME, the log marginal evidence of a Bayesian linear model on them
-(You et al., "LogME: Practical Assessment of Pre-trained Models for Transfer Learning",
-ICML 2021). Higher is better for both; LogME needs no training and no test data.
+Both measures read the features a new head would sit on (by default the penultimate ones) on
+the labelled target training images: a linear probe (logistic regression on the frozen
+features, scored on the target test images) and LogME, the log marginal evidence of a Bayesian
+linear model on them (You et al., "LogME: Practical Assessment of Pre-trained Models for
+Transfer Learning", ICML 2021). Higher is better for both; LogME needs no training and no test data.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -25,20 +25,19 @@ def features_of(model: keras.Model, images: np.ndarray,
   return features.reshape(len(features), -1).astype(np.float64)
 
 
-def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray,
-                          test_features: np.ndarray, test_labels: np.ndarray,
-                          steps: int = 300) -> float:
-  """Test accuracy of multinomial logistic regression trained on frozen features.
+def fit_linear_probe(train_features: np.ndarray, train_labels: np.ndarray, num_classes: int,
+                     steps: int = 300) -> Tuple[np.ndarray, np.ndarray]:
+  """Multinomial logistic regression on frozen features: (kernel [d, k], bias [k]) such that
+  `features @ kernel + bias` are the logits.
 
-  Features are standardised with the training statistics; the loss is the mean cross-entropy
-  plus the L2 penalty |W|^2 / 2N (scikit-learn's default C=1), minimised full-batch by Adam.
+  Fitted on standardised features (training statistics) with the mean cross-entropy plus the
+  L2 penalty |W|^2 / 2N (scikit-learn's default C=1), full-batch by Adam; the returned kernel
+  and bias fold the standardisation in, so they apply to the raw features.
   """
   mean = train_features.mean(axis=0)
   scale = train_features.std(axis=0) + 1e-6
   x_train = tf.constant((train_features - mean) / scale, tf.float32)
-  x_test = tf.constant((test_features - mean) / scale, tf.float32)
   y_train = tf.constant(train_labels, tf.int64)
-  num_classes = int(max(train_labels.max(), test_labels.max())) + 1
   weights = tf.Variable(tf.zeros([x_train.shape[1], num_classes]))
   bias = tf.Variable(tf.zeros([num_classes]))
   optimizer = keras.optimizers.Adam(learning_rate=0.05)
@@ -54,7 +53,17 @@ def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray,
       optimizer.apply_gradients(zip(tape.gradient(loss, [weights, bias]), [weights, bias]))
 
   train()
-  predicted = np.argmax((tf.matmul(x_test, weights) + bias).numpy(), axis=1)
+  kernel = weights.numpy().astype(np.float64) / scale[:, None]
+  return kernel, bias.numpy() - mean @ kernel
+
+
+def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray,
+                          test_features: np.ndarray, test_labels: np.ndarray,
+                          steps: int = 300) -> float:
+  """Test accuracy of `fit_linear_probe` trained on the training features."""
+  num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+  kernel, bias = fit_linear_probe(train_features, train_labels, num_classes, steps)
+  predicted = np.argmax(test_features @ kernel + bias, axis=1)
   return float((predicted == test_labels).mean())
 
 
