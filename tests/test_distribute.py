@@ -47,8 +47,9 @@ def test_multi_worker_training_in_two_processes(source_model, small_mnist_dir, t
     env = dict(os.environ, TMPDIR=str(temp), TF_CONFIG=json.dumps(
         {"cluster": cluster, "task": {"type": "worker", "index": index}}))
     workers.append(subprocess.Popen(
+        # --head_init=probe: each worker fits the probe; the replicas must still agree.
         [sys.executable, "scripts/finetune.py", "--strategy=multi_worker", "--epochs=3",
-         f"--model={source_model[0]}", f"--data_dir={small_mnist_dir}",
+         "--head_init=probe", f"--model={source_model[0]}", f"--data_dir={small_mnist_dir}",
          f"--output_dir={output_dir}"],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   outputs = [worker.communicate(timeout=600) for worker in workers]
