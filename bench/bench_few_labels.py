@@ -27,22 +27,27 @@ SEEDS = (42, 1, 2, 3, 7)
 MORE_SEEDS = (11, 13)
 # Last session's recipe: a random head on the penultimate features.
 PLAIN = ["--batch_size=16", "--epochs=12", "--augment"]
-# The head on the convolutional features, started from a linear probe (LP-FT).
-PROBE_HEAD = ["--features_layer=features_flatten", "--head_init=probe", "--augment"]
-FEW = PROBE_HEAD + ["--optimizer=adadelta", "--batch_size=32", "--epochs=16"]
-HUNDRED = PROBE_HEAD + ["--optimizer=adam", "--batch_size=32", "--epochs=30"]
+
+
+def probe_head(optimizer, epochs):
+  """Finetune flags: the head on the convolutional features, started from a linear probe
+  (LP-FT)."""
+  return ["--features_layer=features_flatten", "--head_init=probe", "--augment",
+          f"--optimizer={optimizer}", "--batch_size=32", f"--epochs={epochs}"]
+
+
 # (name, source, labelled images per class, seeds, finetune flags); the seed also picks the
 # labelled images.
 RECIPES = [
     ("10/class, default source, plain head", "default", 10, SEEDS, PLAIN),
-    ("10/class, wide source, probe head", "wide", 10, SEEDS + MORE_SEEDS, FEW),
+    ("10/class, wide source, probe head", "wide", 10, SEEDS + MORE_SEEDS,
+     probe_head("adadelta", 16)),
     # Adam trains from scratch much faster than Adadelta on 50 images: the gain shrinks.
-    ("10/class, wide source, probe head, Adam", "wide", 10, SEEDS,
-     PROBE_HEAD + ["--optimizer=adam", "--batch_size=32", "--epochs=16"]),
-    # Five times the budget: how close training from scratch comes when given time.
+    ("10/class, wide source, probe head, Adam", "wide", 10, SEEDS, probe_head("adam", 16)),
+    # Nearly four times the budget: how close training from scratch comes when given time.
     ("10/class, wide source, probe head, 60 epochs", "wide", 10, (42,),
-     FEW[:-1] + ["--epochs=60"]),
-    ("100/class, wide source, probe head", "wide", 100, (42, 1, 2), HUNDRED),
+     probe_head("adadelta", 60)),
+    ("100/class, wide source, probe head", "wide", 100, (42, 1, 2), probe_head("adam", 30)),
 ]
 MEANS = ("finetuned_test_accuracy", "scratch_test_accuracy", "transfer_gain",
          "linear_probe_accuracy")
