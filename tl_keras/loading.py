@@ -1,112 +1,521 @@
-"""Loading source models without running code from the file.
+"""Loading models from files that may be hostile, without running anything from them.
 
 `load_model` takes an .h5 or .keras file, a SavedModel folder, or a TF Hub handle. Before
-anything is deserialised, the model's description is read as data and checked: Keras configs
-may name only built-in Keras classes (never `Lambda`, whose Python code tf_keras runs on load
-even with safe_mode), and TensorFlow graphs may not use ops that touch files or call Python.
-`allow_unsafe=True` skips the checks.
+anything is deserialised, the file is read as data and checked against allowlists:
+
+- Keras configs (.h5, .keras, Keras SavedModel metadata): every object named anywhere in the
+  config must be a built-in Keras class from the lists below, named by a Keras module (or by
+  none) and by no other registered name; function-valued settings (activations,
+  initializers, ...) may name built-in functions only. tf_keras would otherwise import any
+  module a config names, run `Lambda` bytecode from .h5 files even with safe_mode, and read
+  vocabulary files from paths in the config.
+- SavedModel graphs: every op of every function the loader or a caller could run must be one
+  of the ops image models use for inference and training (no file access, printing to
+  streams, Python calls or dataset readers). Only TF2 SavedModels are accepted: loading a
+  TF1 one runs its restore and init ops. Assets must be regular files inside the folder.
+- Sizes: tensors the file declares (weights, variables, constants) are added up before
+  anything is allocated and must fit `max_bytes` and what the file actually stores (a small
+  file may not declare gigabytes); descriptions (configs, graphs) and archive members have
+  fixed caps (`tl_keras.limits`). While Keras builds the model, variable creation is held to
+  the same budget, so a config cannot allocate what its weights do not back.
+
+`allow_unsafe=True` skips the allowlists (not the size limits): only for files you trust.
+What is not checked: how much memory or time a model's computation takes when it runs (a
+graph may loop forever or build huge tensors from small inputs). For models from unknown
+sources, run tl_keras inside a sandbox with memory and time limits.
 """
 
+import contextlib
 import json
+import math
 import os
+import shutil
+import stat
+import tempfile
 import zipfile
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterable, Iterator
 
 import h5py
 import tensorflow as tf
 import tensorflow_hub as hub
 
+from tl_keras import limits
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 
-# Besides built-in layers, initializers, regularizers, constraints and metrics, configs name
-# model containers and (in Keras SavedModel metadata) data-only type descriptions.
-_MODEL_CLASSES = {"Functional", "Sequential", "Model", "Policy", "DTypePolicy", "TensorShape",
-                  "TypeSpec", "__tuple__"}
-_UNSAFE_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
-# Ops that have no place in an image model's forward pass: file access and Python callbacks.
-_UNSAFE_OPS = {"WriteFile", "ReadFile", "MatchingFiles", "DeleteFile", "PyFunc",
-               "PyFuncStateless", "EagerPyFunc", "TFRecordDataset", "TextLineDataset",
-               "FixedLengthRecordDataset", "ImmutableConst"}
 _UNSAFE_HINT = "pass --allow_unsafe_deserialization only if you trust it"
 
+# --- Keras configs ----------------------------------------------------------------------------
 
-def _class_names(config: Any) -> Iterator[str]:
-  if isinstance(config, dict):
-    if isinstance(config.get("class_name"), str):
-      yield config["class_name"]
-    for value in config.values():
-      yield from _class_names(value)
-  elif isinstance(config, list):
-    for value in config:
-      yield from _class_names(value)
+_LAYERS = frozenset({
+    "Activation", "ActivityRegularization", "Add", "AdditiveAttention", "AlphaDropout",
+    "Attention", "Average", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+    "AvgPool1D", "AvgPool2D", "AvgPool3D", "BatchNormalization", "CenterCrop", "Concatenate",
+    "Conv1D", "Conv1DTranspose", "Conv2D", "Conv2DTranspose", "Conv3D", "Conv3DTranspose",
+    "Convolution1D", "Convolution1DTranspose", "Convolution2D", "Convolution2DTranspose",
+    "Convolution3D", "Convolution3DTranspose", "Cropping1D", "Cropping2D", "Cropping3D", "Dense",
+    "DepthwiseConv1D", "DepthwiseConv2D", "Dot", "Dropout", "ELU", "EinsumDense", "Flatten",
+    "GaussianDropout", "GaussianNoise", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
+    "GlobalAveragePooling3D", "GlobalAvgPool1D", "GlobalAvgPool2D", "GlobalAvgPool3D",
+    "GlobalMaxPool1D", "GlobalMaxPool2D", "GlobalMaxPool3D", "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GroupNormalization", "Identity", "InputLayer",
+    "LayerNormalization", "LeakyReLU", "MaxPool1D", "MaxPool2D", "MaxPool3D", "MaxPooling1D",
+    "MaxPooling2D", "MaxPooling3D", "Maximum", "Minimum", "MultiHeadAttention", "Multiply",
+    "Normalization", "PReLU", "Permute", "RandomBrightness", "RandomContrast", "RandomCrop",
+    "RandomFlip", "RandomHeight", "RandomRotation", "RandomTranslation", "RandomWidth",
+    "RandomZoom", "ReLU", "RepeatVector", "Rescaling", "Reshape", "Resizing", "SeparableConv1D",
+    "SeparableConv2D", "SeparableConvolution1D", "SeparableConvolution2D", "Softmax",
+    "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "Subtract", "ThresholdedReLU",
+    "UnitNormalization", "UpSampling1D", "UpSampling2D", "UpSampling3D", "ZeroPadding1D",
+    "ZeroPadding2D", "ZeroPadding3D",
+})
+_INITIALIZERS = frozenset({
+    "Constant", "GlorotNormal", "GlorotUniform", "HeNormal", "HeUniform", "Identity",
+    "LecunNormal", "LecunUniform", "Ones", "Orthogonal", "RandomNormal", "RandomUniform",
+    "TruncatedNormal", "VarianceScaling", "Zeros",
+})
+_REGULARIZERS = frozenset({"L1", "L1L2", "L2", "OrthogonalRegularizer"})
+_CONSTRAINTS = frozenset({"MaxNorm", "MinMaxNorm", "NonNeg", "RadialConstraint", "UnitNorm"})
+_OPTIMIZERS = frozenset({"Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "Ftrl",
+                         "Lion", "Nadam", "RMSprop", "SGD"})
+_METRICS = frozenset({"Accuracy", "BinaryAccuracy", "CategoricalAccuracy", "Mean",
+                      "MeanMetricWrapper", "SparseCategoricalAccuracy",
+                      "SparseTopKCategoricalAccuracy", "Sum", "TopKCategoricalAccuracy"})
+# Class name -> the Keras modules a config may name for it. Configs name no module at all in
+# .h5 files and SavedModel metadata; .keras files name the public module.
+_CLASS_MODULES: Dict[str, frozenset] = {
+    **{name: frozenset({"keras.layers", "tf_keras.layers"}) for name in _LAYERS},
+    **{name: frozenset({"keras.initializers", "tf_keras.initializers"}) for name in _INITIALIZERS},
+    **{name: frozenset({"keras.regularizers", "tf_keras.regularizers"}) for name in _REGULARIZERS},
+    **{name: frozenset({"keras.constraints", "tf_keras.constraints"}) for name in _CONSTRAINTS},
+    **{name: frozenset({"keras.optimizers", "tf_keras.optimizers"}) for name in _OPTIMIZERS},
+    **{f"Custom>{name}": frozenset() for name in _OPTIMIZERS},  # tf_keras's registered names
+    **{name: frozenset({"keras.metrics", "tf_keras.metrics"}) for name in _METRICS},
+    "Functional": frozenset({"keras", "tf_keras", "keras.src.engine.functional",
+                             "tf_keras.src.engine.functional"}),
+    "Sequential": frozenset({"keras", "tf_keras"}),
+    "Model": frozenset({"keras", "tf_keras"}),
+    "InputSpec": frozenset({"keras.layers", "tf_keras.layers"}),
+    "Policy": frozenset({"keras.mixed_precision", "tf_keras.mixed_precision"}),
+    # Data only: tuples, shapes and the tensor specs of a model's inputs.
+    "__tuple__": frozenset(), "TensorShape": frozenset(), "TypeSpec": frozenset(),
+    "__numpy__": frozenset(), "__tensor__": frozenset(),
+}
+_TYPE_SPECS = frozenset({"tf.TensorSpec"})
+_NUMERIC_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "int8", "int16",
+                             "int32", "int64", "uint8", "bool"})
+_ACTIVATIONS = frozenset({"elu", "exponential", "gelu", "hard_sigmoid", "linear", "mish", "relu",
+                          "relu6", "selu", "sigmoid", "silu", "softmax", "softplus", "softsign",
+                          "swish", "tanh", "leaky_relu", "log_softmax"})
+# Settings that name a function or class by a plain string, by the suffix of their key.
+_NAMED_SETTINGS = {
+    "activation": _ACTIVATIONS,
+    "_initializer": _INITIALIZERS | {
+        "constant", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "identity",
+        "lecun_normal", "lecun_uniform", "ones", "orthogonal", "random_normal", "random_uniform",
+        "truncated_normal", "variance_scaling", "zeros"},
+    "_regularizer": _REGULARIZERS | {"l1", "l2", "l1_l2", "orthogonal_regularizer"},
+    "_constraint": _CONSTRAINTS | {"max_norm", "min_max_norm", "non_neg", "radial_constraint",
+                                   "unit_norm"},
+    "fn": frozenset({"accuracy", "binary_accuracy", "categorical_accuracy",
+                     "sparse_categorical_accuracy", "top_k_categorical_accuracy",
+                     "sparse_top_k_categorical_accuracy"}),
+}
 
 
-def _known_classes() -> set:
-  known = set(_MODEL_CLASSES)
-  for module in (keras.layers, keras.initializers, keras.regularizers, keras.constraints,
-                 keras.metrics):
-    known.update(name for name in dir(module) if name[:1].isupper())
-  return known - _UNSAFE_CLASSES
+def _config_problems(node: Any, key: str = "") -> Iterator[str]:
+  """Yields what is not allowed in a Keras config, walking every dict and list in it."""
+  if isinstance(node, list):
+    for item in node:
+      yield from _config_problems(item, key)
+    return
+  if isinstance(node, str):
+    for suffix, allowed in _NAMED_SETTINGS.items():
+      if key.endswith(suffix) and node not in allowed:
+        yield f"{key}={node!r}"
+    return
+  if not isinstance(node, dict):
+    return
+  class_name = node.get("class_name")
+  if "class_name" in node:
+    yield from _object_problems(node, class_name)
+  elif "module" in node or "registered_name" in node:
+    yield f"module/registered_name without a class ({node.get('module')!r})"
+  for child_key, value in node.items():
+    if class_name == "function" and child_key == "config":
+      continue
+    yield from _config_problems(value, str(child_key))
+
+
+def _object_problems(node: Dict[str, Any], class_name: Any) -> Iterator[str]:
+  """Yields what is not allowed in one serialised object {"class_name": ..., ...}."""
+  module = node.get("module")
+  registered = node.get("registered_name")
+  if class_name == "function":  # a built-in activation, serialised as an object
+    if node.get("config") not in _ACTIVATIONS or module not in (
+        None, "builtins", "keras.activations", "tf_keras.activations") or registered not in (
+            None, "function", node.get("config")):
+      yield f"function {node.get('config')!r} from {module!r}"
+    return
+  if not isinstance(class_name, str) or class_name not in _CLASS_MODULES:
+    yield str(class_name)
+    return
+  if module is not None and module not in _CLASS_MODULES[class_name]:
+    yield f"{class_name} from module {module!r}"
+  if registered is not None and registered != class_name:
+    yield f"{class_name} registered as {registered!r}"
+  if class_name == "TypeSpec" and node.get("type_spec") not in _TYPE_SPECS:
+    yield f"TypeSpec {node.get('type_spec')!r}"
+  if class_name in ("__numpy__", "__tensor__") and (
+      not isinstance(node.get("config"), dict) or
+      node["config"].get("dtype") not in _NUMERIC_DTYPES):
+    yield f"{class_name} that is not a numeric array"
 
 
 def check_model_config(config: Any, source: str) -> None:
-  """Refuses a Keras config naming `Lambda` or any class that is not a built-in Keras class."""
-  known = _known_classes()
-  refused = sorted({name for name in _class_names(config) if name not in known})
-  if refused:
-    raise UserError(f"refusing to load {source}: it holds {', '.join(refused)} (Lambda layers "
-                    f"and unknown classes can run code from the file); {_UNSAFE_HINT}")
+  """Refuses a Keras config that names anything but built-in classes, modules and functions."""
+  problems = sorted(set(_config_problems(config)))
+  if problems:
+    shown = ", ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5
+                                       else "")
+    raise UserError(f"refusing to load {source}: it holds {shown}, which are not built-in "
+                    f"Keras image-model parts (Lambda layers, custom classes, other modules "
+                    f"and file paths can run code or read files); {_UNSAFE_HINT}")
 
 
-def check_saved_model_graph(export_dir: str) -> None:
-  """Refuses a SavedModel whose graphs use file-access or Python-callback ops."""
+# --- SavedModel graphs ------------------------------------------------------------------------
+
+# Ops of image-model inference and training: math, convolutions, normalisation, image
+# resizing and transforms, random numbers for augmentation and dropout, variables and control
+# flow. Nothing that reads or writes files, prints to streams, calls Python or reads datasets.
+_GRAPH_OPS = frozenset({
+    "Abs", "Add", "AddN", "AddV2", "AdjustContrastv2", "AdjustHue", "AdjustSaturation", "All",
+    "Any", "ArgMax", "ArgMin", "Assert", "AssignAddVariableOp", "AssignSubVariableOp",
+    "AssignVariableOp", "AvgPool", "AvgPool3D", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3",
+    "BatchToSpaceND", "BiasAdd", "Bitcast", "BroadcastArgs", "BroadcastGradientArgs",
+    "BroadcastTo", "Case", "Cast", "Ceil", "CheckNumerics", "ClipByValue", "ConcatV2", "Const",
+    "Conv", "Conv2D", "Conv2DBackpropFilter", "Conv2DBackpropInput", "Conv3D",
+    "Conv3DBackpropInputV2", "Cos", "CropAndResize", "Cumsum", "DepthToSpace",
+    "DepthwiseConv2dNative", "DepthwiseConv2dNativeBackpropFilter",
+    "DepthwiseConv2dNativeBackpropInput", "DivNoNan", "Einsum", "Elu", "EluGrad", "EnsureShape",
+    "Equal", "Erf", "Erfc", "Exp", "ExpandDims", "Expm1", "Fill", "Floor", "FloorDiv",
+    "FloorMod", "FusedBatchNorm", "FusedBatchNormGradV3", "FusedBatchNormV2", "FusedBatchNormV3",
+    "GatherNd", "GatherV2", "Greater", "GreaterEqual", "HSVToRGB", "Identity", "IdentityN", "If",
+    "ImageProjectiveTransformV2", "ImageProjectiveTransformV3", "IsFinite", "L2Loss",
+    "LeakyRelu", "LeakyReluGrad", "Less", "LessEqual", "Log", "Log1p", "LogSoftmax",
+    "LogicalAnd", "LogicalNot", "LogicalOr", "MatMul", "Max", "MaxPool", "MaxPool3D",
+    "MaxPoolGrad", "MaxPoolV2", "Maximum", "Mean", "Min", "Minimum", "MirrorPad", "Mul",
+    "MulNoNan", "Neg", "NoOp", "NotEqual", "OnesLike", "Pack", "Pad", "PadV2", "PartitionedCall",
+    "Placeholder", "Pow", "Prod", "RGBToHSV", "RandomStandardNormal", "RandomUniform",
+    "RandomUniformInt", "Range", "Rank", "ReadVariableOp", "RealDiv", "Reciprocal", "Relu",
+    "Relu6", "Relu6Grad", "ReluGrad", "Reshape", "ResizeArea", "ResizeBicubic", "ResizeBilinear",
+    "ResizeBilinearGrad", "ResizeNearestNeighbor", "ResizeNearestNeighborGrad", "ReverseV2",
+    "RngBitGenerator", "RngReadAndSkip", "Round", "Rsqrt", "RsqrtGrad", "ScaleAndTranslate",
+    "ScaleAndTranslateGrad", "Select", "SelectV2", "Selu", "SeluGrad", "Shape", "ShapeN",
+    "Sigmoid", "SigmoidGrad", "Sign", "Sin", "Size", "Slice", "Softmax", "Softplus",
+    "SoftplusGrad", "Softsign", "SpaceToBatchND", "SpaceToDepth", "Split", "SplitV", "Sqrt",
+    "SqrtGrad", "Square", "SquaredDifference", "Squeeze", "StatefulPartitionedCall",
+    "StatelessCase", "StatelessIf", "StatelessRandomGetKeyCounter",
+    "StatelessRandomGetKeyCounterAlg", "StatelessRandomNormalV2", "StatelessRandomUniform",
+    "StatelessRandomUniformFullIntV2", "StatelessRandomUniformInt",
+    "StatelessRandomUniformIntV2", "StatelessRandomUniformV2", "StatelessTruncatedNormalV2",
+    "StatelessWhile", "StopGradient", "StridedSlice", "StridedSliceGrad", "Sub", "Sum", "Tan",
+    "Tanh", "TanhGrad", "Tile", "TopKV2", "Transpose", "TruncatedNormal", "Unpack",
+    "VarHandleOp", "VarIsInitializedOp", "While", "ZerosLike",
+})
+
+
+def _function_refs(nodes: Iterable[Any]) -> Iterator[str]:
+  """Names of the functions that graph nodes call (function-valued attributes)."""
+  for node in nodes:
+    for attr in node.attr.values():
+      if attr.HasField("func"):
+        yield attr.func.name
+      if attr.HasField("list"):
+        yield from (function.name for function in attr.list.func)
+
+
+def _graph_ops(meta_graph: Any) -> set:
+  """The ops a TF2 loader or a caller could run: in every function of the graph's library
+  except TF's own save and restore functions, and in the main graph outside those.
+
+  TF2 loading never runs the main graph's save and restore ops (it restores variables
+  itself), so the functions only they call may write files: they are skipped unless the
+  object graph, a gradient or another function refers to them too.
+  """
+  graph = meta_graph.graph_def
+  saver_ops = {meta_graph.saver_def.save_tensor_name.split(":")[0],
+               meta_graph.saver_def.restore_op_name.split(":")[0]}
+  saver_functions = set(_function_refs(node for node in graph.node if node.name in saver_ops))
+  referenced = {gradient.gradient_func for gradient in graph.library.gradient}
+  referenced.update(gradient.gradient_func for gradient in graph.library.registered_gradients)
+  for node in meta_graph.object_graph_def.nodes:
+    referenced.update(node.function.concrete_functions)
+    referenced.add(node.bare_concrete_function.concrete_function_name)
+  ops = {node.op for node in graph.node if node.name not in saver_ops}
+  for function in graph.library.function:
+    if function.signature.name not in saver_functions:
+      referenced.update(_function_refs(function.node_def))
+  for function in graph.library.function:
+    if function.signature.name not in saver_functions - referenced:
+      ops.update(node.op for node in function.node_def)
+  return ops
+
+
+def _declared_bytes(shape: Any, dtype: int) -> int:
+  """Bytes of a tensor of TensorShapeProto `shape` and DataType enum `dtype` (0 if unknown)."""
+  if shape.unknown_rank or any(dim.size < 0 for dim in shape.dim):
+    return 0
+  try:
+    itemsize = tf.dtypes.as_dtype(dtype).size
+  except (TypeError, ValueError):
+    itemsize = 8
+  return math.prod(dim.size for dim in shape.dim) * max(itemsize, 1)
+
+
+def _folder_files(folder: str, source: str) -> Dict[str, int]:
+  """Regular files under `folder` with their sizes; refuses links, devices and FIFOs."""
+  files = {}
+  for root, dirs, names in os.walk(folder):
+    for name in dirs + names:
+      path = os.path.join(root, name)
+      mode = os.lstat(path).st_mode
+      if stat.S_ISDIR(mode):
+        continue
+      if not stat.S_ISREG(mode):
+        raise UserError(f"refusing to load {source}: {os.path.relpath(path, folder)} is a link "
+                        "or special file, not a regular file inside the model folder")
+      files[os.path.relpath(path, folder)] = os.lstat(path).st_size
+  return files
+
+
+def _parse_saved_model(export_dir: str, size: int, source: str):
   from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  if size > limits.MAX_MODEL_DESCRIPTION_BYTES:
+    raise UserError(f"refusing to load {source}: its graph is {size >> 20} MiB, above the "
+                    f"{limits.MAX_MODEL_DESCRIPTION_BYTES >> 20} MiB limit")
   proto = saved_model_pb2.SavedModel()
   try:
     with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
       proto.ParseFromString(f.read())
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f"cannot read {export_dir} as a SavedModel ({type(e).__name__})") from e
-  ops = set()
-  for meta_graph in proto.meta_graphs:
-    ops.update(node.op for node in meta_graph.graph_def.node)
-    for function in meta_graph.graph_def.library.function:
-      ops.update(node.op for node in function.node_def)
-  refused = sorted(ops & _UNSAFE_OPS)
+    raise UserError(f"cannot read {source} as a SavedModel ({type(e).__name__})") from e
+  if len(proto.meta_graphs) != 1 or not proto.meta_graphs[0].object_graph_def.nodes:
+    raise UserError(f"refusing to load {source}: it is a TF1 SavedModel (loading it runs its "
+                    "restore and init ops); re-export it with TF2's tf.saved_model.save, or "
+                    f"{_UNSAFE_HINT}")
+  return proto.meta_graphs[0]
+
+
+def check_saved_model(export_dir: str, source: str, max_bytes: int = limits.MAX_MODEL_BYTES,
+                      allow_unsafe: bool = False) -> None:
+  """Refuses a SavedModel that is not plain data: see the module docstring."""
+  files = _folder_files(export_dir, source)
+  meta_graph = _parse_saved_model(export_dir, files.get("saved_model.pb", 0), source)
+  graph = meta_graph.graph_def
+  functions = {function.signature.name: function for function in graph.library.function}
+
+  refused = [] if allow_unsafe else sorted(_graph_ops(meta_graph) - _GRAPH_OPS)
   if refused:
-    raise UserError(f"refusing to load {export_dir}: its graph uses {', '.join(refused)} "
-                    f"(file access or Python calls); {_UNSAFE_HINT}")
+    raise UserError(f"refusing to load {source}: its graph uses {', '.join(refused[:8])}, "
+                    "which image models do not need (file access, printing, Python calls "
+                    f"and the like); {_UNSAFE_HINT}")
+  assets_dir = os.path.realpath(os.path.join(export_dir, "assets"))
+  for asset in meta_graph.asset_file_def:
+    path = os.path.realpath(os.path.join(assets_dir, asset.filename))
+    if (os.path.isabs(asset.filename) or ".." in asset.filename.split("/")
+        or not path.startswith(assets_dir + os.sep)):
+      raise UserError(f"refusing to load {source}: asset {asset.filename!r} lies outside the "
+                      "model's assets folder")
+
+  # Sizes the loader would allocate: variables, constants, the checkpoint's tensors.
+  declared = sum(_declared_bytes(node.variable.shape, node.variable.dtype)
+                 for node in meta_graph.object_graph_def.nodes
+                 if node.WhichOneof("kind") == "variable")
+  declared += sum(_declared_bytes(node.attr["value"].tensor.tensor_shape,
+                                  node.attr["value"].tensor.dtype)
+                  for nodes in [graph.node, *(f.node_def for f in functions.values())]
+                  for node in nodes if node.op == "Const")
+  stored = sum(files.values())
+  _check_declared(declared, stored, max_bytes, source)
+  if "variables/variables.index" in files:
+    try:
+      reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
+      shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+    except Exception as e:  # pylint: disable=broad-except
+      raise UserError(f"cannot read the variables of {source} ({type(e).__name__})") from e
+    checkpoint = sum(math.prod(shape) * max(dtypes[name].size, 1)
+                     for name, shape in shapes.items() if dtypes[name] != tf.string)
+    _check_declared(checkpoint, stored, max_bytes, source)
 
 
-def _keras_saved_model_config(export_dir: str) -> list:
+def _keras_saved_model_config(export_dir: str, source: str) -> list:
   from tf_keras.protobuf import saved_metadata_pb2  # pylint: disable=g-import-not-at-top
+  path = os.path.join(export_dir, "keras_metadata.pb")
+  if os.path.getsize(path) > limits.MAX_CONFIG_BYTES:
+    raise UserError(f"refusing to load {source}: its Keras metadata is above the "
+                    f"{limits.MAX_CONFIG_BYTES >> 20} MiB limit")
   proto = saved_metadata_pb2.SavedMetadata()
-  with open(os.path.join(export_dir, "keras_metadata.pb"), "rb") as f:
-    proto.ParseFromString(f.read())
-  return [json.loads(node.metadata) for node in proto.nodes if node.metadata]
+  try:
+    with open(path, "rb") as f:
+      proto.ParseFromString(f.read())
+    return [json.loads(node.metadata) for node in proto.nodes if node.metadata]
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"cannot read the Keras metadata of {source} ({type(e).__name__})") from e
 
 
-def _h5_config(path: str) -> Dict[str, Any]:
+# --- Sizes ------------------------------------------------------------------------------------
+
+def _budget(stored: int, max_bytes: int) -> int:
+  """What a file storing `stored` bytes may declare: its contents may be compressed, but not
+  inflate a small file into gigabytes."""
+  return min(max_bytes, limits.MAX_INFLATION * stored + limits.MIN_MODEL_BUDGET_BYTES)
+
+
+def _check_declared(declared: int, stored: int, max_bytes: int, source: str) -> None:
+  if declared > max_bytes:
+    raise UserError(f"refusing to load {source}: it declares {declared / 2**20:,.0f} MiB of "
+                    f"tensors, above the limit of {max_bytes / 2**20:,.0f} MiB; raise "
+                    "--max_model_mb if you trust it")
+  if declared > _budget(stored, max_bytes):
+    raise UserError(f"refusing to load {source}: it declares {declared / 2**20:,.0f} MiB of "
+                    f"tensors but stores only {stored / 2**20:,.1f} MiB (a decompression bomb?)")
+
+
+def _check_h5(handle: Any, stored: int, max_bytes: int, source: str) -> None:
+  """Refuses HDF5 content that reads other files or declares more than it may allocate:
+  links other than hard links, external or virtual storage, non-numeric datasets."""
+  declared, problems = 0, []
+
+  def visit(name, link):
+    if not isinstance(link, h5py.HardLink):
+      problems.append(f"{name} is a {type(link).__name__}")
+
+  def visit_object(name, item):
+    nonlocal declared
+    for attr in item.attrs:
+      try:
+        size = item.attrs.get_id(attr).get_storage_size()
+      except RuntimeError:  # HDF5 reports an empty attribute's size as an error
+        size = 0
+      if size > limits.MAX_CONFIG_BYTES:
+        problems.append(f"attribute {attr} of {name or '/'} is too large")
+    if isinstance(item, h5py.Dataset):
+      plist = item.id.get_create_plist()
+      if plist.get_layout() not in (h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED) \
+          or plist.get_external_count():
+        problems.append(f"{name} keeps its data outside this file")
+      elif item.dtype.kind not in "biuf" or item.dtype.itemsize > 16:
+        problems.append(f"{name} holds {item.dtype}, not numbers")
+      else:
+        declared += (item.size or 0) * item.dtype.itemsize
+
+  handle.visititems_links(visit)
+  visit_object("", handle)
+  handle.visititems(visit_object)
+  if problems:
+    raise UserError(f"refusing to load {source}: {problems[0]}"
+                    + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+                    + "; model weights must be plain numeric arrays stored in the file itself")
+  _check_declared(declared, stored, max_bytes, source)
+
+
+def _h5_config(path: str, max_bytes: int) -> Dict[str, Any]:
   try:
     with h5py.File(path, "r") as f:
+      _check_h5(f, os.path.getsize(path), max_bytes, path)
       raw = f.attrs.get("model_config")
   except OSError as e:
     raise UserError(f"cannot read model file {path}: not a valid HDF5 file (corrupt or "
                     "truncated?); re-create it with the pretrain stage") from e
   if raw is None:
     raise UserError(f"{path} holds weights only, no model; save the whole model as .h5")
-  return json.loads(raw)
+  return _parse_config(raw, path)
 
 
-def _keras_zip_config(path: str) -> Dict[str, Any]:
+def _parse_config(raw: Any, source: str) -> Any:
+  if len(raw) > limits.MAX_CONFIG_BYTES:
+    raise UserError(f"refusing to load {source}: its config is above the "
+                    f"{limits.MAX_CONFIG_BYTES >> 20} MiB limit")
+  try:
+    return json.loads(raw)
+  except (ValueError, RecursionError) as e:
+    raise UserError(f"cannot read the config of {source} ({type(e).__name__})") from e
+
+
+_KERAS_ARCHIVE_MEMBERS = frozenset({"metadata.json", "config.json", "model.weights.h5"})
+
+
+def _keras_zip_config(path: str, max_bytes: int) -> Dict[str, Any]:
   try:
     with zipfile.ZipFile(path) as archive:
-      return json.loads(archive.read("config.json"))
-  except (zipfile.BadZipFile, KeyError, ValueError) as e:
+      members = {info.filename: info for info in archive.infolist()}
+      if set(members) != _KERAS_ARCHIVE_MEMBERS:
+        extra = sorted(set(members) - _KERAS_ARCHIVE_MEMBERS)
+        raise UserError(f"refusing to load {path}: a .keras image model holds exactly "
+                        f"{', '.join(sorted(_KERAS_ARCHIVE_MEMBERS))}"
+                        + (f", not {', '.join(extra[:3])}" if extra else ""))
+      inflated = sum(info.file_size for info in members.values())
+      _check_declared(inflated, os.path.getsize(path), max_bytes, path)
+      for name in ("metadata.json", "config.json"):
+        if members[name].file_size > limits.MAX_CONFIG_BYTES:
+          raise UserError(f"refusing to load {path}: its {name} is above the "
+                          f"{limits.MAX_CONFIG_BYTES >> 20} MiB limit")
+      config = _parse_config(archive.read("config.json"), path)
+      weights = members["model.weights.h5"]
+      # HDF5 reads a file on disk far faster than through Python's zip reader.
+      with archive.open(weights) as member, tempfile.NamedTemporaryFile(suffix=".h5") as copy:
+        shutil.copyfileobj(member, copy)
+        copy.flush()
+        with h5py.File(copy.name, "r") as h5:
+          _check_h5(h5, weights.compress_size, max_bytes, path)
+      return config
+  except (zipfile.BadZipFile, OSError, KeyError) as e:
     raise UserError(f"cannot read model file {path}: not a valid .keras archive "
                     "(corrupt or truncated?)") from e
 
+
+@contextlib.contextmanager
+def _variable_budget(max_bytes: int, refusals: list) -> Iterator[None]:
+  """Refuses, before allocating it, any variable beyond `max_bytes` in all."""
+  used = 0
+
+  def creator(next_creator, **kwargs):
+    nonlocal used
+    shape = kwargs.get("shape")
+    initial = kwargs.get("initial_value")
+    if shape is None and getattr(initial, "args", None):  # Keras: partial(init, shape)
+      shape = initial.args[0]
+    try:
+      shape = tf.TensorShape(shape)
+      size = (shape.num_elements() or 0) * tf.dtypes.as_dtype(kwargs.get("dtype")
+                                                              or tf.float32).size
+    except (TypeError, ValueError):
+      size = 0
+    used += size
+    if used > max_bytes:
+      refusals.append(used)
+      raise MemoryError(f"variables above {max_bytes} bytes")
+    return next_creator(**kwargs)
+
+  with tf.variable_creator_scope(creator):
+    yield
+
+
+def _check_activations(model: keras.Model, source: str) -> None:
+  """Refuses a model whose layers output more per image than any image model needs."""
+  for layer in model.layers:
+    shapes = layer.output_shape if isinstance(layer.output_shape, list) else [
+        layer.output_shape]
+    for shape in shapes:
+      size = math.prod(dim for dim in (shape or (None,))[1:] if dim) * 4
+      if size > limits.MAX_ACTIVATION_BYTES:
+        raise UserError(f"refusing to load {source}: layer {layer.name} outputs "
+                        f"{size / 2**20:,.0f} MiB per image, above the "
+                        f"{limits.MAX_ACTIVATION_BYTES >> 20} MiB limit")
+
+
+# --- Loading ----------------------------------------------------------------------------------
 
 def resolve_saved_model(handle: str) -> str:
   """A local SavedModel folder for a folder path or a TF Hub handle (cached in $TFHUB_CACHE_DIR)."""
@@ -117,7 +526,7 @@ def resolve_saved_model(handle: str) -> str:
                     "and pass its folder, or pre-fill $TFHUB_CACHE_DIR") from e
   if not os.path.isfile(os.path.join(path, "saved_model.pb")):
     raise UserError(f"{handle} is not a SavedModel (no saved_model.pb in {path})")
-  return path
+  return os.path.realpath(path)
 
 
 def _hub_model(path: str, source: str) -> keras.Model:
@@ -135,34 +544,51 @@ def _hub_model(path: str, source: str) -> keras.Model:
   return keras.Model(inputs, outputs, name="hub_model")
 
 
-def load_model(source: str, allow_unsafe: bool = False) -> keras.Model:
+def load_model(source: str, allow_unsafe: bool = False,
+               max_bytes: int = limits.MAX_MODEL_BYTES) -> keras.Model:
   """Loads a model for prediction or fine-tuning (uncompiled) after checking it is safe.
 
   `source`: an .h5 or .keras file, a SavedModel folder (Keras or not), or a TF Hub handle.
   Non-Keras SavedModels become a Keras model whose single layer is a `hub.KerasLayer`.
+  `max_bytes` caps the tensor data the model declares. Refuses, with a UserError, anything
+  the module docstring lists; `allow_unsafe` skips the allowlists but not the size limits.
   """
   is_file = source.endswith((".h5", ".keras"))
   if is_file or "://" not in source:
     if not os.path.exists(source):
       raise UserError(f"model not found: {source}; run the pretrain stage first or pass --model")
+  refusals = []
   try:
     if is_file:
-      config = _h5_config(source) if source.endswith(".h5") else _keras_zip_config(source)
+      if not os.path.isfile(source):
+        raise UserError(f"cannot read model file {source}: not a regular file")
+      stored = os.path.getsize(source)
+      config = (_h5_config(source, max_bytes) if source.endswith(".h5")
+                else _keras_zip_config(source, max_bytes))
       if not allow_unsafe:
         check_model_config(config, source)
-      return keras.models.load_model(source, compile=False, safe_mode=not allow_unsafe)
-    if os.path.isfile(source):
-      raise UserError(f"unsupported model file {source}: --model takes an .h5 or .keras file, "
-                      "a SavedModel folder or a TF Hub handle")
-    path = resolve_saved_model(source)
-    if not allow_unsafe:
-      check_saved_model_graph(path)
-    if os.path.isfile(os.path.join(path, "keras_metadata.pb")):
-      if not allow_unsafe:
-        check_model_config(_keras_saved_model_config(path), source)
-      return keras.models.load_model(path, compile=False)
-    return _hub_model(path, source)
+      with _variable_budget(_budget(stored, max_bytes), refusals):
+        model = keras.models.load_model(source, compile=False, safe_mode=not allow_unsafe)
+    else:
+      if os.path.isfile(source):
+        raise UserError(f"unsupported model file {source}: --model takes an .h5 or .keras "
+                        "file, a SavedModel folder or a TF Hub handle")
+      path = resolve_saved_model(source)
+      check_saved_model(path, source, max_bytes, allow_unsafe)
+      if os.path.isfile(os.path.join(path, "keras_metadata.pb")):
+        if not allow_unsafe:
+          check_model_config(_keras_saved_model_config(path, source), source)
+        model = keras.models.load_model(path, compile=False)
+      else:
+        model = _hub_model(path, source)
   except UserError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f"cannot load model {source} ({type(e).__name__}: {e})") from e
+    if refusals:
+      raise UserError(f"refusing to load {source}: its config builds more than "
+                      f"{_budget(os.path.getsize(source), max_bytes) / 2**20:,.0f} MiB of "
+                      "weights, more than the file backs") from e
+    raise UserError(f"cannot load model {source} ({type(e).__name__}: "
+                    f"{' '.join(str(e).split())[:300]})") from e
+  _check_activations(model, source)
+  return model

@@ -1,0 +1,434 @@
+"""Hostile model files: each is refused before anything in it runs, reads, writes or allocates.
+
+Every payload is built by the test itself. Where a payload would leave a trace (a marker file,
+an imported module, a secret in an output), the test asserts the trace is absent; a control
+with `allow_unsafe=True` shows the payload is real where that is safe to show.
+"""
+
+import json
+import os
+import random
+import shutil
+import sys
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import run_command
+from tl_keras import loading
+from tl_keras.errors import UserError
+from tl_keras.keras_api import keras
+
+SECRET = "TOP-SECRET-7f3a9c"
+
+
+def _tiny_model():
+  inputs = keras.Input((28, 28, 1), name="image")
+  x = keras.layers.Conv2D(2, 3, activation="relu", name="conv")(inputs)
+  x = keras.layers.Flatten(name="flatten")(x)
+  return keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="dense")(x))
+
+
+def _payload_module(tmp_path, monkeypatch):
+  """A module that leaves a marker file when imported: (module name, marker path)."""
+  name = f"tl_payload_{os.getpid()}_{random.randrange(10**9)}"
+  marker = tmp_path / "payload_ran"
+  (tmp_path / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                       "Dense = object\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  return name, marker
+
+
+def _keras_file(tmp_path, edit, name="model.keras"):
+  """A .keras file of the tiny model whose config.json `edit(config)` has changed."""
+  path = tmp_path / name
+  clean = tmp_path / f"clean_{name}"
+  _tiny_model().save(str(clean))
+  with zipfile.ZipFile(clean) as source, zipfile.ZipFile(path, "w") as target:
+    for info in source.infolist():
+      content = source.read(info.filename)
+      if info.filename == "config.json":
+        config = json.loads(content)
+        edit(config)
+        content = json.dumps(config)
+      target.writestr(info.filename, content)
+  return str(path)
+
+
+def _h5_file(tmp_path, edit_config=None, edit_file=None, name="model.h5"):
+  """An .h5 file of the tiny model with its model_config and HDF5 contents edited."""
+  path = str(tmp_path / name)
+  _tiny_model().save(path, save_format="h5")
+  with h5py.File(path, "a") as f:
+    if edit_config:
+      config = json.loads(f.attrs["model_config"])
+      edit_config(config)
+      f.attrs["model_config"] = json.dumps(config)
+    if edit_file:
+      edit_file(f)
+  return path
+
+
+def _layer(config, name):
+  return next(layer for layer in config["config"]["layers"] if layer["config"]["name"] == name)
+
+
+def _refused(path, match="refusing to load"):
+  with pytest.raises(UserError, match=match):
+    loading.load_model(path)
+
+
+# --- Keras configs: modules, registered names, functions ---------------------------------------
+
+def test_keras_config_naming_another_module_is_refused_before_import(tmp_path, monkeypatch):
+  module, marker = _payload_module(tmp_path, monkeypatch)
+  path = _keras_file(tmp_path, lambda c: _layer(c, "dense").update(module=module))
+  _refused(path, "Dense from module")
+  assert not marker.exists() and module not in sys.modules
+
+
+def test_top_level_module_key_is_refused_before_import(tmp_path, monkeypatch):
+  module, marker = _payload_module(tmp_path, monkeypatch)
+  path = _keras_file(tmp_path, lambda c: c.update(module=module))
+  _refused(path, "Functional from module")
+  assert not marker.exists() and module not in sys.modules
+  # The payload is real: tf_keras imports the module a config names.
+  with pytest.raises(UserError):
+    loading.load_model(path, allow_unsafe=True)
+  assert marker.exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: _layer(c, "dense").update(registered_name="payload>Dense"), "registered as"),
+    (lambda c: _layer(c, "dense")["config"].update(activation={
+        "module": "os", "class_name": "function", "config": "system",
+        "registered_name": "system"}), "function 'system'"),
+    (lambda c: _layer(c, "dense")["config"].update(activation="deserialize"),
+     "activation='deserialize'"),
+    (lambda c: _layer(c, "conv")["config"].update(kernel_initializer="get"),
+     "kernel_initializer='get'"),
+    (lambda c: _layer(c, "dense").update(class_name="Lambda"), "Lambda"),
+    (lambda c: _layer(c, "dense")["config"].update(kernel_initializer={
+        "module": "keras.initializers", "class_name": "__lambda__", "config": {}}),
+     "__lambda__"),
+    (lambda c: c["config"].update(extra={"module": "subprocess"}), "without a class"),
+    (lambda c: _layer(c, "dense").update(class_name="TextVectorization"), "TextVectorization"),
+])
+def test_keras_config_with_code_or_foreign_names_is_refused(tmp_path, edit, message):
+  _refused(_keras_file(tmp_path, edit), message)
+
+
+def test_lookup_layer_with_a_vocabulary_path_reads_nothing(tmp_path):
+  secret = tmp_path / "secret.txt"
+  secret.write_text(f"{SECRET}\n")
+
+  def add_lookup(config):
+    _layer(config, "dense").update(class_name="StringLookup", module="keras.layers")
+    _layer(config, "dense")["config"] = {"name": "dense", "vocabulary": str(secret)}
+
+  output_dir = tmp_path / "out"
+  result = run_command(["scripts/transfer.py", f"--model={_keras_file(tmp_path, add_lookup)}",
+                        f"--output_dir={output_dir}"])
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+  assert "StringLookup" in result.stderr and SECRET not in result.stdout + result.stderr
+  assert not output_dir.exists() or not os.listdir(output_dir)
+
+
+def test_h5_lambda_bytecode_does_not_run(tmp_path):
+  marker = tmp_path / "payload_ran"
+  payload = eval(f"lambda x: (open({str(marker)!r}, 'w').write('ran'), x)[1]")  # pylint: disable=eval-used
+  inputs = keras.Input((28, 28, 1))
+  path = str(tmp_path / "lambda.h5")
+  keras.Model(inputs, keras.layers.Lambda(payload)(inputs)).save(path, save_format="h5")
+  marker.unlink()  # building and saving ran it
+  _refused(path, "Lambda")
+  assert not marker.exists()
+
+
+def test_h5_passive_serialization_module_is_refused(tmp_path, monkeypatch):
+  module, marker = _payload_module(tmp_path, monkeypatch)
+  path = _h5_file(tmp_path, edit_config=lambda c: _layer(c, "dense")["config"].update(
+      kernel_initializer={"class_name": "Dense", "module": module, "config": {},
+                          "__passive_serialization__": True}))
+  _refused(path, "from module")
+  assert not marker.exists() and module not in sys.modules
+
+
+# --- HDF5 contents: links, external storage, sizes ---------------------------------------------
+
+def _kernel_path(f):
+  return "model_weights/dense/dense/kernel:0"
+
+
+def test_h5_external_storage_or_links_read_no_other_file(tmp_path):
+  secret = tmp_path / "secret.bin"
+  secret.write_bytes(np.frombuffer(SECRET.encode().ljust(32, b"!"), np.uint8).tobytes() * 64)
+
+  def external(f):
+    name = _kernel_path(f)
+    shape, dtype = f[name].shape, f[name].dtype
+    del f[name]
+    f.create_dataset(name, shape=shape, dtype=dtype,
+                     external=[(str(secret), 0, int(np.prod(shape)) * dtype.itemsize)])
+
+  def external_link(f):
+    with h5py.File(tmp_path / "other.h5", "w") as other:
+      other["kernel"] = np.zeros(f[_kernel_path(f)].shape, np.float32)
+    name = _kernel_path(f)
+    del f[name]
+    f[name] = h5py.ExternalLink(str(tmp_path / "other.h5"), "kernel")
+
+  for edit, message in ((external, "outside this file"), (external_link, "ExternalLink")):
+    path = _h5_file(tmp_path, edit_file=edit, name=f"{edit.__name__}.h5")
+    _refused(path, message)
+
+
+def test_h5_declaring_a_huge_tensor_is_refused_with_little_memory(tmp_path):
+  def huge(f):  # 10 GB declared, nothing stored: HDF5 fills unwritten chunks on read
+    f.create_dataset("model_weights/dense/dense/huge:0", shape=(50_000, 50_000),
+                     dtype=np.float32, chunks=(1000, 1000))
+
+  path = _h5_file(tmp_path, edit_file=huge)
+  assert os.path.getsize(path) < 1_000_000
+  _assert_refused_in_small_process(path, "declares")
+
+
+def test_config_that_builds_huge_weights_is_refused_with_little_memory(tmp_path):
+  # 5408 x 10^6 float32 kernel: 21 GB from a config edit, no weights in the file back it.
+  path = _h5_file(tmp_path, edit_config=lambda c: _layer(c, "dense")["config"].update(
+      units=1_000_000))
+  _assert_refused_in_small_process(path, "builds more than")
+
+
+def test_keras_archive_bomb_and_extra_members_are_refused(tmp_path):
+  clean = tmp_path / "clean.keras"
+  _tiny_model().save(str(clean))
+  bomb = tmp_path / "bomb.keras"
+  with zipfile.ZipFile(clean) as source, zipfile.ZipFile(bomb, "w",
+                                                         zipfile.ZIP_DEFLATED) as target:
+    for info in source.infolist():
+      if info.filename != "config.json":
+        target.writestr(info.filename, source.read(info.filename))
+    with target.open("config.json", "w", force_zip64=True) as member:
+      for _ in range(300):  # 300 MB of spaces, 0.3 MB compressed
+        member.write(b" " * 1_000_000)
+  _assert_refused_in_small_process(str(bomb), "declares")
+
+  extra = tmp_path / "extra.keras"
+  shutil.copy(clean, extra)
+  with zipfile.ZipFile(extra, "a") as archive:
+    archive.writestr("assets/vocabulary.txt", SECRET)
+  _refused(str(extra), "exactly")
+
+
+def _assert_refused_in_small_process(path, message):
+  """Loads `path` in a fresh process: a one-line refusal, and peak memory under 1 GiB."""
+  script = ("import resource, sys\n"
+            "from tl_keras import loading\n"
+            "from tl_keras.errors import UserError\n"
+            "try:\n"
+            f"  loading.load_model({path!r})\n"
+            "  print('LOADED')\n"
+            "except UserError as e:\n"
+            "  print('REFUSED', e)\n"
+            "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+  result = run_command(["-c", script])
+  assert "REFUSED" in result.stdout and message in result.stdout, result.stdout + result.stderr
+  peak_kb = int(result.stdout.split("MAXRSS_KB")[1])
+  assert peak_kb < 1024 * 1024, f"peak memory {peak_kb / 1024:.0f} MiB"
+
+
+# --- SavedModel graphs ---------------------------------------------------------------------------
+
+def _module_saved_model(tmp_path, name, body):
+  """A non-Keras SavedModel whose __call__ on [None,28,28,1] images runs `body(images)`."""
+
+  class Hostile(tf.Module):
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
+    def __call__(self, images):
+      return body(images)
+
+  path = str(tmp_path / name)
+  tf.saved_model.save(Hostile(), path)
+  return path
+
+
+def _features(images):
+  return tf.reduce_mean(images, axis=[1, 2])
+
+
+@pytest.mark.parametrize("name, make_body, op", [
+    ("print_to_file", lambda marker: lambda x: _after(
+        tf.print("ran", output_stream=f"file://{marker}"), x), "PrintV2"),
+    ("write_file", lambda marker: lambda x: _after(tf.io.write_file(str(marker), "ran"), x),
+     "WriteFile"),
+    ("read_file", lambda marker: lambda x: _after(tf.io.read_file(str(marker)), x), "ReadFile"),
+    ("delete_file", lambda marker: lambda x: _after(
+        tf.raw_ops.DeleteFile(filename=str(marker)), x) if hasattr(tf.raw_ops, "DeleteFile")
+     else _after(tf.io.write_file(str(marker), ""), x), "File"),
+    ("dataset", lambda marker: lambda x: _features(x) + tf.cast(
+        tf.data.TextLineDataset(str(marker)).reduce(0, lambda a, _: a + 1), tf.float32),
+     "Dataset"),
+])
+def test_saved_model_with_file_or_stream_ops_is_refused(tmp_path, name, make_body, op):
+  marker = tmp_path / "payload_ran"
+  path = _module_saved_model(tmp_path, name, make_body(marker))
+  with pytest.raises(UserError, match=f"refusing to load .*{op}"):
+    loading.load_model(path)
+  assert not marker.exists()
+
+
+def _after(side_effect, images):
+  with tf.control_dependencies([side_effect]):
+    return _features(images)
+
+
+def test_print_to_file_payload_is_real(tmp_path):
+  marker = tmp_path / "payload_ran"
+  path = _module_saved_model(tmp_path, "print", lambda x: _after(
+      tf.print("ran", output_stream=f"file://{marker}"), x))
+  loading.load_model(path, allow_unsafe=True)(np.zeros((1, 28, 28, 1), np.float32))
+  assert marker.exists()
+
+
+def _edit_saved_model(path, edit):
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  proto = saved_model_pb2.SavedModel()
+  with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+    proto.ParseFromString(f.read())
+  edit(proto.meta_graphs[0])
+  with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+    f.write(proto.SerializeToString())
+
+
+def test_saved_model_asset_outside_the_folder_is_not_read(tmp_path):
+  secret = tmp_path / "secret.txt"
+  secret.write_text(SECRET)
+
+  class WithAsset(tf.Module):
+
+    def __init__(self):
+      super().__init__()
+      (tmp_path / "labels.txt").write_text("a\nb\n")
+      self.labels = tf.saved_model.Asset(str(tmp_path / "labels.txt"))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
+    def __call__(self, images):
+      return _features(images)
+
+  path = str(tmp_path / "asset_model")
+  tf.saved_model.save(WithAsset(), path)
+
+  def point_at_secret(meta_graph):
+    meta_graph.asset_file_def[0].filename = str(secret)
+
+  _edit_saved_model(path, point_at_secret)
+  _refused(path, "outside the model's assets folder")
+  with pytest.raises(UserError, match="outside"):
+    loading.load_model(path, allow_unsafe=True)
+
+
+def test_saved_model_with_a_symlink_inside_is_refused(tmp_path):
+  path = _module_saved_model(tmp_path, "linked", _features)
+  secret = tmp_path / "secret.txt"
+  secret.write_text(SECRET)
+  os.symlink(secret, os.path.join(path, "assets_link"))
+  _refused(path, "link or special file")
+
+
+def test_saved_model_constant_bomb_is_refused(tmp_path):
+  path = _module_saved_model(tmp_path, "const", lambda x: _features(x) + tf.reduce_sum(
+      tf.constant(0.5, shape=[2, 2])))
+
+  def inflate(meta_graph):
+    for function in meta_graph.graph_def.library.function:
+      for node in function.node_def:
+        if node.op == "Const" and node.attr["value"].tensor.dtype == tf.float32.as_datatype_enum:
+          shape = node.attr["value"].tensor.tensor_shape
+          if len(shape.dim) == 2:
+            shape.dim[0].size = shape.dim[1].size = 60_000  # 14 GB from one float
+
+  _edit_saved_model(path, inflate)
+  _assert_refused_in_small_process(path, "declares")
+
+
+def test_tf1_saved_model_is_refused(tmp_path):
+  path = str(tmp_path / "tf1")
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    images = tf.compat.v1.placeholder(tf.float32, [None, 28, 28, 1])
+    builder = tf.compat.v1.saved_model.Builder(path)
+    builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
+        "serving_default": tf.compat.v1.saved_model.predict_signature_def(
+            {"images": images}, {"features": tf.reduce_mean(images, axis=[1, 2])})})
+    builder.save()
+  _refused(path, "TF1 SavedModel")
+
+
+# --- Fuzzing the config -------------------------------------------------------------------------
+
+_CLASS_NAMES = ["Dense", "Conv2D", "Lambda", "TFOpLambda", "StringLookup", "TextVectorization",
+                "Layer", "__lambda__", "__typespec__", "function", "Functional", "Custom>Adam",
+                "GlorotUniform", "Zeros", "os", "Popen", "", "builtins.eval"]
+_MODULES = [None, "keras.layers", "tf_keras.layers", "keras.initializers", "os", "subprocess",
+            "builtins", "tf_keras.src.utils.io_utils", "keras", "PAYLOAD"]
+_REGISTERED = [None, "Dense", "Conv2D", "payload>Thing", "function", "Custom>Adam"]
+_FUNCTIONS = ["relu", "softmax", "linear", "deserialize", "get", "serialize", "tf", "eval",
+              "glorot_uniform", "zeros", "system"]
+
+
+def _mutate(config, rng, module):
+  objects, strings = [], []
+
+  def collect(node):
+    if isinstance(node, dict):
+      if "class_name" in node:
+        objects.append(node)
+      for key, value in node.items():
+        if isinstance(value, str) and key.endswith(("activation", "_initializer")):
+          strings.append((node, key))
+        collect(value)
+    elif isinstance(node, list):
+      for item in node:
+        collect(item)
+
+  collect(config)
+  for _ in range(rng.randint(1, 3)):
+    kind = rng.randrange(4)
+    if kind == 3 and strings:
+      node, key = rng.choice(strings)
+      node[key] = rng.choice(_FUNCTIONS)
+      continue
+    node = rng.choice(objects)
+    if kind == 0:
+      node["class_name"] = rng.choice(_CLASS_NAMES)
+    elif kind == 1:
+      chosen = rng.choice(_MODULES)
+      node["module"] = module if chosen == "PAYLOAD" else chosen
+    else:
+      node["registered_name"] = rng.choice(_REGISTERED)
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_fuzzed_configs_load_built_ins_or_are_refused(tmp_path, monkeypatch, fmt):
+  module, marker = _payload_module(tmp_path, monkeypatch)
+  rng = random.Random(1234)
+  loaded = refused = 0
+  for index in range(40):
+    edit = lambda config: _mutate(config, rng, module)  # pylint: disable=cell-var-from-loop
+    path = (_keras_file(tmp_path, edit, name=f"fuzz{index}.keras") if fmt == "keras"
+            else _h5_file(tmp_path, edit_config=edit, name=f"fuzz{index}.h5"))
+    try:
+      model = loading.load_model(path)
+    except UserError:
+      refused += 1
+    else:
+      loaded += 1
+      for layer in model.layers:
+        assert type(layer).__module__.startswith("tf_keras."), type(layer)
+    assert not marker.exists() and module not in sys.modules, f"mutation {index} ran code"
+  assert refused and loaded, (loaded, refused)  # both outcomes were exercised

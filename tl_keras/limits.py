@@ -1,0 +1,30 @@
+"""Resource limits for untrusted input, checked before anything of that size is allocated.
+
+Model files, data files and image folders may come from anyone. Each limit below is checked
+against what the input *declares* (tensor shapes, zip entry sizes, image headers), so a small
+file that would inflate to gigabytes is refused while it is still small. Peak memory on any
+refused input stays far below these numbers.
+"""
+
+MIB = 1 << 20
+
+# Declared tensor data of one model (weights, constants, variables). `--max_model_mb` raises it.
+MAX_MODEL_BYTES = 2048 * MIB
+# What a small model file may inflate to: a file storing S bytes may declare at most
+# MAX_INFLATION * S + MIN_MODEL_BUDGET_BYTES of tensors (weights compress by 1.1x, not 100x).
+MAX_INFLATION = 16
+MIN_MODEL_BUDGET_BYTES = 64 * MIB
+# A model's description: a Keras JSON config (ResNet50's is 0.1 MiB) or metadata, and a
+# SavedModel graph (ResNet50's is 3 MiB).
+MAX_CONFIG_BYTES = 16 * MIB
+MAX_MODEL_DESCRIPTION_BYTES = 128 * MIB
+# One layer's output for one image (ResNet50 at 224x224: 3 MiB at most).
+MAX_ACTIVATION_BYTES = 256 * MIB
+# Declared size of the arrays in one .npz data file (MNIST's is 53 MiB).
+MAX_DATA_BYTES = 512 * MIB
+# One image file on disk, and its pixel count as its header declares it (a 10000x10000 PNG
+# compresses to 100 KB and decodes to 300 MB). Photos of 40 megapixels still pass.
+MAX_IMAGE_FILE_BYTES = 64 * MIB
+MAX_IMAGE_PIXELS = 40_000_000
+# The tl_keras metadata (class names etc.) of one model file or SavedModel folder.
+MAX_METADATA_BYTES = 16 * MIB
