@@ -9,6 +9,7 @@ import json
 import os
 import random
 import shutil
+import struct
 import sys
 import zipfile
 
@@ -201,7 +202,7 @@ def test_config_that_builds_huge_weights_is_refused_with_little_memory(tmp_path)
   # 5408 x 10^6 float32 kernel: 21 GB from a config edit, no weights in the file back it.
   path = _h5_file(tmp_path, edit_config=lambda c: _layer(c, "dense")["config"].update(
       units=1_000_000))
-  _assert_refused_in_small_process(path, "builds more than")
+  _assert_refused_in_small_process(path, "more than the file stores")
 
 
 def test_keras_archive_bomb_and_extra_members_are_refused(tmp_path):
@@ -227,7 +228,8 @@ def test_keras_archive_bomb_and_extra_members_are_refused(tmp_path):
 
 def _assert_refused_in_small_process(path, message):
   """Loads `path` in a fresh process: a one-line refusal, and peak memory under 1 GiB."""
-  script = ("import resource, sys\n"
+  # VmHWM, not ru_maxrss: Linux carries a forking parent's peak over into the child's.
+  script = ("import sys\n"
             "from tl_keras import loading\n"
             "from tl_keras.errors import UserError\n"
             "try:\n"
@@ -235,11 +237,69 @@ def _assert_refused_in_small_process(path, message):
             "  print('LOADED')\n"
             "except UserError as e:\n"
             "  print('REFUSED', e)\n"
-            "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+            "print('MAXRSS_KB', [line.split()[1] for line in open('/proc/self/status')\n"
+            "                    if line.startswith('VmHWM')][0])\n")
   result = run_command(["-c", script])
   assert "REFUSED" in result.stdout and message in result.stdout, result.stdout + result.stderr
   peak_kb = int(result.stdout.split("MAXRSS_KB")[1])
-  assert peak_kb < 1024 * 1024, f"peak memory {peak_kb / 1024:.0f} MiB"
+  assert peak_kb < 1024 * 1024, f"peak memory {peak_kb / 1024:.0f} MiB: {result.stdout}"
+
+
+def test_h5_names_pointing_many_times_at_one_large_string_are_refused(tmp_path):
+  # Every element of a variable-length string attribute points at the same 10 MiB string:
+  # 250 x 10 MiB when read, from a 10 MiB file.
+  path = str(tmp_path / "vlen.h5")
+  big, count = 10 << 20, 250
+  _tiny_model().save(path, save_format="h5")
+  with h5py.File(path, "a") as f:
+    del f["model_weights"].attrs["layer_names"]
+    f["model_weights"].attrs.create("layer_names", ["A" * big] + ["b"] * (count - 1),
+                                    dtype=h5py.string_dtype())
+  raw = bytearray(open(path, "rb").read())
+  # A stored element: u32 length, u64 heap collection address, u32 index in the collection.
+  start = next(i for i in range(len(raw) - 32) if struct.unpack_from("<I", raw, i)[0] == big
+               and struct.unpack_from("<I", raw, i + 16)[0] == 1)
+  for index in range(1, count):
+    raw[start + 16 * index:start + 16 * (index + 1)] = raw[start:start + 16]
+  open(path, "wb").write(raw)
+  _assert_refused_in_small_process(path, "attributes take more than")
+
+
+def test_config_shapes_that_build_huge_arrays_are_refused(tmp_path):
+  # Normalization builds numpy arrays of its input's shape, outside any variable.
+  def huge_input(config):
+    _layer(config, "image")["config"]["batch_input_shape"] = [None, 2000, 1000, 100]
+    _layer(config, "conv").update(class_name="Normalization")
+    _layer(config, "conv")["config"] = {"name": "conv", "axis": [1, 2, 3], "mean": 0.5,
+                                        "variance": 1.0}
+
+  _assert_refused_in_small_process(_h5_file(tmp_path, edit_config=huge_input),
+                                   "batch_input_shape")
+
+
+def test_padding_a_file_does_not_raise_what_it_may_declare(tmp_path):
+  def unwritten_kernel(f):  # 512 MiB declared in gzip chunks never written, file padded
+    name = _kernel_path(f)
+    del f[name]
+    f.create_dataset(name, shape=(1352, 100_000), dtype=np.float32, chunks=(1352, 100),
+                     compression="gzip")
+  path = _h5_file(tmp_path, edit_config=lambda c: _layer(c, "dense")["config"].update(
+      units=100_000), edit_file=unwritten_kernel)
+  with open(path, "ab") as f:
+    f.write(os.urandom(40 << 20))
+  _refused(path, "declares 516 MiB of tensors but stores only")
+
+
+def test_layers_called_twice_load_and_unbuilt_models_are_refused(tmp_path):
+  first, second = keras.Input((28, 28, 1)), keras.Input((14, 14, 1))
+  flatten = keras.layers.Flatten(name="flatten")
+  merged = keras.layers.Concatenate()([flatten(first), flatten(second)])
+  keras.Model([first, second], keras.layers.Dense(2)(merged)).save(str(tmp_path / "two.h5"),
+                                                                    save_format="h5")
+  assert len(loading.load_model(str(tmp_path / "two.h5")).inputs) == 2
+  keras.Sequential([keras.layers.Dense(2)]).save(str(tmp_path / "unbuilt.keras"))
+  with pytest.raises(UserError, match="no input shape"):
+    loading.load_model(str(tmp_path / "unbuilt.keras"))
 
 
 # --- SavedModel graphs ---------------------------------------------------------------------------
@@ -294,6 +354,57 @@ def test_print_to_file_payload_is_real(tmp_path):
       tf.print("ran", output_stream=f"file://{marker}"), x))
   loading.load_model(path, allow_unsafe=True)(np.zeros((1, 28, 28, 1), np.float32))
   assert marker.exists()
+
+
+def test_functions_hidden_behind_the_savers_node_are_still_checked(tmp_path):
+  marker, secret = tmp_path / "payload_ran", tmp_path / "secret.txt"
+  secret.write_text(SECRET)
+
+  @tf.function
+  def leak():
+    tf.io.write_file(str(marker), tf.io.read_file(str(secret)))
+    return tf.constant(1.0)
+
+  class Resource(tf.saved_model.experimental.TrackableResource):
+
+    def _create_resource(self):
+      return tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[], shared_name="")
+
+    def _initialize(self):  # run by tf.saved_model.load itself
+      leak()
+      return tf.raw_ops.AssignVariableOp(resource=self.resource_handle, value=1.0)
+
+  class Model(tf.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.resource = Resource()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
+    def __call__(self, images):
+      return _features(images) + tf.raw_ops.ReadVariableOp(
+          resource=self.resource.resource_handle, dtype=tf.float32)
+
+  path = str(tmp_path / "hidden")
+  tf.saved_model.save(Model(), path)
+  marker.unlink(missing_ok=True)
+
+  def hide_behind_restore(meta_graph):
+    restore = meta_graph.saver_def.restore_op_name.split(":")[0]
+    node = next(node for node in meta_graph.graph_def.node if node.name == restore)
+    for function in meta_graph.graph_def.library.function:
+      node.attr["hidden"].list.func.add(name=function.signature.name)
+
+  _edit_saved_model(path, hide_behind_restore)
+  _refused(path, "ReadFile, WriteFile")
+  assert not marker.exists()
+
+
+def test_oversized_graph_is_refused(tmp_path):
+  path = _module_saved_model(tmp_path, "bloated", _features)
+  _edit_saved_model(path, lambda meta_graph: meta_graph.graph_def.node.extend(
+      [meta_graph.graph_def.node[0]] * 600_000))  # ~40 MiB of copies
+  _assert_refused_in_small_process(path, "above the 32 MiB limit")
 
 
 def _edit_saved_model(path, edit):

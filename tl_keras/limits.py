@@ -10,14 +10,17 @@ MIB = 1 << 20
 
 # Declared tensor data of one model (weights, constants, variables). `--max_model_mb` raises it.
 MAX_MODEL_BYTES = 2048 * MIB
-# What a small model file may inflate to: a file storing S bytes may declare at most
-# MAX_INFLATION * S + MIN_MODEL_BUDGET_BYTES of tensors (weights compress by 1.1x, not 100x).
-MAX_INFLATION = 16
+# What a small model file may inflate to: a file whose tensors store S bytes may declare at
+# most MAX_INFLATION * S + MIN_MODEL_BUDGET_BYTES of them. Weights compress by 1.1x at most
+# and Keras stores them uncompressed; loading takes about 5x the declared bytes at its peak.
+MAX_INFLATION = 2
 MIN_MODEL_BUDGET_BYTES = 64 * MIB
 # A model's description: a Keras JSON config (ResNet50's is 0.1 MiB) or metadata, and a
-# SavedModel graph (ResNet50's is 3 MiB).
+# SavedModel graph (ResNet50's is 3 MiB; parsing takes about 20x its size).
 MAX_CONFIG_BYTES = 16 * MIB
-MAX_MODEL_DESCRIPTION_BYTES = 128 * MIB
+MAX_MODEL_DESCRIPTION_BYTES = 32 * MIB
+# Memory for reading an HDF5 file's attributes (layer and weight names) in a child process.
+MAX_ATTRIBUTE_READ_BYTES = 1024 * MIB
 # One layer's output for one image (ResNet50 at 224x224: 3 MiB at most).
 MAX_ACTIVATION_BYTES = 256 * MIB
 # Declared size of the arrays in one .npz data file (MNIST's is 53 MiB).

@@ -29,11 +29,15 @@ import contextlib
 import json
 import math
 import os
+import re
+import resource
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 import zipfile
-from typing import Any, Dict, Iterable, Iterator
+from typing import Any, Dict, Iterable, Iterator, Tuple
 
 import h5py
 import tensorflow as tf
@@ -144,7 +148,25 @@ def _config_problems(node: Any, key: str = "") -> Iterator[str]:
   for child_key, value in node.items():
     if class_name == "function" and child_key == "config":
       continue
+    if "shape" in str(child_key):
+      yield from _shape_problems(value, str(child_key))
     yield from _config_problems(value, str(child_key))
+
+
+def _shape_problems(value: Any, key: str) -> Iterator[str]:
+  """Refuses shapes in a config (input shapes, reshape targets) whose tensors would exceed
+  the per-image activation limit: layers allocate by them while they are built."""
+  if isinstance(value, dict):
+    value = value.get("items")
+  if not isinstance(value, list):
+    return
+  if any(isinstance(item, (list, dict)) for item in value):  # several shapes
+    for item in value:
+      yield from _shape_problems(item, key)
+    return
+  dims = [dim for dim in value[1:] if isinstance(dim, int) and dim > 0]
+  if math.prod(dims) * 4 > limits.MAX_ACTIVATION_BYTES:
+    yield f"{key} {value} (above {limits.MAX_ACTIVATION_BYTES >> 20} MiB per image)"
 
 
 def _object_problems(node: Dict[str, Any], class_name: Any) -> Iterator[str]:
@@ -178,8 +200,9 @@ def check_model_config(config: Any, source: str) -> None:
   if problems:
     shown = ", ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5
                                        else "")
-    raise UserError(f"refusing to load {source}: it holds {shown}, which are not built-in "
-                    f"Keras image-model parts (Lambda layers, custom classes, other modules "
+    raise UserError(f"refusing to load {source}: its config holds {shown}; a model file may "
+                    "name only built-in Keras image-model classes, modules and functions, "
+                    "within the size limits (Lambda layers, custom classes, other modules "
                     f"and file paths can run code or read files); {_UNSAFE_HINT}")
 
 
@@ -225,39 +248,59 @@ _GRAPH_OPS = frozenset({
 })
 
 
+def _attr_function_refs(attr: Any) -> Iterator[str]:
+  """Names of the functions an AttrValue refers to, at any depth (NameAttrList attrs too)."""
+  if attr.HasField("func"):
+    yield attr.func.name
+    for inner in attr.func.attr.values():
+      yield from _attr_function_refs(inner)
+  if attr.HasField("list"):
+    for function in attr.list.func:
+      yield function.name
+      for inner in function.attr.values():
+        yield from _attr_function_refs(inner)
+
+
 def _function_refs(nodes: Iterable[Any]) -> Iterator[str]:
   """Names of the functions that graph nodes call (function-valued attributes)."""
   for node in nodes:
     for attr in node.attr.values():
-      if attr.HasField("func"):
-        yield attr.func.name
-      if attr.HasField("list"):
-        yield from (function.name for function in attr.list.func)
+      yield from _attr_function_refs(attr)
+
+
+_TRACED_SAVER = re.compile(r"__inference__traced_(save|restore)_\d+")
 
 
 def _graph_ops(meta_graph: Any) -> set:
-  """The ops a TF2 loader or a caller could run: in every function of the graph's library
-  except TF's own save and restore functions, and in the main graph outside those.
+  """The ops of every function in the graph's library and of the main graph, except TF's own
+  save and restore functions and the main-graph nodes that call them.
 
   TF2 loading never runs the main graph's save and restore ops (it restores variables
-  itself), so the functions only they call may write files: they are skipped unless the
-  object graph, a gradient or another function refers to them too.
+  itself). The functions they call are exempt only if they carry the names TF gives them
+  and nothing that can run reaches them: the object graph's functions, gradients, and the
+  functions those call, followed to the end.
   """
   graph = meta_graph.graph_def
+  functions = {function.signature.name: function for function in graph.library.function}
   saver_ops = {meta_graph.saver_def.save_tensor_name.split(":")[0],
                meta_graph.saver_def.restore_op_name.split(":")[0]}
-  saver_functions = set(_function_refs(node for node in graph.node if node.name in saver_ops))
-  referenced = {gradient.gradient_func for gradient in graph.library.gradient}
-  referenced.update(gradient.gradient_func for gradient in graph.library.registered_gradients)
+  roots = {gradient.gradient_func for gradient in graph.library.gradient}
+  roots.update(gradient.gradient_func for gradient in graph.library.registered_gradients)
   for node in meta_graph.object_graph_def.nodes:
-    referenced.update(node.function.concrete_functions)
-    referenced.add(node.bare_concrete_function.concrete_function_name)
+    roots.update(node.function.concrete_functions)
+    roots.add(node.bare_concrete_function.concrete_function_name)
+  roots.update(_function_refs(node for node in graph.node if node.name not in saver_ops))
+  reachable, stack = set(), list(roots)
+  while stack:
+    name = stack.pop()
+    if name not in reachable and name in functions:
+      reachable.add(name)
+      stack.extend(_function_refs(functions[name].node_def))
+  exempt = {name for name in _function_refs(node for node in graph.node if node.name in saver_ops)
+            if _TRACED_SAVER.fullmatch(name) and name not in reachable}
   ops = {node.op for node in graph.node if node.name not in saver_ops}
-  for function in graph.library.function:
-    if function.signature.name not in saver_functions:
-      referenced.update(_function_refs(function.node_def))
-  for function in graph.library.function:
-    if function.signature.name not in saver_functions - referenced:
+  for name, function in functions.items():
+    if name not in exempt:
       ops.update(node.op for node in function.node_def)
   return ops
 
@@ -328,16 +371,9 @@ def check_saved_model(export_dir: str, source: str, max_bytes: int = limits.MAX_
       raise UserError(f"refusing to load {source}: asset {asset.filename!r} lies outside the "
                       "model's assets folder")
 
-  # Sizes the loader would allocate: variables, constants, the checkpoint's tensors.
-  declared = sum(_declared_bytes(node.variable.shape, node.variable.dtype)
-                 for node in meta_graph.object_graph_def.nodes
-                 if node.WhichOneof("kind") == "variable")
-  declared += sum(_declared_bytes(node.attr["value"].tensor.tensor_shape,
-                                  node.attr["value"].tensor.dtype)
-                  for nodes in [graph.node, *(f.node_def for f in functions.values())]
-                  for node in nodes if node.op == "Const")
-  stored = sum(files.values())
-  _check_declared(declared, stored, max_bytes, source)
+  # What the loader allocates: variables, constants. What backs it: the checkpoint's tensors,
+  # which it stores raw, and the graph file.
+  checkpoint = 0
   if "variables/variables.index" in files:
     try:
       reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
@@ -346,7 +382,16 @@ def check_saved_model(export_dir: str, source: str, max_bytes: int = limits.MAX_
       raise UserError(f"cannot read the variables of {source} ({type(e).__name__})") from e
     checkpoint = sum(math.prod(shape) * max(dtypes[name].size, 1)
                      for name, shape in shapes.items() if dtypes[name] != tf.string)
-    _check_declared(checkpoint, stored, max_bytes, source)
+    data = sum(size for name, size in files.items() if name.startswith("variables/"))
+    _check_declared(checkpoint, data, max_bytes, source)
+  declared = sum(_declared_bytes(node.variable.shape, node.variable.dtype)
+                 for node in meta_graph.object_graph_def.nodes
+                 if node.WhichOneof("kind") == "variable")
+  declared += sum(_declared_bytes(node.attr["value"].tensor.tensor_shape,
+                                  node.attr["value"].tensor.dtype)
+                  for nodes in [graph.node, *(f.node_def for f in functions.values())]
+                  for node in nodes if node.op == "Const")
+  _check_declared(declared, checkpoint + files["saved_model.pb"], max_bytes, source)
 
 
 def _keras_saved_model_config(export_dir: str, source: str) -> list:
@@ -382,24 +427,35 @@ def _check_declared(declared: int, stored: int, max_bytes: int, source: str) -> 
                     f"tensors but stores only {stored / 2**20:,.1f} MiB (a decompression bomb?)")
 
 
-def _check_h5(handle: Any, stored: int, max_bytes: int, source: str) -> None:
+def _storage_size(attr_id: Any) -> int:
+  try:
+    return attr_id.get_storage_size()
+  except RuntimeError:  # HDF5 reports an empty attribute's size as an error
+    return 0
+
+
+def _check_h5(handle: Any, max_bytes: int, source: str) -> int:
   """Refuses HDF5 content that reads other files or declares more than it may allocate:
-  links other than hard links, external or virtual storage, non-numeric datasets."""
-  declared, problems = 0, []
+  links other than hard links, external or virtual storage, datasets that are not numeric,
+  attributes that are not numbers or strings. Returns the allocation budget its datasets'
+  stored bytes allow (see `_budget`)."""
+  declared, stored, problems = 0, 0, []
 
   def visit(name, link):
     if not isinstance(link, h5py.HardLink):
       problems.append(f"{name} is a {type(link).__name__}")
 
   def visit_object(name, item):
-    nonlocal declared
+    nonlocal declared, stored
     for attr in item.attrs:
-      try:
-        size = item.attrs.get_id(attr).get_storage_size()
-      except RuntimeError:  # HDF5 reports an empty attribute's size as an error
-        size = 0
-      if size > limits.MAX_CONFIG_BYTES:
-        problems.append(f"attribute {attr} of {name or '/'} is too large")
+      attr_id = item.attrs.get_id(attr)
+      dtype, shape = attr_id.dtype, attr_id.shape
+      if h5py.check_vlen_dtype(dtype) in (str, bytes):
+        allowed = True  # read first in a process with a memory limit: _read_h5_attributes
+      else:
+        allowed = dtype.kind in "biufS" and _storage_size(attr_id) <= limits.MAX_CONFIG_BYTES
+      if not allowed:
+        problems.append(f"attribute {attr} of {name or '/'} holds {dtype} {shape}")
     if isinstance(item, h5py.Dataset):
       plist = item.id.get_create_plist()
       if plist.get_layout() not in (h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED) \
@@ -409,6 +465,7 @@ def _check_h5(handle: Any, stored: int, max_bytes: int, source: str) -> None:
         problems.append(f"{name} holds {item.dtype}, not numbers")
       else:
         declared += (item.size or 0) * item.dtype.itemsize
+        stored += item.id.get_storage_size()
 
   handle.visititems_links(visit)
   visit_object("", handle)
@@ -418,19 +475,54 @@ def _check_h5(handle: Any, stored: int, max_bytes: int, source: str) -> None:
                     + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
                     + "; model weights must be plain numeric arrays stored in the file itself")
   _check_declared(declared, stored, max_bytes, source)
+  return _budget(stored, max_bytes)
 
 
-def _h5_config(path: str, max_bytes: int) -> Dict[str, Any]:
+_READ_ATTRIBUTES = """
+import sys, h5py
+with h5py.File(sys.argv[1], "r") as f:
+  f.visititems(lambda name, item: [item.attrs[key] for key in item.attrs])
+  [f.attrs[key] for key in f.attrs]
+"""
+
+
+def _read_h5_attributes(path: str, source: str) -> None:
+  """Reads every attribute of an HDF5 file in a child process limited to
+  `limits.MAX_ATTRIBUTE_READ_BYTES` of memory; refuses the file if that is not enough.
+
+  Strings of variable length (Keras stores layer and weight names so) can all point at one
+  large string in the file, so reading them can take far more memory than the file holds,
+  and nothing in the file says how much before they are read.
+  """
+  def limit_memory():
+    resource.setrlimit(resource.RLIMIT_AS, (limits.MAX_ATTRIBUTE_READ_BYTES,) * 2)
+
+  try:
+    result = subprocess.run([sys.executable, "-c", _READ_ATTRIBUTES, path],
+                            preexec_fn=limit_memory, capture_output=True, timeout=120,
+                            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}, check=False)
+  except subprocess.TimeoutExpired as e:
+    raise UserError(f"refusing to load {source}: reading its attributes took over 2 minutes") \
+        from e
+  if result.returncode:
+    raise UserError(f"refusing to load {source}: its HDF5 attributes take more than "
+                    f"{limits.MAX_ATTRIBUTE_READ_BYTES >> 20} MiB to read (or cannot be read)")
+
+
+def _h5_config(path: str, max_bytes: int) -> Tuple[Dict[str, Any], int]:
+  """The model config of an .h5 file and the variable budget its stored weights allow."""
   try:
     with h5py.File(path, "r") as f:
-      _check_h5(f, os.path.getsize(path), max_bytes, path)
+      budget = _check_h5(f, max_bytes, path)
+    _read_h5_attributes(path, path)
+    with h5py.File(path, "r") as f:
       raw = f.attrs.get("model_config")
   except OSError as e:
     raise UserError(f"cannot read model file {path}: not a valid HDF5 file (corrupt or "
                     "truncated?); re-create it with the pretrain stage") from e
   if raw is None:
     raise UserError(f"{path} holds weights only, no model; save the whole model as .h5")
-  return _parse_config(raw, path)
+  return _parse_config(raw, path), budget
 
 
 def _parse_config(raw: Any, source: str) -> Any:
@@ -446,7 +538,8 @@ def _parse_config(raw: Any, source: str) -> Any:
 _KERAS_ARCHIVE_MEMBERS = frozenset({"metadata.json", "config.json", "model.weights.h5"})
 
 
-def _keras_zip_config(path: str, max_bytes: int) -> Dict[str, Any]:
+def _keras_zip_config(path: str, max_bytes: int) -> Tuple[Dict[str, Any], int]:
+  """The model config of a .keras archive and the variable budget its stored weights allow."""
   try:
     with zipfile.ZipFile(path) as archive:
       members = {info.filename: info for info in archive.infolist()}
@@ -468,8 +561,9 @@ def _keras_zip_config(path: str, max_bytes: int) -> Dict[str, Any]:
         shutil.copyfileobj(member, copy)
         copy.flush()
         with h5py.File(copy.name, "r") as h5:
-          _check_h5(h5, weights.compress_size, max_bytes, path)
-      return config
+          budget = _check_h5(h5, max_bytes, path)
+        _read_h5_attributes(copy.name, path)
+        return config, budget
   except (zipfile.BadZipFile, OSError, KeyError) as e:
     raise UserError(f"cannot read model file {path}: not a valid .keras archive "
                     "(corrupt or truncated?)") from e
@@ -505,14 +599,14 @@ def _variable_budget(max_bytes: int, refusals: list) -> Iterator[None]:
 def _check_activations(model: keras.Model, source: str) -> None:
   """Refuses a model whose layers output more per image than any image model needs."""
   for layer in model.layers:
-    shapes = layer.output_shape if isinstance(layer.output_shape, list) else [
-        layer.output_shape]
-    for shape in shapes:
-      size = math.prod(dim for dim in (shape or (None,))[1:] if dim) * 4
-      if size > limits.MAX_ACTIVATION_BYTES:
-        raise UserError(f"refusing to load {source}: layer {layer.name} outputs "
-                        f"{size / 2**20:,.0f} MiB per image, above the "
-                        f"{limits.MAX_ACTIVATION_BYTES >> 20} MiB limit")
+    for index in range(len(layer.inbound_nodes)):
+      shapes = layer.get_output_shape_at(index)
+      for shape in shapes if isinstance(shapes, list) else [shapes]:
+        size = math.prod(dim for dim in tuple(shape or (None,))[1:] if dim) * 4
+        if size > limits.MAX_ACTIVATION_BYTES:
+          raise UserError(f"refusing to load {source}: layer {layer.name} outputs "
+                          f"{size / 2**20:,.0f} MiB per image, above the "
+                          f"{limits.MAX_ACTIVATION_BYTES >> 20} MiB limit")
 
 
 # --- Loading ----------------------------------------------------------------------------------
@@ -562,12 +656,11 @@ def load_model(source: str, allow_unsafe: bool = False,
     if is_file:
       if not os.path.isfile(source):
         raise UserError(f"cannot read model file {source}: not a regular file")
-      stored = os.path.getsize(source)
-      config = (_h5_config(source, max_bytes) if source.endswith(".h5")
-                else _keras_zip_config(source, max_bytes))
+      config, budget = (_h5_config(source, max_bytes) if source.endswith(".h5")
+                        else _keras_zip_config(source, max_bytes))
       if not allow_unsafe:
         check_model_config(config, source)
-      with _variable_budget(_budget(stored, max_bytes), refusals):
+      with _variable_budget(budget, refusals):
         model = keras.models.load_model(source, compile=False, safe_mode=not allow_unsafe)
     else:
       if os.path.isfile(source):
@@ -581,14 +674,16 @@ def load_model(source: str, allow_unsafe: bool = False,
         model = keras.models.load_model(path, compile=False)
       else:
         model = _hub_model(path, source)
+    if not model.built or not model.inputs:
+      raise UserError(f"cannot use {source}: the model has no input shape (an unbuilt "
+                      "Sequential?); save it after building it on an image input")
+    _check_activations(model, source)
   except UserError:
     raise
   except Exception as e:  # pylint: disable=broad-except
     if refusals:
-      raise UserError(f"refusing to load {source}: its config builds more than "
-                      f"{_budget(os.path.getsize(source), max_bytes) / 2**20:,.0f} MiB of "
-                      "weights, more than the file backs") from e
+      raise UserError(f"refusing to load {source}: its config builds {refusals[0] / 2**20:,.0f}"
+                      " MiB of weights or more, more than the file stores") from e
     raise UserError(f"cannot load model {source} ({type(e).__name__}: "
                     f"{' '.join(str(e).split())[:300]})") from e
-  _check_activations(model, source)
   return model
