@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import textwrap
 
 import pytest
 
@@ -81,3 +82,47 @@ def test_verbosity_shows_the_traceback(tmp_path):
                         f"--output_dir={tmp_path}", "--verbosity=1"])
   assert result.returncode == 2
   assert "Traceback" in result.stderr and "model not found" in result.stderr
+
+
+def _run_transfer_raising(exception, *flags):
+  """scripts/transfer.py with transfer.run replaced by one that raises `exception` (source)."""
+  code = textwrap.dedent(f"""
+      import sys
+      from tl_keras import cli
+      cli._start()  # as the command does, before TensorFlow's start-up messages
+      from tl_keras import transfer
+      from tl_keras.errors import UserError
+      def fail(*args, **kwargs):
+        raise {exception}
+      transfer.run = fail
+      sys.argv = ["transfer.py", *{list(flags)!r}]
+      cli.transfer_main()
+  """)
+  return run_command(["-c", code])
+
+
+def test_user_error_is_one_line_whatever_its_message():
+  result = _run_transfer_raising('UserError("bad input\\nsecond line\\r\\n  third")')
+  assert result.returncode == 2
+  assert result.stderr.splitlines() == ["error: bad input second line third"]
+
+
+def test_unexpected_error_is_one_line_with_exit_code_1():
+  result = _run_transfer_raising('RuntimeError("boom\\n  File x, line 1")')
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert result.stderr.splitlines() == [
+      "error: internal error (RuntimeError: boom); rerun with --verbosity=1 for the traceback"]
+  verbose = _run_transfer_raising('RuntimeError("boom")', "--verbosity=1")
+  assert verbose.returncode == 1
+  assert "Traceback" in verbose.stderr and verbose.stderr.splitlines()[-1].startswith(
+      "error: internal error (RuntimeError: boom)")
+
+
+@pytest.mark.parametrize("script, text", [
+    ("pretrain", "Global batch size, split over the replicas. A whole number from 1 to 65_536."),
+    ("finetune", "L2 weight decay on the new head's kernels. A number in [0, 1]."),
+    ("pipeline", "Epochs of the finetune stage. A whole number from 1 to 10_000.")])
+def test_help_shows_the_ranges(script, text):
+  result = run_command([f"scripts/{script}.py", "--help"])
+  assert result.returncode == 0
+  assert text in " ".join(result.stdout.split())

@@ -7,13 +7,18 @@ all go through it.
 """
 
 import dataclasses
+import io
 import os
 import re
+import stat
+import unicodedata
+import zipfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from tl_keras import limits
 from tl_keras.errors import UserError
 from tl_keras.errors import warn
 from tl_keras.keras_api import keras
@@ -22,6 +27,11 @@ MNIST_FILENAME = "mnist.npz"
 MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 DATA_DIR_ENV = "TL_KERAS_DATA_DIR"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# .npy headers tl_keras reads itself before NumPy sees the file (NumPy's own parser's limit).
+_MAX_NPY_HEADER_BYTES = 10_000
+# Array kinds an .npz target may hold (bool, integers, floats); pickled objects, strings and
+# structured records never reach np.load.
+_NPZ_DTYPE_KINDS = "biuf"
 # How images of another size reach the model's: stretched, or scaled into the box keeping the
 # aspect ratio, centred and padded with black (as MNIST centres its digits).
 FITS = ("resize", "pad")
@@ -89,17 +99,134 @@ def find_mnist_file(data_dir: Optional[str] = None) -> str:
                     f"or set {DATA_DIR_ENV}=FOLDER") from e
 
 
+def shown(text: str) -> str:
+  """`text` for a one-line message: as it is, or quoted with escapes if it holds control
+  characters (a newline in a file name must not split the line)."""
+  text = str(text)
+  return repr(text) if any(unicodedata.category(c).startswith("C") for c in text) else text
+
+
+def check_class_names(names, origin: str) -> List[str]:
+  """`names` as a list of strings; refuses anything but non-empty strings without control or
+  format characters (Unicode category C*: newline, tab, bidi overrides, ...), which would
+  break class_names.txt, CSV rows and one-line messages. `origin` names where they come from.
+  """
+  if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)):
+    raise UserError(f"{origin}: class names must be a list of strings, not "
+                    f"{type(names).__name__}")
+  for name in names:
+    if not isinstance(name, str) or not name:
+      raise UserError(f"{origin}: class name {repr(name)[:80]} is not a non-empty string")
+    bad = sorted({f"U+{ord(c):04X}" for c in name if unicodedata.category(c).startswith("C")})
+    if bad:
+      short = repr(name if len(name) <= 60 else name[:60] + "...")
+      raise UserError(f"{origin}: class name {short} contains control character(s) "
+                      f"{', '.join(bad[:5])}; rename it")
+  return list(names)
+
+
+def read_regular_file(path: str, max_bytes: int, what: str = "file") -> Optional[bytes]:
+  """The contents of `path` if it is a regular file, else None (FIFOs, sockets, devices and
+  folders are never read). Does not follow a symlink at `path`: resolve it first. Opens
+  non-blocking, checks the open file, and refuses one over `max_bytes` before reading it.
+  """
+  flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+  try:
+    fd = os.open(path, flags)
+  except OSError:
+    return None
+  try:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+      return None
+    if info.st_size > max_bytes:
+      raise UserError(f"{what} {shown(path)} has {info.st_size:,} bytes, more than the limit of "
+                      f"{max_bytes:,}")
+    with os.fdopen(os.dup(fd), "rb") as f:
+      contents = f.read(max_bytes + 1)
+    if len(contents) > max_bytes:
+      raise UserError(f"{what} {shown(path)} grew past the limit of {max_bytes:,} bytes")
+    return contents
+  finally:
+    os.close(fd)
+
+
+def _npy_header(member, name: str, path: str):
+  """(shape, dtype) from the .npy header at the start of zip member `member`, read with a
+  bounded length; refuses anything that is not a plain numeric array."""
+  from numpy.lib import format as npy_format  # pylint: disable=g-import-not-at-top
+  try:
+    version = npy_format.read_magic(member)
+  except ValueError as e:
+    raise UserError(f"{path}: {name} is not a .npy array") from e
+  if version not in ((1, 0), (2, 0)):
+    raise UserError(f"{path}: {name} has .npy format version {version}; expected 1.0 or 2.0")
+  length_bytes = 2 if version == (1, 0) else 4
+  length_field = member.read(length_bytes)
+  length = int.from_bytes(length_field, "little")
+  if len(length_field) != length_bytes or length > _MAX_NPY_HEADER_BYTES:
+    raise UserError(f"{path}: {name} has a .npy header of {length:,} bytes; at most "
+                    f"{_MAX_NPY_HEADER_BYTES:,} are allowed")
+  header = io.BytesIO(length_field + member.read(length))
+  read_header = (npy_format.read_array_header_1_0 if version == (1, 0)
+                 else npy_format.read_array_header_2_0)
+  try:
+    shape, _, dtype = read_header(header)
+  except ValueError as e:
+    raise UserError(f"{path}: {name} has an unreadable .npy header ({e})") from e
+  if dtype.hasobject or dtype.fields or dtype.subdtype or dtype.kind not in _NPZ_DTYPE_KINDS:
+    raise UserError(f"{path}: {name} has dtype {dtype}; an .npz target holds numeric arrays only "
+                    "(no objects, strings or records)")
+  if any(dim < 0 for dim in shape):
+    raise UserError(f"{path}: {name} declares a negative shape {shape}")
+  return shape, dtype
+
+
+def _check_npz_members(archive: zipfile.ZipFile, path: str) -> None:
+  """Refuses, from the zip directory and .npy headers alone, an .npz whose arrays would not
+  fit limits.MAX_DATA_BYTES (nothing is decompressed beyond the headers)."""
+  names = archive.namelist()
+  total = 0
+  for key in NPZ_KEYS:
+    member_name = key if key in names else f"{key}.npy"  # np.load's lookup order
+    if member_name not in names:
+      continue  # reported as a missing key below
+    info = archive.getinfo(member_name)
+    if info.file_size > limits.MAX_DATA_BYTES + _MAX_NPY_HEADER_BYTES + 16:
+      raise UserError(f"{path}: zip entry {shown(member_name)} declares {info.file_size:,} "
+                      f"bytes uncompressed, more than the limit of {limits.MAX_DATA_BYTES:,} "
+                      "(tl_keras.limits.MAX_DATA_BYTES)")
+    with archive.open(info) as member:
+      shape, dtype = _npy_header(member, key, path)
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize  # Python ints: no overflow
+    total += nbytes
+    if total > limits.MAX_DATA_BYTES:
+      raise UserError(f"{path}: {key} declares shape {shape} of {dtype} ({nbytes:,} bytes); the "
+                      f"arrays may hold at most {limits.MAX_DATA_BYTES:,} bytes "
+                      "(tl_keras.limits.MAX_DATA_BYTES)")
+
+
 def load_npz(path: str) -> Tuple[np.ndarray, ...]:
-  """Loads (x_train, y_train, x_test, y_test) from an .npz file, checking keys and shapes."""
+  """Loads (x_train, y_train, x_test, y_test) from an .npz file, checking keys and shapes.
+
+  The zip directory and each array's .npy header are checked against limits.MAX_DATA_BYTES
+  and for numeric dtypes before NumPy allocates anything.
+  """
   if not os.path.isfile(path):
     raise UserError(f"data file not found: {path}")
   try:
-    with np.load(path, allow_pickle=False) as npz:
-      missing = [k for k in NPZ_KEYS if k not in npz.files]
-      if missing:
-        raise UserError(f"{path} lacks key(s) {', '.join(missing)}: an .npz target needs "
-                        f"{', '.join(NPZ_KEYS)}")
-      arrays = tuple(npz[k] for k in NPZ_KEYS)
+    with open(path, "rb") as f:
+      if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        raise UserError(f"{path} is not a regular file")
+      with zipfile.ZipFile(f) as archive:
+        _check_npz_members(archive, path)
+      f.seek(0)
+      with np.load(f, allow_pickle=False) as npz:
+        missing = [k for k in NPZ_KEYS if k not in npz.files]
+        if missing:
+          raise UserError(f"{path} lacks key(s) {', '.join(missing)}: an .npz target needs "
+                          f"{', '.join(NPZ_KEYS)}")
+        arrays = tuple(npz[k] for k in NPZ_KEYS)
   except UserError:
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -108,6 +235,9 @@ def load_npz(path: str) -> Tuple[np.ndarray, ...]:
     if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
       raise UserError(f"{path}: x_{split} has shape {x.shape}; expected [N,H,W] or [N,H,W,C] "
                       "with 1 or 3 channels")
+    if 0 in x.shape[1:3]:
+      raise UserError(f"{path}: x_{split} has shape {x.shape}: images need a height and width "
+                      "of at least 1")
     if len(x) != len(y) or y.ndim != 1:
       raise UserError(f"{path}: x_{split} has {len(x)} images but y_{split} has shape {y.shape}")
   return arrays
@@ -182,7 +312,18 @@ def prepare_target(options: TargetOptions, input_shape: Sequence[int],
                        options.test_split, seed)
   if options.train_per_class is not None:
     target = subset_per_class(target, options.train_per_class, seed)
+  check_target(target)
   return target
+
+
+def check_target(target: LabeledData) -> None:
+  """Refuses a target with fewer than two classes with training images: nothing to tell
+  apart (a one-class head scores 0% or 100% whatever it learns)."""
+  check_class_names(target.class_names, target.description or "target")
+  present = len(np.unique(target.y_train))
+  if target.num_classes < 2 or present < 2:
+    raise UserError(f"{target.description or 'target'} has {min(present, target.num_classes)} "
+                    "class(es) with training images; a target needs at least two")
 
 
 def split_per_class(labels: np.ndarray, fraction: float,
@@ -291,9 +432,14 @@ def fit_images(images: np.ndarray, input_shape: Sequence[int], fit: str = "resiz
   shape = tuple(images.shape[1:]) + ((1,) if images.ndim == 3 else ())
   if shape == tuple(input_shape):
     return images
-  return np.concatenate([preprocess_images(images[start:start + batch_size], input_shape,
-                                           fit).numpy()
-                         for start in range(0, len(images), batch_size)])
+  try:
+    return np.concatenate([preprocess_images(images[start:start + batch_size], input_shape,
+                                             fit).numpy()
+                           for start in range(0, len(images), batch_size)])
+  except tf.errors.InvalidArgumentError as e:  # an image so thin that padding empties it
+    raise UserError(f"images of {shape[0]}x{shape[1]} pixels become empty when fitted to "
+                    f"{input_shape[0]}x{input_shape[1]} with --target_fit={fit}; use "
+                    "--target_fit=resize") from e
 
 
 def augmentation(seed: Optional[int] = None) -> keras.Sequential:

@@ -1,16 +1,21 @@
 """The one place that decides how training is distributed over devices and machines."""
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import tempfile
-from typing import Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import tensorflow as tf
 
+from tl_keras import interrupts
 from tl_keras.errors import UserError
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
+_TF_CONFIG_HELP = "see README 'Training on several machines'"
+_TASK_TYPES = ("chief", "worker")
 
 
 def get_distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
@@ -26,8 +31,8 @@ def get_distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
   if name == "multi_worker":
     if "TF_CONFIG" not in os.environ:
       raise UserError("--strategy=multi_worker needs the TF_CONFIG environment variable "
-                      "(cluster and task of this worker); see README 'Training on several "
-                      "machines'")
+                      f"(cluster and task of this worker); {_TF_CONFIG_HELP}")
+    check_tf_config(os.environ["TF_CONFIG"])
     return tf.distribute.MultiWorkerMirroredStrategy()
   # Physical, not logical, devices: listing logical ones would start the runtime, after which
   # logical devices can no longer be configured.
@@ -41,6 +46,47 @@ def get_distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
   # mirrored: all GPUs, else every logical CPU device.
   devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
   return tf.distribute.MirroredStrategy(devices)
+
+
+def check_tf_config(text: str) -> Dict[str, Any]:
+  """Parses TF_CONFIG; a UserError unless it is a JSON object whose `cluster` maps job names
+  ('chief', 'worker', ...) to lists of 'host:port' and whose `task` names a 'chief' or 'worker'
+  job of it and an `index` into that job's list."""
+  def refuse(problem):
+    raise UserError(f"invalid TF_CONFIG for --strategy=multi_worker: {problem}; "
+                    f"{_TF_CONFIG_HELP}")
+
+  def short(value):
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+  try:
+    config = json.loads(text)
+  except ValueError as e:
+    refuse(f"not JSON ({e})")
+  if not isinstance(config, dict):
+    refuse(f"a JSON object with 'cluster' and 'task' expected, got {type(config).__name__}")
+  cluster, task = config.get("cluster"), config.get("task")
+  if not isinstance(cluster, dict) or not cluster:
+    refuse("'cluster' must map job names to lists of 'host:port' addresses")
+  for job, addresses in cluster.items():
+    if not isinstance(addresses, list) or not addresses or not all(
+        isinstance(a, str) and re.fullmatch(r"[^\s:]+:\d{1,5}|\[[0-9a-fA-F:.]+\]:\d{1,5}", a)
+        and 0 < int(a.rsplit(":", 1)[1]) < 65536 for a in addresses):
+      refuse(f"cluster job {job!r} must be a non-empty list of 'host:port' addresses, got "
+             f"{short(addresses)}")
+  if not isinstance(task, dict):
+    refuse("'task' must be an object with this worker's 'type' and 'index'")
+  task_type, index = task.get("type"), task.get("index")
+  if task_type not in _TASK_TYPES or task_type not in cluster:
+    jobs = " or ".join(repr(t) for t in _TASK_TYPES if t in cluster) or "'chief' or 'worker'"
+    refuse(f"task type {short(task_type)} must be {jobs}, a job of the cluster")
+  if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(
+      cluster[task_type]):
+    refuse(f"task index {short(index)} must be a whole number from 0 to "
+           f"{len(cluster[task_type]) - 1} (the cluster has {len(cluster[task_type])} "
+           f"{task_type!r} address(es))")
+  return config
 
 
 def global_batch_size(strategy: tf.distribute.Strategy, batch_size: int,
@@ -82,11 +128,14 @@ def worker_output_dir(strategy: tf.distribute.Strategy, output_dir: str) -> Iter
   if is_chief(strategy) or os.path.basename(output_dir).startswith(_WORKER_DIR_PREFIX):
     yield output_dir
     return
-  temp = tempfile.mkdtemp(prefix=_WORKER_DIR_PREFIX)
+  with interrupts.uninterrupted():
+    temp = tempfile.mkdtemp(prefix=_WORKER_DIR_PREFIX)
+    interrupts.track(temp)
   try:
     yield temp
   finally:
     shutil.rmtree(temp, ignore_errors=True)
+    interrupts.untrack(temp)
 
 
 def strategy_name(strategy: tf.distribute.Strategy) -> str:

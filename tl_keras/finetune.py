@@ -11,6 +11,7 @@ import tensorflow as tf
 import tl_keras
 from tl_keras import data
 from tl_keras import distribute
+from tl_keras import limits
 from tl_keras import loading
 from tl_keras import model_io
 from tl_keras import models
@@ -40,6 +41,7 @@ class FinetuneConfig(training.TrainSettings, data.TargetOptions, models.HeadSett
   finetune_learning_rate: Optional[float] = None  # None: a tenth of the warmup rate
   compare_scratch: bool = False
   allow_unsafe_deserialization: bool = False
+  max_model_mb: int = limits.MAX_MODEL_BYTES // limits.MIB  # see loading.load_model
 
   def validate(self) -> None:
     super().validate()
@@ -61,7 +63,7 @@ def run(config: FinetuneConfig, datasets_override: Optional[data.LabeledData] = 
   output_dir = model_io.prepare_output_dir(config.output_dir)
   source_metadata = model_io.read_metadata(config.model)
   # Loaded here, outside the strategy's scope, only to read its input and layers.
-  source = loading.load_model(config.model, config.allow_unsafe_deserialization)
+  source = _load_source(config)
   input_shape = models.image_input_shape(source, config.model)
   target = datasets_override or data.prepare_target(config, input_shape, config.data_dir,
                                                     config.seed)
@@ -71,7 +73,7 @@ def run(config: FinetuneConfig, datasets_override: Optional[data.LabeledData] = 
                         if config.head_init == "probe" else None)
 
   def build_model():
-    source = loading.load_model(config.model, config.allow_unsafe_deserialization)
+    source = _load_source(config)
     if config.mixed_precision:
       source = models.with_global_dtype_policy(source)
     model = models.build_target_model(source, target.num_classes, config.unfreeze, config)
@@ -115,6 +117,11 @@ def run(config: FinetuneConfig, datasets_override: Optional[data.LabeledData] = 
   return metrics
 
 
+def _load_source(config: FinetuneConfig):
+  return loading.load_model(config.model, config.allow_unsafe_deserialization,
+                            config.max_model_mb * limits.MIB)
+
+
 def _probe_classifier_weights(config: FinetuneConfig, template, target: data.LabeledData,
                               strategy: tf.distribute.Strategy) -> List[np.ndarray]:
   """Classifier weights from a linear probe on the frozen source features of the training
@@ -146,7 +153,7 @@ def _compare_scratch(config: FinetuneConfig, target: data.LabeledData, metrics: 
   """Trains the same architecture from random weights for the same number of epochs at the
   first phase's rate, all layers training; returns its accuracy and the transfer gain."""
   def build_scratch_model():
-    source = loading.load_model(config.model, config.allow_unsafe_deserialization)
+    source = _load_source(config)
     return models.reinitialized(models.build_target_model(source, target.num_classes,
                                                           "all", config))
 

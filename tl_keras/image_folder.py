@@ -5,20 +5,31 @@ subfolders themselves, split into train and test per class with a seeded fractio
 TensorFlow decodes (PNG, JPEG, BMP, GIF: first frame) of any size, colour or grey, is fitted
 to the model's input by `data.preprocess_images`; files that do not decode are listed in one
 warning and skipped.
+
+The folder is untrusted input: only regular files that resolve to inside it are opened (FIFOs,
+devices, sockets and symlinks pointing elsewhere are skipped unread), and each file's size
+and its header's pixel count are checked against `limits` before anything is decoded.
 """
 
+import io
 import os
-from typing import List, Sequence, Tuple
+import stat
+import struct
+import warnings
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from tl_keras import data
+from tl_keras import limits
 from tl_keras.errors import UserError
 from tl_keras.errors import warn
 
 SPLIT_DIRNAMES = ("train", "test")
 _LISTED_UNREADABLE = 10
+# The formats TensorFlow's decode_image reads, as Pillow names them; anything else is skipped.
+_FORMATS = ("PNG", "JPEG", "BMP", "GIF")
 
 
 def _visible_entries(folder: str) -> List[str]:
@@ -30,32 +41,115 @@ def _class_dirs(folder: str) -> List[str]:
   if not names:
     raise UserError(f"{folder} has no class subfolders: put each class's images in a folder "
                     "named after the class")
-  return names
+  return data.check_class_names(names, f"class folder in {data.shown(folder)}")
 
 
-def _decode(path: str) -> np.ndarray:
-  contents = tf.io.read_file(path)
-  return tf.io.decode_image(contents, channels=3, expand_animations=False).numpy()
+def _inside(path: str, root: str) -> bool:
+  return os.path.commonpath([path, root]) == root
+
+
+def _read_file(path: str, root: str) -> Optional[bytes]:
+  """The bytes of `path` if it resolves to a regular file inside `root` (a real path), else
+  None; refuses one over limits.MAX_IMAGE_FILE_BYTES."""
+  real = os.path.realpath(path)
+  if not _inside(real, root):
+    return None
+  return data.read_regular_file(real, limits.MAX_IMAGE_FILE_BYTES, "image file")
+
+
+def _gif_frame_pixels(contents: bytes) -> int:
+  """Pixels TensorFlow decodes for a GIF: every frame at (at least) the screen's size, as
+  decode_image decodes all frames even for the first. Stops counting past the limit."""
+  screen = int.from_bytes(contents[6:8], "little") * int.from_bytes(contents[8:10], "little")
+  pos, total = 13, 0
+  if contents[10] & 0x80:
+    pos += 3 * (2 << (contents[10] & 7))
+  while pos < len(contents) and total <= limits.MAX_IMAGE_PIXELS:
+    block = contents[pos]
+    if block == 0x21:  # extension: label, then sub-blocks
+      pos += 2
+    elif block == 0x2C:  # image descriptor, local colour table, LZW code size, sub-blocks
+      if pos + 10 > len(contents):
+        break
+      width, height, flags = struct.unpack_from("<HHB", contents, pos + 5)
+      total += max(screen, width * height)
+      pos += 10
+      if flags & 0x80:
+        pos += 3 * (2 << (flags & 7))
+      pos += 1
+    else:  # trailer or garbage: TensorFlow stops there too
+      break
+    while pos < len(contents) and contents[pos]:
+      pos += contents[pos] + 1
+    pos += 1
+  return total
+
+
+def _declared_pixels(contents: bytes, path: str) -> Optional[int]:
+  """The pixel count the image's header declares (Pillow reads headers only), None if it is
+  not an image in one of _FORMATS; refuses more than limits.MAX_IMAGE_PIXELS."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top (Pillow comes with matplotlib)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    try:
+      with Image.open(io.BytesIO(contents), formats=_FORMATS) as image:
+        width, height = image.size
+        pixels = width * height
+        declared = f"{pixels:,} pixels ({width}x{height})"
+        if image.format == "GIF":
+          pixels = max(pixels, _gif_frame_pixels(contents))
+          declared = f"{pixels:,} pixels ({width}x{height}, all frames)"
+    except Image.DecompressionBombError:  # Pillow's own limit, higher than ours
+      pixels = limits.MAX_IMAGE_PIXELS + 1
+      declared = f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels"
+    except Exception:  # pylint: disable=broad-except (any plugin error: not an image we read)
+      return None
+  if pixels > limits.MAX_IMAGE_PIXELS:
+    raise UserError(f"image {data.shown(path)} declares {declared}, more than "
+                    f"the limit of {limits.MAX_IMAGE_PIXELS:,} (tl_keras.limits.MAX_IMAGE_PIXELS);"
+                    " shrink or remove it")
+  return pixels
+
+
+def _decode(path: str, root: str) -> Optional[np.ndarray]:
+  """The image at `path` as uint8 [H,W,3], None if it is not a readable, non-empty image."""
+  contents = _read_file(path, root)
+  if contents is None or not _declared_pixels(contents, path):
+    return None
+  try:
+    pixels = tf.io.decode_image(contents, channels=3, expand_animations=False).numpy()
+  except (tf.errors.OpError, ValueError):
+    return None
+  return pixels if pixels.ndim == 3 and pixels.size else None
 
 
 def _read_classes(folder: str, class_names: Sequence[str], labels: Sequence[int],
-                  input_shape: Sequence[int], fit: str,
+                  input_shape: Sequence[int], fit: str, root: str,
                   unreadable: List[str]) -> Tuple[np.ndarray, np.ndarray]:
-  """Reads the images of each class subfolder, fitted to `input_shape`; labels as given."""
+  """Reads the images of each class subfolder, fitted to `input_shape`; labels as given.
+
+  `root` is the real path of the target folder: files must resolve to inside it.
+  """
   images, image_labels = [], []
   for name, label in zip(class_names, labels):
     class_dir = os.path.join(folder, name)
     count = 0
     for filename in _visible_entries(class_dir):
       path = os.path.join(class_dir, filename)
-      if os.path.isdir(path):
+      try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+          continue  # nested folders are not images (symlinks to folders are listed below)
+      except OSError:
+        pass  # vanished: listed as unreadable below
+      pixels = _decode(path, root)
+      if pixels is None:
+        unreadable.append(data.shown(path))
         continue
       try:
-        pixels = _decode(path)
-      except (tf.errors.OpError, ValueError):
-        unreadable.append(path)
+        images.append(data.preprocess_images(pixels[np.newaxis], input_shape, fit).numpy()[0])
+      except tf.errors.InvalidArgumentError:  # so thin that padding scales it to nothing
+        unreadable.append(data.shown(path))
         continue
-      images.append(data.preprocess_images(pixels[np.newaxis], input_shape, fit).numpy()[0])
       image_labels.append(label)
       count += 1
     if not count:
@@ -76,6 +170,7 @@ def load_image_folder(path: str, input_shape: Sequence[int], fit: str = "resize"
   if len(present) == 1:
     raise UserError(f"{path} has {present[0]}/ but no {({'train', 'test'} - set(present)).pop()}/:"
                     " give both, or class folders directly and --test_split")
+  root = os.path.realpath(path)
   unreadable = []
   if present:
     train_dir, test_dir = (os.path.join(path, name) for name in SPLIT_DIRNAMES)
@@ -86,16 +181,16 @@ def load_image_folder(path: str, input_shape: Sequence[int], fit: str = "resize"
       raise UserError(f"{test_dir} has class folder(s) {', '.join(unknown)} that {train_dir} "
                       "lacks, so no model could learn them")
     x_train, y_train = _read_classes(train_dir, class_names, range(len(class_names)),
-                                     input_shape, fit, unreadable)
+                                     input_shape, fit, root, unreadable)
     x_test, y_test = _read_classes(test_dir, test_names,
                                    [class_names.index(name) for name in test_names],
-                                   input_shape, fit, unreadable)
+                                   input_shape, fit, root, unreadable)
   else:
     if not 0 < test_split < 1:
       raise UserError(f"--test_split must lie between 0 and 1, got {test_split}")
     class_names = _class_dirs(path)
     images, labels = _read_classes(path, class_names, range(len(class_names)), input_shape,
-                                   fit, unreadable)
+                                   fit, root, unreadable)
     train_index, test_index = data.split_per_class(labels, test_split, seed)
     if not len(test_index):
       raise UserError(f"{path}: too few images for a test split of {test_split}; add images or "
@@ -105,7 +200,8 @@ def load_image_folder(path: str, input_shape: Sequence[int], fit: str = "resize"
   if unreadable:
     listed = ", ".join(unreadable[:_LISTED_UNREADABLE])
     more = len(unreadable) - _LISTED_UNREADABLE
-    warn(f"skipped {len(unreadable)} file(s) that are not readable images: {listed}"
+    warn(f"skipped {len(unreadable)} file(s) that are not readable images inside the folder: "
+         f"{listed}"
          + (f" and {more} more" if more > 0 else ""))
   return data.LabeledData(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                           class_names=class_names, description=f"dir:{path}")

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras import data
+from tl_keras import ranges
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 
@@ -51,12 +52,16 @@ def build_source_model(input_shape: Sequence[int], num_classes: int,
 
 
 def parse_conv_filters(spec: str) -> Tuple[int, ...]:
-  """'16,32' -> (16, 32): filters of the source CNN's convolutions, one to three of them."""
+  """'16,32' -> (16, 32): filters of the source CNN's convolutions, one to three of them, each
+  in `ranges.RANGES['conv_filters']`."""
   parts = [part.strip() for part in spec.split(",")]
   if not 1 <= len(parts) <= 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
     raise UserError(f"invalid --conv_filters={spec!r}: use one to three positive whole numbers "
                     "separated by commas, e.g. 16,32")
-  return tuple(int(part) for part in parts)
+  filters = tuple(int(part) for part in parts)
+  for count in filters:
+    ranges.check_value("conv_filters", count)
+  return filters
 
 
 def classifier_layer(model: keras.Model) -> Optional[keras.layers.Layer]:
@@ -99,9 +104,7 @@ class HeadSettings:
   head_init: str = "random"  # or "probe": the classifier starts as a linear probe's solution
 
   def validate(self) -> None:
-    if self.head_units < 0 or not 0 <= self.head_dropout < 1 or self.head_l2 < 0:
-      raise UserError("--head_units and --head_l2 must be non-negative and --head_dropout in "
-                      f"[0, 1), got {self.head_units}, {self.head_l2} and {self.head_dropout}")
+    ranges.check(self)  # head_units, head_dropout, head_l2 (and any subclass's numbers)
     if self.head_init not in HEAD_INITS:
       raise UserError(f"invalid --head_init={self.head_init!r}: use one of {', '.join(HEAD_INITS)}")
     if self.head_init == "probe" and self.head_units:
@@ -212,14 +215,14 @@ def select_unfrozen(layers: Sequence[keras.layers.Layer], unfreeze: str) -> List
   return names
 
 
-def learning_rate_for(name: str, learning_rate: Optional[float] = None) -> float:
-  """The learning rate to use: `learning_rate`, or the default of optimizer `name`."""
+def learning_rate_for(name: str, learning_rate: Optional[float] = None,
+                      flag: str = "learning_rate") -> float:
+  """The learning rate to use: `learning_rate`, or the default of optimizer `name`; a
+  UserError naming `flag` if it is outside `ranges.RANGES[flag]`."""
   if name not in DEFAULT_LEARNING_RATES:
     raise UserError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
-  rate = DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate
-  if rate <= 0:
-    raise UserError(f"--learning_rate must be positive, got {rate}")
-  return rate
+  ranges.check_value(flag, learning_rate)
+  return DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate
 
 
 def make_optimizer(name: str, learning_rate: Optional[float] = None):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import unicodedata
 import urllib.parse
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -33,6 +34,15 @@ _RESULTS = (
     ("num_train", "train images", "plain"),
     ("num_test", "test images", "plain"),
 )
+# Characters that could make a value a link, image, HTML tag, table cell, code or emphasis.
+_MARKDOWN_SPECIALS = frozenset("\\`*_[]()!<>|~#")
+
+
+def escape_markdown(text: str) -> str:
+  """`text` as literal Markdown: a backslash before each of _MARKDOWN_SPECIALS, control
+  characters as \\uXXXX. For every string from data or model files (class names, paths)."""
+  return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c).startswith("C")
+                 else "\\" + c if c in _MARKDOWN_SPECIALS else c for c in str(text))
 
 
 def load_stage_metrics(output_dir: str) -> Dict[str, Dict[str, Any]]:
@@ -60,20 +70,20 @@ def _format(value: Any, kind: str = "plain") -> str:
   if isinstance(value, float):
     return f"{value:g}"
   if isinstance(value, (list, tuple)):
-    return ", ".join(str(item) for item in value)
-  return str(value)
+    return ", ".join(escape_markdown(item) for item in value)
+  return escape_markdown(value)
 
 
 def _image_link(path: str, output_dir: str) -> str:
   relative = os.path.relpath(os.path.abspath(path), os.path.abspath(output_dir))
   relative = relative.replace(os.sep, "/")
   title = os.path.splitext(os.path.basename(path))[0].replace("_", " ")
-  return f"![{title}]({urllib.parse.quote(relative)})"
+  return f"![{escape_markdown(title)}]({urllib.parse.quote(relative)})"
 
 
 def _stage_section(stage: str, metrics: Mapping[str, Any], plot_paths: Sequence[str],
                    output_dir: str) -> List[str]:
-  lines = [f"## {stage}", ""]
+  lines = [f"## {escape_markdown(stage)}", ""]
   settings = [f"- {key.replace('_', ' ')}: {_format(metrics[key])}"
               for key in _SETTINGS if key in metrics]
   if settings:
@@ -106,7 +116,8 @@ def write_report(output_dir: str, stages: Mapping[str, Mapping[str, Any]],
       if stage in stages:
         metrics = stages[stage]
         wall = metrics.get("wall_seconds")
-        lines.append(f"| {stage} | {_format(metrics.get('test_accuracy'), 'percent')} | "
+        lines.append(f"| {escape_markdown(stage)} | "
+                     f"{_format(metrics.get('test_accuracy'), 'percent')} | "
                      f"{'n/a' if wall is None else f'{wall:.1f}'} |")
     lines.append("")
   for stage in names:

@@ -15,6 +15,7 @@ from typing import Any, Dict
 
 import tensorflow as tf
 
+from tl_keras import interrupts
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 
@@ -72,9 +73,12 @@ class BackupTracker(keras.callbacks.Callback):
     if self._chief and not self._settings_written:
       os.makedirs(self._backup_path, exist_ok=True)
       path = os.path.join(self._backup_path, _BACKUP_SETTINGS_FILENAME)
+      interrupts.track(path + ".tmp")
       with open(path + ".tmp", "w") as f:
         json.dump(self._settings, f, indent=2, sort_keys=True)
-      os.replace(path + ".tmp", path)
+      with interrupts.uninterrupted():
+        os.replace(path + ".tmp", path)
+        interrupts.untrack(path + ".tmp")
       self._settings_written = True
 
   def on_train_end(self, logs=None):

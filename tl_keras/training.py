@@ -12,6 +12,7 @@ from tl_keras import data
 from tl_keras import distribute
 from tl_keras import model_io
 from tl_keras import models
+from tl_keras import ranges
 from tl_keras import report
 from tl_keras import resume
 from tl_keras.errors import UserError
@@ -42,14 +43,11 @@ class TrainSettings:
   patience: int = 3  # epochs without a better validation loss before training stops
 
   def validate(self) -> None:
-    if self.epochs < 1:
-      raise UserError(f"--epochs must be at least 1, got {self.epochs}")
-    if not 0 <= self.validation_split < 1 or self.patience < 1:
-      raise UserError(f"--validation_split must lie in [0, 1) and --patience be at least 1, got "
-                      f"{self.validation_split} and {self.patience}")
-    if self.batch_size < 1 or (self.per_replica_batch_size or 1) < 1:
-      raise UserError("batch sizes must be at least 1, got --batch_size="
-                      f"{self.batch_size} --per_replica_batch_size={self.per_replica_batch_size}")
+    """Refuses bad settings with a UserError naming the flag, before anything is written.
+
+    Every numeric field, a subclass's too, must be finite and in its `ranges.RANGES` range.
+    """
+    ranges.check(self)
     if self.mixed_precision and not tf.config.list_physical_devices("GPU"):
       raise UserError("--mixed_precision needs a GPU: float16 on a CPU is slower, not faster; "
                       "drop the flag here")

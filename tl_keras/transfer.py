@@ -15,17 +15,20 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from tl_keras import data
+from tl_keras import limits
 from tl_keras import loading
 from tl_keras import model_io
 from tl_keras import models
 from tl_keras import plots
 from tl_keras import pretrain
+from tl_keras import ranges
 from tl_keras import training
 from tl_keras import transferability
 
 PREDICTIONS_FILENAME = "predictions.csv"
 METRICS_FILENAME = "transfer_metrics.json"
 CONFUSION_FILENAME = "transfer_confusion.png"
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclasses.dataclass
@@ -37,16 +40,30 @@ class TransferConfig(data.TargetOptions):
   seed: int = 42  # for --train_per_class and --test_split
   features_layer: Optional[str] = None  # None: the classifier's input, as in finetune
   allow_unsafe_deserialization: bool = False
+  max_model_mb: int = limits.MAX_MODEL_BYTES // limits.MIB  # see loading.load_model
+
+  def validate(self) -> None:
+    ranges.check(self)
+
+
+def csv_cell(text: str) -> str:
+  """`text` safe for a spreadsheet (OWASP CSV injection): a leading =, +, -, @, tab or
+  carriage return, which would start a formula, gets a single quote before it."""
+  text = str(text)
+  return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 def run(config: TransferConfig,
         datasets_override: Optional[data.LabeledData] = None) -> Dict[str, Any]:
   """Predicts on the target test split; writes predictions.csv and transfer_metrics.json."""
   start = time.perf_counter()
+  config.validate()
   output_dir = model_io.prepare_output_dir(config.output_dir)
-  model = loading.load_model(config.model, config.allow_unsafe_deserialization)
+  model = loading.load_model(config.model, config.allow_unsafe_deserialization,
+                             config.max_model_mb * limits.MIB)
   input_shape = models.image_input_shape(model, config.model)  # refuses non-image models
-  source_names = model_io.class_names_of(model, model_io.read_metadata(config.model))
+  source_names = model_io.class_names_of(model, model_io.read_metadata(config.model),
+                                         config.model)
   target = datasets_override or data.prepare_target(config, input_shape, config.data_dir,
                                                     config.seed)
 
@@ -67,7 +84,7 @@ def run(config: TransferConfig,
     writer = csv.writer(f)
     writer.writerow(["index", "predicted_class", "confidence", "true_label"])
     for index, (name, score, truth) in enumerate(zip(predicted_names, confidence, true_names)):
-      writer.writerow([index, name, f"{score:.6f}", truth])
+      writer.writerow([index, csv_cell(name), f"{score:.6f}", csv_cell(truth)])
 
   train_features = transferability.features_of(model, target.x_train, config.features_layer)
   metrics = {
