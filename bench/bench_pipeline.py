@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 
@@ -64,10 +65,12 @@ def classic_recipe(data_dir):
 def inference_speed(data_dir, model_path, repeats=3):
   """Images/s on MNIST 5-9 test: plain `model.predict` on NumPy floats vs `models.predict`."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from tl_keras import data, loading, models  # pylint: disable=g-import-not-at-top
+  from tl_keras import loading  # pylint: disable=g-import-not-at-top
+  from tl_keras import models  # pylint: disable=g-import-not-at-top
+  from tl_keras.datasets import mnist  # pylint: disable=g-import-not-at-top
 
   model = loading.load_model(model_path)
-  images = data.mnist_subset(range(5, 10), data_dir).x_test
+  images = mnist.mnist_subset(range(5, 10), data_dir).x_test
   floats = images[..., None].astype(np.float32) / 255.0
 
   def best(run):

@@ -13,8 +13,11 @@ import tensorflow as tf
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from tl_keras import data  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tl_keras import pretrain  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tl_keras import artifacts  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tl_keras import settings  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tl_keras.datasets import mnist  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tl_keras.stages import pretrain  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA_DIR = os.path.join(REPO_ROOT, "..", "shared", "datasets")
@@ -22,9 +25,9 @@ SHARED_DATA_DIR = os.path.join(REPO_ROOT, "..", "shared", "datasets")
 
 def mnist_file():
   """The full mnist.npz: $TL_KERAS_DATA_DIR, else ../shared/datasets, else the Keras cache."""
-  if os.environ.get(data.DATA_DIR_ENV) or not os.path.isdir(SHARED_DATA_DIR):
-    return data.find_mnist_file()
-  return data.find_mnist_file(SHARED_DATA_DIR)
+  if os.environ.get(mnist.DATA_DIR_ENV) or not os.path.isdir(SHARED_DATA_DIR):
+    return mnist.find_mnist_file()
+  return mnist.find_mnist_file(SHARED_DATA_DIR)
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +41,7 @@ def small_mnist_dir(tmp_path_factory):
       keep.sort()
       arrays[f"x_{split}"], arrays[f"y_{split}"] = x[keep], y[keep]
   folder = tmp_path_factory.mktemp("small_mnist")
-  np.savez(folder / data.MNIST_FILENAME, **arrays)
+  np.savez(folder / mnist.MNIST_FILENAME, **arrays)
   return str(folder)
 
 
@@ -46,10 +49,10 @@ def small_mnist_dir(tmp_path_factory):
 def source_model(small_mnist_dir, tmp_path_factory):
   """A source model pretrained on digits 0-4 of the small MNIST: (path, metrics)."""
   output_dir = str(tmp_path_factory.mktemp("source"))
-  config = pretrain.PretrainConfig(data_dir=small_mnist_dir, output_dir=output_dir, epochs=4,
-                                   strategy="default")
+  config = settings.make(settings.PretrainConfig, data_dir=small_mnist_dir, output_dir=output_dir,
+                         epochs=4, strategy="default")
   metrics = pretrain.run(config)
-  return os.path.join(output_dir, pretrain.SOURCE_MODEL_FILENAME), metrics
+  return os.path.join(output_dir, artifacts.SOURCE_MODEL), metrics
 
 
 def run_command(args, **kwargs):
@@ -63,10 +66,10 @@ def run_command(args, **kwargs):
 @pytest.fixture(scope="session")
 def target_model(source_model, small_mnist_dir, tmp_path_factory):
   """The source model finetuned on digits 5-9 of the small MNIST: (output_dir, metrics)."""
-  from tl_keras import finetune  # pylint: disable=g-import-not-at-top
+  from tl_keras.stages import finetune  # pylint: disable=g-import-not-at-top
   output_dir = tmp_path_factory.mktemp("target")
-  config = finetune.FinetuneConfig(model=source_model[0], data_dir=small_mnist_dir,
-                                   output_dir=str(output_dir), epochs=3, strategy="default")
+  config = settings.make(settings.FinetuneConfig, model=source_model[0], data_dir=small_mnist_dir,
+                         output_dir=str(output_dir), epochs=3, strategy="default")
   return output_dir, finetune.run(config)
 
 

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from conftest import run_command
-from tl_keras import model_io
+from tl_keras.outputs import model_io
 
 
 @pytest.mark.parametrize("script, flag", [
@@ -90,7 +90,7 @@ def _run_transfer_raising(exception, *flags):
       import sys
       from tl_keras import cli
       cli._start()  # as the command does, before TensorFlow's start-up messages
-      from tl_keras import transfer
+      from tl_keras.stages import transfer
       from tl_keras.errors import UserError
       def fail(*args, **kwargs):
         raise {exception}

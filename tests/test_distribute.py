@@ -9,12 +9,14 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
+from tl_keras import artifacts
 from tl_keras import distribute
-from tl_keras import finetune
 from tl_keras import loading
 from tl_keras import models
+from tl_keras import settings
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
+from tl_keras.stages import finetune
 
 
 def test_strategy_choice_on_cpu():
@@ -56,7 +58,7 @@ def test_multi_worker_training_in_two_processes(source_model, small_mnist_dir, t
   for worker, (stdout, stderr) in zip(workers, outputs):
     assert worker.returncode == 0, stderr[-3000:]
 
-  metrics = json.loads((output_dir / finetune.METRICS_FILENAME).read_text())
+  metrics = json.loads((output_dir / artifacts.METRICS["finetune"]).read_text())
   assert metrics["strategy"] == "MultiWorkerMirroredStrategy" and metrics["num_replicas"] == 2
   assert metrics["test_accuracy"] > 0.9
   assert "== finetune done" in outputs[0][0] and "== finetune done" not in outputs[1][0]
@@ -64,7 +66,7 @@ def test_multi_worker_training_in_two_processes(source_model, small_mnist_dir, t
   assert os.listdir(tmp_path / "tmp1") == []
   # Synchronous training: both replicas ended with the weights the chief saved.
   saved = models.weights_fingerprint(loading.load_model(
-      str(output_dir / finetune.TARGET_MODEL_FILENAME)))
+      str(output_dir / artifacts.TARGET_MODEL)))
   assert metrics["weights_sha256"] == saved
   assert f"weights sha256 {saved}" in outputs[1][0]
 
@@ -78,9 +80,9 @@ def test_global_batch_size(batch_size, per_replica, strategy, expected):
 
 
 def test_per_replica_batch_under_mirrored(source_model, small_mnist_dir, tmp_path):
-  config = finetune.FinetuneConfig(model=source_model[0], data_dir=small_mnist_dir,
-                                   output_dir=str(tmp_path), epochs=1, strategy="mirrored",
-                                   per_replica_batch_size=50)
+  config = settings.make(settings.FinetuneConfig, model=source_model[0], data_dir=small_mnist_dir,
+                         output_dir=str(tmp_path), epochs=1, strategy="mirrored",
+                         per_replica_batch_size=50)
   metrics = finetune.run(config)
   assert metrics["batch_size"] == 100 and metrics["per_replica_batch_size"] == 50
   assert metrics["history"]["loss"] and metrics["num_replicas"] == 2
@@ -88,7 +90,7 @@ def test_per_replica_batch_under_mirrored(source_model, small_mnist_dir, tmp_pat
 
 def test_mixed_precision_is_refused_on_cpu(tmp_path):
   with pytest.raises(UserError, match="--mixed_precision needs a GPU"):
-    finetune.FinetuneConfig(output_dir=str(tmp_path), mixed_precision=True).validate()
+    distribute.check_devices(settings.RuntimeSettings(mixed_precision=True))
 
 
 def test_mixed_precision_keeps_classifiers_float32(source_model):

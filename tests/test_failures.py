@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import run_command
-from tl_keras import model_io
 from tl_keras.keras_api import keras
+from tl_keras.outputs import model_io
 
 
 def _npz(folder, **changes):
@@ -80,7 +80,7 @@ CASES = {
                               "--validation_split must be a number in [0, 1), got 1.0"),
     "unwritable output": ("finetune", lambda d: [f"--output_dir={d / 'source.h5' / 'out'}"],
                           "cannot write to output folder"),
-    # Numeric flags out of their range (tl_keras/ranges.py), NaN and inf included.
+    # Numeric flags out of their range (tl_keras/settings.py), NaN and inf included.
     "negative seed": ("pretrain", lambda d: ["--seed=-1"],
                       "--seed must be a whole number from 0 to 4_294_967_295, got -1"),
     "seed beyond NumPy's": ("transfer", lambda d: [f"--seed={2**32}"], "--seed must be"),

@@ -22,12 +22,15 @@ import pytest
 
 from conftest import run_command
 from conftest import write_image_folder
-from tl_keras import data
+from tl_keras import artifacts
+from tl_keras import datasets
 from tl_keras import limits
-from tl_keras import model_io
-from tl_keras import report
-from tl_keras import transfer
+from tl_keras import settings
+from tl_keras import targets
 from tl_keras.errors import UserError
+from tl_keras.outputs import model_io
+from tl_keras.outputs import report
+from tl_keras.stages import transfer
 
 INPUT_SHAPE = (28, 28, 1)
 PER_CLASS = 8
@@ -36,7 +39,7 @@ PER_CLASS = 8
 @pytest.fixture(scope="module")
 def digits(small_mnist_dir):
   """PER_CLASS images of each of the digits 5-7: (images uint8 [N,28,28], labels 0-2)."""
-  target = data.load_target("mnist:5-7", small_mnist_dir)
+  target = targets.load_target("mnist:5-7", small_mnist_dir)
   keep = np.concatenate([np.flatnonzero(target.y_train == c)[:PER_CLASS] for c in range(3)])
   return target.x_train[keep], target.y_train[keep]
 
@@ -92,7 +95,7 @@ def test_fifo_in_a_class_folder_is_skipped_unopened(digits, tmp_path, capsys):
 
   def load():
     try:
-      outcome["target"] = data.load_target(f"dir:{root}", input_shape=INPUT_SHAPE)
+      outcome["target"] = targets.load_target(f"dir:{root}", input_shape=INPUT_SHAPE)
     except BaseException as e:  # pylint: disable=broad-except
       outcome["error"] = e
 
@@ -120,10 +123,10 @@ def test_symlinks_out_of_the_folder_are_not_read(digits, tmp_path, capsys, monke
   os.symlink(outside, os.path.join(root, "five", "leak_dir"))
   os.symlink(os.path.join(root, "five", "0.png"), os.path.join(root, "seven", "inside.png"))
   opened = []
-  read_regular_file = data.read_regular_file
-  monkeypatch.setattr(data, "read_regular_file",
+  read_regular_file = datasets.read_regular_file
+  monkeypatch.setattr(datasets, "read_regular_file",
                       lambda path, *args: opened.append(path) or read_regular_file(path, *args))
-  target = data.load_target(f"dir:{root}", input_shape=INPUT_SHAPE)
+  target = targets.load_target(f"dir:{root}", input_shape=INPUT_SHAPE)
   # The symlink inside the folder counts; the two pointing out of it are skipped, unread.
   assert len(target.x_train) + len(target.x_test) == 3 * PER_CLASS + 1
   assert not [path for path in opened if path.startswith(str(outside))], opened
@@ -154,7 +157,7 @@ def test_decompression_bomb_png_is_refused_before_decoding(digits, source_model,
                       lambda contents, *a, **k: decoded.append(len(contents)) or decode(contents,
                                                                                          *a, **k))
   with pytest.raises(UserError, match="bomb.png declares 100,000,000 pixels"):
-    data.load_target(f"dir:{root}", input_shape=INPUT_SHAPE)
+    targets.load_target(f"dir:{root}", input_shape=INPUT_SHAPE)
   assert len(bomb) not in decoded
   monkeypatch.undo()
   # A GIF is decoded frame by frame: 11 frames of 2000x2000 declare 44 million pixels.
@@ -167,7 +170,7 @@ def test_decompression_bomb_png_is_refused_before_decoding(digits, source_model,
   frames[0].save(tmp_path / "target" / "six" / "frames.gif", save_all=True,
                  append_images=frames[1:])
   with pytest.raises(UserError, match=r"frames.gif declares 44,000,000 pixels .*all frames"):
-    data.load_target(f"dir:{root}", input_shape=INPUT_SHAPE)
+    targets.load_target(f"dir:{root}", input_shape=INPUT_SHAPE)
   (tmp_path / "target" / "six" / "bomb.png").write_bytes(bomb)
   os.remove(tmp_path / "target" / "six" / "frames.gif")
   # From the command line, in a process of its own whose peak memory we read.
@@ -196,7 +199,7 @@ def test_empty_zero_size_and_truncated_images_are_skipped(digits, tmp_path, caps
   (six / "truncated.png").write_bytes(digit[:len(digit) // 2])
   (six / "header_only.png").write_bytes(digit[:40])
   (six / "thin.png").write_bytes(_png_bytes(np.full((1, 60), 255, np.uint8)))  # padded: 0 rows
-  target = data.load_target(f"dir:{root}", input_shape=INPUT_SHAPE, fit="pad")
+  target = targets.load_target(f"dir:{root}", input_shape=INPUT_SHAPE, fit="pad")
   assert len(target.x_train) + len(target.x_test) == 3 * PER_CLASS
   warning = capsys.readouterr().err
   assert warning.startswith("warning: skipped 6 file(s)"), warning
@@ -212,7 +215,7 @@ def test_class_folder_name_with_a_newline_is_refused(digits, source_model, tmp_p
                          "'six\\nseven'", "control character", "U+000A")
   assert "class folder in" in line
   with pytest.raises(UserError, match="U\\+0009"):
-    data.check_class_names(["a", "tab\there"], "test")
+    datasets.check_class_names(["a", "tab\there"], "test")
 
 
 def _npz_one_class(folder):
@@ -296,21 +299,21 @@ def test_npz_declaring_a_huge_array_is_refused_before_loading(source_model, tmp_
        "header of 1,073,741,824 bytes")]:
     target = path if name == "huge" else _npz_with(tmp_path / f"{name}.npz", **members)
     with pytest.raises(UserError, match=message):
-      data.load_target(f"npz:{target}")
+      targets.load_target(f"npz:{target}")
   lying = _npz_with(tmp_path / "lying.npz")
   _patch_declared_size(lying, "x_train.npy", 0xFFFFFFF0)
   with pytest.raises(UserError, match="zip entry x_train.npy declares 4,294,967,280 bytes"):
-    data.load_target(f"npz:{lying}")
+    targets.load_target(f"npz:{lying}")
   monkeypatch.undo()
   flat = tmp_path / "flat.npz"
   x, y = np.zeros((4, 0, 28), np.uint8), np.array([0, 1, 0, 1])
   np.savez(flat, x_train=x, y_train=y, x_test=x, y_test=y)
   with pytest.raises(UserError, match="height and width of at least 1"):
-    data.load_target(f"npz:{flat}")
+    targets.load_target(f"npz:{flat}")
   thin = np.full((4, 1, 60), 255, np.uint8)
   np.savez(flat, x_train=thin, y_train=y, x_test=thin, y_test=y)
   with pytest.raises(UserError, match="1x60 pixels become empty .* --target_fit=pad"):
-    data.load_target(f"npz:{flat}", input_shape=INPUT_SHAPE, fit="pad")
+    targets.load_target(f"npz:{flat}", input_shape=INPUT_SHAPE, fit="pad")
 
 
 @pytest.fixture(scope="module")
@@ -320,15 +323,16 @@ def hostile_names_run(digits, source_model, small_mnist_dir, tmp_path_factory):
   names = ("=HYPERLINK(\"evil.example\",\"x\")", "@SUM(1+1)", "![x](track.png)")
   _folder(root / "target", digits, names=names)
   output_dir = root / "out"
-  config = transfer.TransferConfig(model=source_model[0], target=f"dir:{root / 'target'}",
-                                   output_dir=str(output_dir), data_dir=small_mnist_dir)
+  config = settings.make(settings.TransferConfig, model=source_model[0],
+                         target=f"dir:{root / 'target'}", output_dir=str(output_dir),
+                         data_dir=small_mnist_dir)
   return output_dir, transfer.run(config)
 
 
 def test_formula_class_names_are_escaped_in_predictions_csv(hostile_names_run):
   output_dir, metrics = hostile_names_run
   assert "=HYPERLINK(\"evil.example\",\"x\")" in metrics["classes"]  # names kept as they are
-  with open(output_dir / transfer.PREDICTIONS_FILENAME, newline="") as f:
+  with open(output_dir / artifacts.PREDICTIONS, newline="") as f:
     text = f.read()
   rows = list(csv.reader(io.StringIO(text)))
   assert rows[0] == ["index", "predicted_class", "confidence", "true_label"]
@@ -345,7 +349,7 @@ def test_formula_class_names_are_escaped_in_predictions_csv(hostile_names_run):
 
 def test_markdown_class_name_adds_no_image_to_the_report(hostile_names_run, tmp_path):
   output_dir, _ = hostile_names_run
-  text = (output_dir / report.REPORT_FILENAME).read_text()
+  text = (output_dir / artifacts.REPORT).read_text()
   images = [line for line in text.splitlines() if "![" in line]
   assert images == ["![transfer confusion](transfer_confusion.png)"], images
   assert "\\!\\[x\\]\\(track.png\\)" in text
@@ -363,15 +367,15 @@ def test_model_metadata_class_names_with_control_characters_are_refused(source_m
   hostile = tmp_path / "hostile.h5"
   shutil.copyfile(source_model[0], hostile)
   with h5py.File(hostile, "a") as f:
-    metadata = json.loads(f.attrs[model_io.METADATA_ATTR])
+    metadata = json.loads(f.attrs[artifacts.METADATA_ATTR])
     metadata["class_names"] = ["0", "1", "2\r\n=cmd", "3", "4"]
-    f.attrs[model_io.METADATA_ATTR] = json.dumps(metadata)
+    f.attrs[artifacts.METADATA_ATTR] = json.dumps(metadata)
   output_dir = tmp_path / "out"
   result = run_command(["scripts/transfer.py", f"--model={hostile}", f"--output_dir={output_dir}",
                         "--target=mnist:5-9"])
   _assert_refused(result, output_dir, f"model {hostile}", "'2\\r\\n=cmd'", "control character")
   with h5py.File(hostile, "a") as f:
-    f.attrs[model_io.METADATA_ATTR] = json.dumps({"class_names": "01234"})
+    f.attrs[artifacts.METADATA_ATTR] = json.dumps({"class_names": "01234"})
   with pytest.raises(UserError, match="must be a list of strings"):
     model_io.read_metadata(str(hostile))
   with pytest.raises(UserError, match="names 2 classes but the model has 5 outputs"):
@@ -384,9 +388,8 @@ class _FakeModel:
 
 def test_serving_signature_answers_an_empty_batch(target_model):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tl_keras import finetune  # pylint: disable=g-import-not-at-top
   output_dir, metrics = target_model
-  serve = tf.saved_model.load(str(output_dir / finetune.SAVED_MODEL_DIRNAME)).signatures[
+  serve = tf.saved_model.load(str(output_dir / artifacts.SAVED_MODEL_DIR)).signatures[
       "serving_default"]
   classes = len(metrics["classes"])
   for shape in ([0, 28, 28], [0, 28, 28, 1]):

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import write_image_folder
-from tl_keras import data
+from tl_keras import datasets
+from tl_keras import pipelines
+from tl_keras import settings
+from tl_keras import targets
 from tl_keras.errors import UserError
 
 INPUT_SHAPE = (28, 28, 1)
@@ -15,7 +18,7 @@ INPUT_SHAPE = (28, 28, 1)
 @pytest.fixture(scope="module")
 def digits(small_mnist_dir):
   """20 train and 10 test images of each of the digits 5-7: (x_train, y_train, x_test, y_test)."""
-  target = data.load_target("mnist:5-7", small_mnist_dir)
+  target = targets.load_target("mnist:5-7", small_mnist_dir)
   train = np.concatenate([np.flatnonzero(target.y_train == c)[:20] for c in range(3)])
   test = np.concatenate([np.flatnonzero(target.y_test == c)[:10] for c in range(3)])
   return target.x_train[train], target.y_train[train], target.x_test[test], target.y_test[test]
@@ -27,7 +30,7 @@ def test_train_and_test_folders_of_mixed_formats_sizes_and_colours(digits, tmp_p
   write_image_folder(tmp_path / "train", x_train, y_train, names,
                      extensions=("png", "jpg", "bmp", "gif"), size=(56, 56), rgb=True)
   write_image_folder(tmp_path / "test", x_test, y_test, names)
-  target = data.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE)
+  target = targets.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE)
   assert target.class_names == ["five", "seven", "six"]  # folder names, sorted
   assert target.x_train.shape == (60, 28, 28, 1) and target.x_test.shape == (30, 28, 28, 1)
   assert target.x_train.dtype == np.float32 and 0 <= target.x_train.min() <= target.x_train.max() <= 1
@@ -45,8 +48,9 @@ def test_pad_keeps_the_aspect_ratio_and_resize_stretches(tmp_path):
   wide[:, :, 20:36] = 255  # a bright band in the middle of a 4:1 image
   write_image_folder(tmp_path / "train", wide, [0], ["a"])
   write_image_folder(tmp_path / "test", wide, [0], ["a"])
-  padded = data.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE, fit="pad").x_train[0, ..., 0]
-  stretched = data.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE).x_train[0, ..., 0]
+  padded = targets.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE,
+                               fit="pad").x_train[0, ..., 0]
+  stretched = targets.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE).x_train[0, ..., 0]
   # Pad: the 28x7 image is centred, black rows above and below.
   assert padded[:10].max() == 0 and padded[-10:].max() == 0 and padded[14, 14] > 0.9
   assert stretched[:10, 14].min() > 0.9  # resize fills the whole height
@@ -59,7 +63,7 @@ def test_unreadable_files_are_listed_and_skipped(digits, tmp_path, capsys):
   (tmp_path / "train" / "6" / "broken.png").write_bytes(b"not an image")
   (tmp_path / "train" / "6" / "notes.txt").write_text("hello")
   (tmp_path / "train" / "6" / ".DS_Store").write_bytes(b"\0")  # hidden files are ignored
-  target = data.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE)
+  target = targets.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE)
   assert len(target.x_train) == 60
   warning = capsys.readouterr().err
   assert warning.startswith("warning: skipped 2 file(s)")
@@ -69,9 +73,9 @@ def test_unreadable_files_are_listed_and_skipped(digits, tmp_path, capsys):
 def test_class_folders_split_by_test_split_seeded_and_stratified(digits, tmp_path):
   x_train, y_train, _, _ = digits
   write_image_folder(tmp_path, x_train, y_train, ["5", "6", "7"])
-  first = data.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE, test_split=0.25, seed=3)
-  again = data.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE, test_split=0.25, seed=3)
-  other = data.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE, test_split=0.25, seed=4)
+  first = targets.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE, test_split=0.25, seed=3)
+  again = targets.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE, test_split=0.25, seed=3)
+  other = targets.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE, test_split=0.25, seed=4)
   assert np.bincount(first.y_test).tolist() == [5, 5, 5]
   assert np.bincount(first.y_train).tolist() == [15, 15, 15]
   assert np.array_equal(first.x_test, again.x_test)
@@ -100,25 +104,25 @@ def test_folder_errors(layout, message, digits, tmp_path):
     os.makedirs(root)
     (root / "a.png").write_bytes(b"")
   with pytest.raises(UserError, match=message):
-    data.load_target(f"dir:{root}", input_shape=INPUT_SHAPE)
+    targets.load_target(f"dir:{root}", input_shape=INPUT_SHAPE)
 
 
 def test_train_per_class_is_a_seeded_stratified_subset(small_mnist_dir, capsys):
-  options = data.TargetOptions(target="mnist:5-9", train_per_class=10)
-  subset = data.prepare_target(options, INPUT_SHAPE, small_mnist_dir, seed=1)
+  options = settings.make(settings.TargetSettings, target="mnist:5-9", train_per_class=10)
+  subset = targets.prepare_target(options, INPUT_SHAPE, small_mnist_dir, seed=1)
   assert np.bincount(subset.y_train).tolist() == [10] * 5
   assert len(subset.x_test) == 5 * 200  # test data untouched
-  again = data.prepare_target(options, INPUT_SHAPE, small_mnist_dir, seed=1)
+  again = targets.prepare_target(options, INPUT_SHAPE, small_mnist_dir, seed=1)
   assert np.array_equal(subset.x_train, again.x_train)
-  short = data.subset_per_class(subset, 12, seed=0)
+  short = targets.subset_per_class(subset, 12, seed=0)
   assert len(short.x_train) == 50 and "fewer than 12" in capsys.readouterr().err
   with pytest.raises(UserError, match="at least 1"):
-    data.subset_per_class(subset, 0, seed=0)
+    targets.subset_per_class(subset, 0, seed=0)
 
 
 def test_split_per_class_holds_out_each_class_and_keeps_one():
   labels = np.array([0] * 10 + [1] * 4 + [2])
-  kept, held = data.split_per_class(labels, 0.5, seed=0)
+  kept, held = datasets.split_per_class(labels, 0.5, seed=0)
   assert np.bincount(labels[held], minlength=3).tolist() == [5, 2, 0]
   assert sorted(np.concatenate([kept, held]).tolist()) == list(range(15))
 
@@ -127,8 +131,8 @@ def test_augmentation_changes_training_images_only():
   x = np.zeros((8, 28, 28), np.uint8)
   x[:, 10:18, 12:16] = 255
   y = np.arange(8)
-  plain = next(iter(data.make_dataset(x, y, 8, INPUT_SHAPE)))[0].numpy()
-  images, labels = next(iter(data.make_dataset(x, y, 8, INPUT_SHAPE, shuffle_seed=0,
+  plain = next(iter(pipelines.make_dataset(x, y, 8, INPUT_SHAPE)))[0].numpy()
+  images, labels = next(iter(pipelines.make_dataset(x, y, 8, INPUT_SHAPE, shuffle_seed=0,
                                                augment=True)))
   images = images.numpy()
   assert images.shape == plain.shape and sorted(labels.numpy()) == list(range(8))

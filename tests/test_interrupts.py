@@ -19,7 +19,7 @@ _STOP_SECONDS = 5
 
 
 def _leftovers(folder):
-  """Temporary files and folders of model_io.atomic_path (.NAME.*.tmp*) under `folder`."""
+  """Temporary files and folders of files.atomic_path (.NAME.*.tmp*) under `folder`."""
   found = []
   for root, dirs, files in os.walk(folder):
     found += [os.path.join(root, name) for name in dirs + files
@@ -52,7 +52,9 @@ def test_importing_the_package_leaves_signals_alone():
   # The library in someone else's program: no handler, no blocked signal, no watcher thread.
   code = textwrap.dedent("""
       import signal, threading
-      from tl_keras import cli, finetune, interrupts, model_io, pipeline, pretrain, transfer
+      from tl_keras import cli, interrupts
+      from tl_keras.outputs import model_io
+      from tl_keras.stages import finetune, pipeline, pretrain, transfer
       print(sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])),
             signal.getsignal(signal.SIGINT) is signal.default_int_handler,
             signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,
@@ -71,10 +73,10 @@ def test_signal_removes_the_files_being_written(sig, tmp_path):
       import os, sys, time
       from tl_keras import interrupts
       interrupts.install()
-      from tl_keras import model_io
+      from tl_keras.outputs import files
       out = sys.argv[1]
-      with model_io.atomic_path(os.path.join(out, "model.h5")) as temp, \\
-          model_io.atomic_path(os.path.join(out, "savedmodel"), is_dir=True) as temp_dir:
+      with files.atomic_path(os.path.join(out, "model.h5")) as temp, \\
+          files.atomic_path(os.path.join(out, "savedmodel"), is_dir=True) as temp_dir:
         with open(temp, "w") as f:
           f.write("half")
         with open(os.path.join(temp_dir, "saved_model.pb"), "w") as f:

@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tl_keras import finetune
+from tl_keras import artifacts
 from tl_keras import loading
-from tl_keras import model_io
 from tl_keras import models
-from tl_keras import transfer
+from tl_keras import settings
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
+from tl_keras.outputs import model_io
+from tl_keras.stages import finetune
+from tl_keras.stages import transfer
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +38,8 @@ def feature_saved_model(source_model, tmp_path_factory):
 
 def test_keras_saved_model_as_transfer_source(target_model, small_mnist_dir, tmp_path):
   output_dir, finetune_metrics = target_model
-  config = transfer.TransferConfig(model=str(output_dir / finetune.SAVED_MODEL_DIRNAME),
-                                   target="mnist:5-9", data_dir=small_mnist_dir,
-                                   output_dir=str(tmp_path))
+  config = settings.make(settings.TransferConfig, model=str(output_dir / artifacts.SAVED_MODEL_DIR),
+                         target="mnist:5-9", data_dir=small_mnist_dir, output_dir=str(tmp_path))
   metrics = transfer.run(config)
   # Class names come from the SavedModel's assets, so predictions match the target by name.
   assert metrics["source_classes"] == ["5", "6", "7", "8", "9"]
@@ -49,14 +50,14 @@ def test_keras_saved_model_as_transfer_source(target_model, small_mnist_dir, tmp
 @pytest.mark.parametrize("unfreeze, min_accuracy", [("none", 0.7), ("all", 0.9)])
 def test_plain_saved_model_as_finetune_source(feature_saved_model, small_mnist_dir, tmp_path,
                                               unfreeze, min_accuracy):
-  config = finetune.FinetuneConfig(model=feature_saved_model, data_dir=small_mnist_dir,
-                                   output_dir=str(tmp_path), epochs=3, unfreeze=unfreeze,
-                                   learning_rate=0.003, strategy="default")
+  config = settings.make(settings.FinetuneConfig, model=feature_saved_model,
+                         data_dir=small_mnist_dir, output_dir=str(tmp_path), epochs=3,
+                         unfreeze=unfreeze, learning_rate=0.003, strategy="default")
   metrics = finetune.run(config)
   assert metrics["trainable_layers"] == (["hub", "target_classifier"] if unfreeze == "all"
                                          else ["target_classifier"])
   assert metrics["test_accuracy"] > min_accuracy
-  assert os.path.isdir(tmp_path / finetune.SAVED_MODEL_DIRNAME)
+  assert os.path.isdir(tmp_path / artifacts.SAVED_MODEL_DIR)
 
 
 def test_hub_handle_resolves_from_tfhub_cache_dir(feature_saved_model, tmp_path, monkeypatch):
@@ -81,8 +82,8 @@ def test_model_that_takes_no_images_is_refused(tmp_path, small_mnist_dir):
   inputs = keras.Input((10,))
   path = str(tmp_path / "vector.h5")
   model_io.save_h5(keras.Model(inputs, keras.layers.Dense(3)(inputs)), path, {})
-  config = transfer.TransferConfig(model=path, data_dir=small_mnist_dir,
-                                   output_dir=str(tmp_path / "out"))
+  config = settings.make(settings.TransferConfig, model=path, data_dir=small_mnist_dir,
+                         output_dir=str(tmp_path / "out"))
   with pytest.raises(UserError, match="cannot take the target images"):
     transfer.run(config)
 

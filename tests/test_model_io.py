@@ -1,4 +1,4 @@
-"""Tests for tl_keras.model_io: metadata, reload fidelity, refusal of unsafe files, atomicity."""
+"""Tests for tl_keras.outputs.model_io: metadata, reload fidelity, unsafe files, atomicity."""
 
 import os
 
@@ -8,10 +8,11 @@ import pytest
 
 from conftest import run_command
 from tl_keras import loading
-from tl_keras import model_io
 from tl_keras import models
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
+from tl_keras.outputs import files
+from tl_keras.outputs import model_io
 
 
 def test_h5_reload_gives_identical_predictions_and_metadata(tmp_path):
@@ -75,9 +76,9 @@ def test_truncated_h5_is_refused(tmp_path):
 
 def test_failed_write_keeps_the_previous_file(tmp_path):
   path = tmp_path / "metrics.json"
-  model_io.write_json(str(path), {"good": 1})
+  files.write_json(str(path), {"good": 1})
   with pytest.raises(TypeError):
-    model_io.write_json(str(path), {"bad": object()})
+    files.write_json(str(path), {"bad": object()})
   assert path.read_text().strip() == '{\n  "good": 1\n}'
   assert os.listdir(tmp_path) == ["metrics.json"]
 
@@ -86,7 +87,7 @@ def test_unwritable_output_dir_is_a_user_error(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("")
   with pytest.raises(UserError, match="cannot write to output folder"):
-    model_io.prepare_output_dir(str(blocker / "sub"))
+    files.prepare_output_dir(str(blocker / "sub"))
 
 
 def test_weights_only_h5_is_refused(tmp_path):

@@ -3,6 +3,7 @@
 import pytest
 
 from tl_keras import models
+from tl_keras import settings
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 
@@ -44,11 +45,11 @@ def test_conv_filters_rejects_bad_specs(spec):
 
 
 def test_probe_head_init_needs_the_classifier_on_the_features():
-  models.HeadSettings(head_init="probe").validate()
+  settings.validate(settings.HeadSettings(head_init="probe"))
   with pytest.raises(UserError, match="--head_units=0"):
-    models.HeadSettings(head_init="probe", head_units=8).validate()
+    settings.validate(settings.HeadSettings(head_init="probe", head_units=8))
   with pytest.raises(UserError, match="--head_init"):
-    models.HeadSettings(head_init="zeros").validate()
+    settings.validate(settings.HeadSettings(head_init="zeros"))
 
 
 def _trainable_weighted(model):

@@ -9,10 +9,11 @@ import matplotlib.figure
 import matplotlib.image
 import numpy as np
 import pytest
+from tl_keras.outputs import files
+from tl_keras.outputs import plots
+from tl_keras.outputs import report
 
-from tl_keras import model_io
-from tl_keras import plots
-from tl_keras import report
+
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DIGITS = [str(d) for d in range(5, 10)]
@@ -220,8 +221,8 @@ def test_report(tmp_path):
 
 
 def test_report_from_output_dir(tmp_path):
-  model_io.write_json(str(tmp_path / "source_metrics.json"), PRETRAIN)
-  model_io.write_json(str(tmp_path / "finetune_metrics.json"), FINETUNE)
+  files.write_json(str(tmp_path / "source_metrics.json"), PRETRAIN)
+  files.write_json(str(tmp_path / "finetune_metrics.json"), FINETUNE)
   stages = report.load_stage_metrics(str(tmp_path))
   assert list(stages) == ["pretrain", "finetune"]
   assert stages["finetune"] == FINETUNE

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, run_command
-from tl_keras import data
+from tl_keras import datasets
 from tl_keras import distribute
 from tl_keras import models
 from tl_keras import resume
+from tl_keras import settings
 from tl_keras import training
 
 PRETRAIN_FILES = ["pretrain_curves.png", "report.md", "source_metrics.json", "source_model.h5"]
@@ -124,10 +125,10 @@ def test_backup_accepts_one_device_strategy(tmp_path):
   rng = np.random.default_rng(0)
   x = np.concatenate([rng.integers(0, 60, (32, 28, 28)), rng.integers(200, 256, (32, 28, 28))])
   y = np.repeat([0, 1], 32)
-  dataset = data.LabeledData(x.astype(np.uint8), y, x.astype(np.uint8), y, ["dark", "bright"])
-  settings = training.TrainSettings(output_dir=str(tmp_path), epochs=2, batch_size=16)
+  dataset = datasets.LabeledData(x.astype(np.uint8), y, x.astype(np.uint8), y, ["dark", "bright"])
+  config = settings.make(settings.TrainingConfig, output_dir=str(tmp_path), epochs=2, batch_size=16)
   _, metrics = training.fit_and_evaluate(
-      lambda: models.build_source_model((28, 28, 1), 2), dataset, settings,
+      lambda: models.build_source_model((28, 28, 1), 2), dataset, config,
       distribute.get_distribution_strategy("one_device"), stage="test")
   assert metrics["resumed_from_epoch"] == 0 and len(metrics["history"]["loss"]) == 2
   assert not os.listdir(tmp_path)

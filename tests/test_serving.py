@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 
 from conftest import run_command
-from tl_keras import data
-from tl_keras import finetune
+from tl_keras import artifacts
+from tl_keras import targets
 
 
 @pytest.fixture(scope="module")
 def export_dir(target_model):
-  return str(target_model[0] / finetune.SAVED_MODEL_DIRNAME)
+  return str(target_model[0] / artifacts.SAVED_MODEL_DIR)
 
 
 @pytest.fixture(scope="module")
 def target_test(small_mnist_dir):
-  return data.load_target("mnist:5-9", small_mnist_dir)
+  return targets.load_target("mnist:5-9", small_mnist_dir)
 
 
 def _saved_model_cli(*args):

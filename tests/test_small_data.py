@@ -1,26 +1,29 @@
 """Finetuning on small targets: two-phase schedule, the head, BatchNormalization, validation and
 early stopping, the comparison with training from scratch, and image-folder targets."""
 
-import dataclasses
 import json
 
 import numpy as np
 
 from conftest import run_command, write_image_folder
-from tl_keras import data
-from tl_keras import finetune
+from tl_keras import artifacts
+from tl_keras import datasets
 from tl_keras import loading
-from tl_keras import model_io
 from tl_keras import models
+from tl_keras import pipelines
+from tl_keras import settings
+from tl_keras import targets
 from tl_keras import transferability
 from tl_keras.keras_api import keras
+from tl_keras.outputs import model_io
+from tl_keras.stages import finetune
 
 
 def _config(source_path, small_mnist_dir, tmp_path, **changes):
-  settings = dict(model=source_path, data_dir=small_mnist_dir, output_dir=str(tmp_path / "out"),
+  values = dict(model=source_path, data_dir=small_mnist_dir, output_dir=str(tmp_path / "out"),
                   strategy="default", batch_size=16, epochs=2, train_per_class=20)
-  settings.update(changes)
-  return finetune.FinetuneConfig(**settings)
+  values.update(changes)
+  return settings.make(settings.FinetuneConfig, **values)
 
 
 def test_warmup_trains_the_head_then_the_unfrozen_layers(source_model, small_mnist_dir, tmp_path):
@@ -33,7 +36,7 @@ def test_warmup_trains_the_head_then_the_unfrozen_layers(source_model, small_mni
   assert main["trainable_layers"] == ["features_dense", "target_head_dense", "target_classifier"]
   assert np.isclose(warmup["learning_rate"], 1e-3) and np.isclose(main["learning_rate"], 1e-4)
   assert metrics["epochs"] == 4 and len(metrics["history"]["loss"]) == 4
-  target = loading.load_model(str(tmp_path / "out" / finetune.TARGET_MODEL_FILENAME))
+  target = loading.load_model(str(tmp_path / "out" / artifacts.TARGET_MODEL))
   # Frozen throughout: the convolutions; trained in the second phase: the last dense layer.
   for name, changed in (("features_conv2", False), ("features_dense", True)):
     before, after = source.get_layer(name).get_weights()[0], target.get_layer(name).get_weights()[0]
@@ -58,7 +61,7 @@ def _batchnorm_source(path):
 def test_batchnorm_stays_in_inference_mode_when_unfrozen(small_mnist_dir, tmp_path):
   source = _batchnorm_source(str(tmp_path / "bn.h5"))
   finetune.run(_config(str(tmp_path / "bn.h5"), small_mnist_dir, tmp_path, unfreeze="all"))
-  target = loading.load_model(str(tmp_path / "out" / finetune.TARGET_MODEL_FILENAME))
+  target = loading.load_model(str(tmp_path / "out" / artifacts.TARGET_MODEL))
   for before, after in zip(source.get_layer("features_bn").get_weights(),
                            target.get_layer("features_bn").get_weights()):
     assert np.array_equal(before, after)  # moving statistics, scale and offset untouched
@@ -70,7 +73,7 @@ def test_head_units_dropout_and_l2(source_model, small_mnist_dir, tmp_path):
   metrics = finetune.run(_config(source_model[0], small_mnist_dir, tmp_path, head_units=32,
                                  head_dropout=0.3, head_l2=1e-3, epochs=3, train_per_class=100))
   assert metrics["test_accuracy"] > 0.7  # chance is 0.2
-  target = loading.load_model(str(tmp_path / "out" / finetune.TARGET_MODEL_FILENAME))
+  target = loading.load_model(str(tmp_path / "out" / artifacts.TARGET_MODEL))
   head = target.get_layer("target_head_dense")
   assert head.units == 32 and np.isclose(head.kernel_regularizer.l2, 1e-3)
   assert target.get_layer("target_head_dropout1").rate == 0.3
@@ -87,11 +90,11 @@ def test_validation_split_keeps_the_best_epoch(source_model, small_mnist_dir, tm
   assert len(history) == phase["epochs_run"] <= 6
   assert phase["best_epoch"] == int(np.argmin(history)) + 1
   # The saved model is the best epoch's: its validation loss is the lowest seen.
-  target = data.prepare_target(config, (28, 28, 1), small_mnist_dir, config.seed)
-  _, validation = data.split_per_class(target.y_train, 0.25, config.seed)
-  model = loading.load_model(str(tmp_path / "out" / finetune.TARGET_MODEL_FILENAME))
+  target = targets.prepare_target(config.target, (28, 28, 1), small_mnist_dir, config.runtime.seed)
+  _, validation = datasets.split_per_class(target.y_train, 0.25, config.runtime.seed)
+  model = loading.load_model(str(tmp_path / "out" / artifacts.TARGET_MODEL))
   models.compile_classifier(model, "adam")
-  loss, _ = model.evaluate(data.make_dataset(target.x_train[validation],
+  loss, _ = model.evaluate(pipelines.make_dataset(target.x_train[validation],
                                              target.y_train[validation], 64, (28, 28, 1)),
                            verbose=0)
   assert np.isclose(loss, min(history), rtol=1e-3)
@@ -111,7 +114,7 @@ def test_compare_scratch_reports_the_gain_and_warns_when_transfer_hurts(small_mn
   assert np.isclose(metrics["transfer_gain"],
                     metrics["test_accuracy"] - metrics["scratch_test_accuracy"])
   assert "warning: transfer hurt" in capsys.readouterr().err
-  with open(tmp_path / "out" / finetune.METRICS_FILENAME) as f:
+  with open(tmp_path / "out" / artifacts.METRICS["finetune"]) as f:
     assert json.load(f)["scratch_test_accuracy"] == metrics["scratch_test_accuracy"]
   report = (tmp_path / "out" / "report.md").read_text()
   assert "transfer gain" in report
@@ -136,19 +139,19 @@ def test_probe_head_init_starts_finetuning_from_the_linear_probe(source_model, s
   config = _config(source_model[0], small_mnist_dir, tmp_path, head_init="probe",
                    unfreeze="none", epochs=1, optimizer="adam", learning_rate=1e-9)
   metrics = finetune.run(config)
-  target = data.prepare_target(config, (28, 28, 1), small_mnist_dir, config.seed)
+  target = targets.prepare_target(config.target, (28, 28, 1), small_mnist_dir, config.runtime.seed)
   source = loading.load_model(source_model[0])
   probe = transferability.linear_probe_accuracy(
       transferability.features_of(source, target.x_train), target.y_train,
       transferability.features_of(source, target.x_test), target.y_test)
   assert metrics["head_init"] == "probe" and probe > 0.6  # chance is 0.2
   assert abs(metrics["test_accuracy"] - probe) < 0.01
-  random_start = finetune.run(dataclasses.replace(config, head_init="random"))
+  random_start = finetune.run(settings.replace(config, head_init="random"))
   assert random_start["test_accuracy"] < 0.5
 
 
 def test_image_folder_target_through_the_scripts(source_model, small_mnist_dir, tmp_path):
-  target = data.load_target("mnist:5-7", small_mnist_dir)
+  target = targets.load_target("mnist:5-7", small_mnist_dir)
   names = ["five", "six", "seven"]
   keep = np.concatenate([np.flatnonzero(target.y_train == c)[:30] for c in range(3)])
   write_image_folder(tmp_path / "images", target.x_train[keep], target.y_train[keep], names,
@@ -161,9 +164,9 @@ def test_image_folder_target_through_the_scripts(source_model, small_mnist_dir, 
   assert "broken.jpg" in transfer_run.stderr and "linear probe" in transfer_run.stdout
   result = run_command(["scripts/finetune.py", *common, "--epochs=6", "--batch_size=16"])
   assert result.returncode == 0, result.stderr[-3000:]
-  with open(tmp_path / "out" / finetune.METRICS_FILENAME) as f:
+  with open(tmp_path / "out" / artifacts.METRICS["finetune"]) as f:
     metrics = json.load(f)
   assert metrics["classes"] == ["five", "seven", "six"] and metrics["num_test"] == 27
   assert metrics["test_accuracy"] > 0.7  # chance is 1/3
-  served = tmp_path / "out" / finetune.SAVED_MODEL_DIRNAME / "assets" / "class_names.txt"
+  served = tmp_path / "out" / artifacts.SAVED_MODEL_DIR / "assets" / "class_names.txt"
   assert served.read_text().split() == ["five", "seven", "six"]

@@ -9,12 +9,16 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_command
-from tl_keras import data
-from tl_keras import finetune
+from tl_keras import artifacts
+from tl_keras import datasets
 from tl_keras import loading
-from tl_keras import model_io
-from tl_keras import pretrain
-from tl_keras import transfer
+from tl_keras import preprocessing
+from tl_keras import settings
+from tl_keras import targets
+from tl_keras.outputs import model_io
+from tl_keras.stages import finetune
+from tl_keras.stages import pretrain
+from tl_keras.stages import transfer
 
 COMMON_METRICS = {"test_accuracy", "wall_seconds", "epochs", "num_train", "num_test", "classes"}
 
@@ -30,7 +34,7 @@ def test_pretrain_learns_the_source_digits(source_model):
   assert COMMON_METRICS <= set(metrics)
   assert metrics["classes"] == ["0", "1", "2", "3", "4"]
   assert metrics["num_train"] == 5 * 600 and metrics["num_test"] == 5 * 200
-  saved = _read_json(os.path.join(os.path.dirname(path), pretrain.METRICS_FILENAME))
+  saved = _read_json(os.path.join(os.path.dirname(path), artifacts.METRICS["pretrain"]))
   assert saved["test_accuracy"] == metrics["test_accuracy"]
   assert model_io.read_metadata(path)["class_names"] == ["0", "1", "2", "3", "4"]
 
@@ -40,8 +44,9 @@ def test_pretrain_accepts_injected_data(tmp_path):
   # Two trivially separable classes: dark and bright images.
   x = np.concatenate([rng.integers(0, 60, (64, 28, 28)), rng.integers(200, 256, (64, 28, 28))])
   y = np.repeat([0, 1], 64)
-  dataset = data.LabeledData(x.astype(np.uint8), y, x.astype(np.uint8), y, ["dark", "bright"])
-  metrics = pretrain.run(pretrain.PretrainConfig(output_dir=str(tmp_path), epochs=3, batch_size=16),
+  dataset = datasets.LabeledData(x.astype(np.uint8), y, x.astype(np.uint8), y, ["dark", "bright"])
+  metrics = pretrain.run(settings.make(settings.PretrainConfig, output_dir=str(tmp_path), epochs=3,
+                                       batch_size=16),
                          datasets_override=dataset)
   assert metrics["test_accuracy"] == 1.0
   assert model_io.read_metadata(str(tmp_path / "source_model.h5"))["class_names"] == [
@@ -51,14 +56,14 @@ def test_pretrain_accepts_injected_data(tmp_path):
 def test_transfer_matches_classes_by_name(source_model, small_mnist_dir, tmp_path):
   path, _ = source_model
   # Digits 3 and 4 are source classes: the source model should already know them.
-  config = transfer.TransferConfig(model=path, target="mnist:3-4", data_dir=small_mnist_dir,
-                                   output_dir=str(tmp_path))
+  config = settings.make(settings.TransferConfig, model=path, target="mnist:3-4",
+                         data_dir=small_mnist_dir, output_dir=str(tmp_path))
   metrics = transfer.run(config)
   assert COMMON_METRICS <= set(metrics)
   assert metrics["num_matched_by_name"] == 400
   assert metrics["test_accuracy"] > 0.95
   assert metrics["epochs"] == 0 and metrics["images_per_second"] > 0
-  with open(tmp_path / transfer.PREDICTIONS_FILENAME) as f:
+  with open(tmp_path / artifacts.PREDICTIONS) as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 400
   assert set(rows[0]) == {"index", "predicted_class", "confidence", "true_label"}
@@ -68,8 +73,8 @@ def test_transfer_matches_classes_by_name(source_model, small_mnist_dir, tmp_pat
 
 def test_transfer_to_new_classes_has_no_accuracy(source_model, small_mnist_dir, tmp_path):
   path, _ = source_model
-  config = transfer.TransferConfig(model=path, target="mnist:5-9", data_dir=small_mnist_dir,
-                                   output_dir=str(tmp_path))
+  config = settings.make(settings.TransferConfig, model=path, target="mnist:5-9",
+                         data_dir=small_mnist_dir, output_dir=str(tmp_path))
   metrics = transfer.run(config)
   assert metrics["test_accuracy"] is None and metrics["num_matched_by_name"] == 0
   assert set(metrics["predicted_source_classes"]) == {"5", "6", "7", "8", "9"}
@@ -78,10 +83,10 @@ def test_transfer_to_new_classes_has_no_accuracy(source_model, small_mnist_dir, 
 
 def _finetune(source_model, small_mnist_dir, output_dir, **overrides):
   path, _ = source_model
-  settings = dict(model=path, target="mnist:5-9", data_dir=small_mnist_dir,
+  values = dict(model=path, target="mnist:5-9", data_dir=small_mnist_dir,
                   output_dir=str(output_dir), epochs=3, strategy="default")
-  settings.update(overrides)
-  return finetune.FinetuneConfig(**settings)
+  values.update(overrides)
+  return settings.make(settings.FinetuneConfig, **values)
 
 
 def test_finetune_learns_the_target_and_exports(source_model, small_mnist_dir, tmp_path):
@@ -90,23 +95,23 @@ def test_finetune_learns_the_target_and_exports(source_model, small_mnist_dir, t
   assert COMMON_METRICS <= set(metrics)
   assert metrics["classes"] == ["5", "6", "7", "8", "9"]
   assert metrics["source_classes"] == ["0", "1", "2", "3", "4"]
-  h5_path = str(tmp_path / finetune.TARGET_MODEL_FILENAME)
+  h5_path = str(tmp_path / artifacts.TARGET_MODEL)
   metadata = model_io.read_metadata(h5_path)
   assert metadata["class_names"] == ["5", "6", "7", "8", "9"]
   assert metadata["source_class_names"] == ["0", "1", "2", "3", "4"]
   assert metadata["label_map"] == {"5": 0, "6": 1, "7": 2, "8": 3, "9": 4}
   assert sorted(os.listdir(tmp_path)) == sorted([
-      finetune.TARGET_MODEL_FILENAME, finetune.SAVED_MODEL_DIRNAME, finetune.METRICS_FILENAME,
-      finetune.CURVES_FILENAME, finetune.CONFUSION_FILENAME, finetune.MISCLASSIFIED_FILENAME,
+      artifacts.TARGET_MODEL, artifacts.SAVED_MODEL_DIR, artifacts.METRICS["finetune"],
+      artifacts.FINETUNE_CURVES, artifacts.CONFUSION, artifacts.MISCLASSIFIED,
       "report.md"])
 
   # The SavedModel, in a fresh process that never imports tl_keras, takes raw uint8 images.
-  target = data.load_target("mnist:5-9", small_mnist_dir)
+  target = targets.load_target("mnist:5-9", small_mnist_dir)
   images_path = tmp_path.parent / "images.npz"
   np.savez(images_path, x=target.x_test[:, :, :, None], y=target.y_test)
   script = f"""
 import json, numpy as np, tensorflow as tf
-loaded = tf.saved_model.load({str(tmp_path / finetune.SAVED_MODEL_DIRNAME)!r})
+loaded = tf.saved_model.load({str(tmp_path / artifacts.SAVED_MODEL_DIR)!r})
 serve = loaded.signatures["serving_default"]
 batch = np.load({str(images_path)!r})
 out = serve(images=tf.constant(batch["x"]))
@@ -120,9 +125,10 @@ print(json.dumps({{"accuracy": float((out["class_id"].numpy() == batch["y"]).mea
   assert served["shape"] == [1000, 5]
   assert served["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
   reloaded = loading.load_model(h5_path)
-  expected = reloaded.predict(data.preprocess_images(target.x_test[:5], (28, 28, 1)), verbose=0)
+  expected = reloaded.predict(preprocessing.preprocess_images(target.x_test[:5], (28, 28, 1)),
+                              verbose=0)
   np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
-  with open(tmp_path / finetune.SAVED_MODEL_DIRNAME / "assets" / model_io.CLASS_NAMES_ASSET) as f:
+  with open(tmp_path / artifacts.SAVED_MODEL_DIR / "assets" / artifacts.CLASS_NAMES_ASSET) as f:
     assert f.read().split() == ["5", "6", "7", "8", "9"]
 
 
@@ -139,7 +145,7 @@ def test_finetune_only_head_keeps_source_features(source_model, small_mnist_dir,
                                    learning_rate=0.01))
   assert metrics["trainable_layers"] == ["target_classifier"]
   source = loading.load_model(path)
-  target = loading.load_model(str(tmp_path / finetune.TARGET_MODEL_FILENAME))
+  target = loading.load_model(str(tmp_path / artifacts.TARGET_MODEL))
   for name in ("features_conv1", "features_conv2", "features_dense"):
     for before, after in zip(source.get_layer(name).get_weights(),
                              target.get_layer(name).get_weights()):
@@ -150,8 +156,9 @@ def test_finetune_only_head_keeps_source_features(source_model, small_mnist_dir,
 def test_tensorboard_logs_go_under_the_output_dir(tmp_path):
   x = np.zeros((32, 28, 28), np.uint8)
   y = np.repeat([0, 1], 16)
-  dataset = data.LabeledData(x, y, x, y, ["a", "b"])
-  pretrain.run(pretrain.PretrainConfig(output_dir=str(tmp_path), epochs=1, tensorboard=True),
+  dataset = datasets.LabeledData(x, y, x, y, ["a", "b"])
+  pretrain.run(settings.make(settings.PretrainConfig, output_dir=str(tmp_path), epochs=1,
+                             tensorboard=True),
                datasets_override=dataset)
   events = [name for _, _, files in os.walk(tmp_path / "logs" / "pretrain") for name in files]
   assert any(name.startswith("events.out.tfevents") for name in events)

@@ -2,11 +2,12 @@
 
 import numpy as np
 
-from tl_keras import model_io
 from tl_keras import models
-from tl_keras import transfer
+from tl_keras import settings
 from tl_keras import transferability
 from tl_keras.keras_api import keras
+from tl_keras.outputs import model_io
+from tl_keras.stages import transfer
 
 
 def _blobs(informative, seed=0, n=300, d=16):
@@ -68,8 +69,8 @@ def test_trained_source_ranks_above_random_source_on_digits_5_to_9(source_model,
   model_io.save_h5(models.build_source_model((28, 28, 1), 5), random_path, {})
   results = {}
   for name, path in (("trained", source_model[0]), ("random", random_path)):
-    config = transfer.TransferConfig(model=path, data_dir=small_mnist_dir, train_per_class=100,
-                                     output_dir=str(tmp_path / name))
+    config = settings.make(settings.TransferConfig, model=path, data_dir=small_mnist_dir,
+                           train_per_class=100, output_dir=str(tmp_path / name))
     results[name] = transfer.run(config)
   trained, random = results["trained"], results["random"]
   assert trained["num_train"] == 500

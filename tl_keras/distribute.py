@@ -11,9 +11,10 @@ from typing import Any, Dict, Iterator, Optional
 import tensorflow as tf
 
 from tl_keras import interrupts
+from tl_keras import settings
 from tl_keras.errors import UserError
 
-STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
+STRATEGIES = settings.STRATEGIES
 _TF_CONFIG_HELP = "see README 'Training on several machines'"
 _TASK_TYPES = ("chief", "worker")
 
@@ -46,6 +47,13 @@ def get_distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
   # mirrored: all GPUs, else every logical CPU device.
   devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
   return tf.distribute.MirroredStrategy(devices)
+
+
+def check_devices(runtime: settings.RuntimeSettings) -> None:
+  """Refuses what this machine cannot run: --mixed_precision without a GPU."""
+  if runtime.mixed_precision and not tf.config.list_physical_devices("GPU"):
+    raise UserError("--mixed_precision needs a GPU: float16 on a CPU is slower, not faster; "
+                    "drop the flag here")
 
 
 def check_tf_config(text: str) -> Dict[str, Any]:

@@ -41,7 +41,6 @@ from typing import Any, Dict, Iterable, Iterator, Tuple
 
 import h5py
 import tensorflow as tf
-import tensorflow_hub as hub
 
 from tl_keras import limits
 from tl_keras.errors import UserError
@@ -613,11 +612,18 @@ def _check_activations(model: keras.Model, source: str) -> None:
 
 def resolve_saved_model(handle: str) -> str:
   """A local SavedModel folder for a folder path or a TF Hub handle (cached in $TFHUB_CACHE_DIR)."""
+  if os.path.isdir(handle):
+    return _checked_saved_model(handle, handle)
+  import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top (slow to import)
   try:
     path = hub.resolve(handle)
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(f"cannot fetch model {handle} ({type(e).__name__}); if offline, download it "
                     "and pass its folder, or pre-fill $TFHUB_CACHE_DIR") from e
+  return _checked_saved_model(handle, path)
+
+
+def _checked_saved_model(handle: str, path: str) -> str:
   if not os.path.isfile(os.path.join(path, "saved_model.pb")):
     raise UserError(f"{handle} is not a SavedModel (no saved_model.pb in {path})")
   return os.path.realpath(path)
@@ -633,6 +639,7 @@ def _hub_model(path: str, source: str) -> keras.Model:
     shape = specs[0].shape if specs else "no signature"
     raise UserError(f"cannot use {source} as an image model: its __call__ takes {shape}, "
                     "not a fixed-size image batch [N,H,W,C]")
+  import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top (slow to import)
   inputs = keras.Input(shape=specs[0].shape[1:], name="image")
   outputs = hub.KerasLayer(path, trainable=True, name="hub")(inputs)
   return keras.Model(inputs, outputs, name="hub_model")

@@ -1,14 +1,14 @@
 """Model building: the source CNN, the target model on its features, and optimizers."""
 
-import dataclasses
 import hashlib
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from tl_keras import data
-from tl_keras import ranges
+from tl_keras import settings
+from tl_keras.preprocessing import preprocess_images
+from tl_keras.ranges import check_value
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 
@@ -16,17 +16,10 @@ SOURCE_CLASSIFIER = "classifier"
 TARGET_CLASSIFIER = "target_classifier"
 FEATURE_PREFIX = "features_"
 HEAD_PREFIX = "target_head_"
-HEAD_INITS = ("random", "probe")
-
-# Adadelta's Keras default (0.001) is a thousand times too small for this CNN; 1.0 is the
-# rate of the original paper and of the classic Keras MNIST examples.
-DEFAULT_LEARNING_RATES = {"adadelta": 1.0, "adam": 1e-3}
-OPTIMIZERS = tuple(DEFAULT_LEARNING_RATES)
-DEFAULT_CONV_FILTERS = (16, 32)
 
 
 def build_source_model(input_shape: Sequence[int], num_classes: int,
-                       conv_filters: Sequence[int] = DEFAULT_CONV_FILTERS) -> keras.Model:
+                       conv_filters: Sequence[int] = settings.DEFAULT_CONV_FILTERS) -> keras.Model:
   """The source CNN: named `features_*` layers, then a softmax Dense named `classifier`.
 
   Each entry of `conv_filters` adds a 3x3 convolution and a 2x2 max pooling. The default, 16
@@ -53,14 +46,14 @@ def build_source_model(input_shape: Sequence[int], num_classes: int,
 
 def parse_conv_filters(spec: str) -> Tuple[int, ...]:
   """'16,32' -> (16, 32): filters of the source CNN's convolutions, one to three of them, each
-  in `ranges.RANGES['conv_filters']`."""
+  in `settings.CONV_FILTERS`."""
   parts = [part.strip() for part in spec.split(",")]
   if not 1 <= len(parts) <= 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
     raise UserError(f"invalid --conv_filters={spec!r}: use one to three positive whole numbers "
                     "separated by commas, e.g. 16,32")
   filters = tuple(int(part) for part in parts)
   for count in filters:
-    ranges.check_value("conv_filters", count)
+    check_value("conv_filters", count, settings.CONV_FILTERS)
   return filters
 
 
@@ -93,27 +86,8 @@ def feature_layers(model: keras.Model) -> List[keras.layers.Layer]:
           if layer is not classifier and not isinstance(layer, keras.layers.InputLayer)]
 
 
-@dataclasses.dataclass
-class HeadSettings:
-  """The new head: where it sits, an optional hidden Dense layer, dropout, and L2 weight decay
-  on its kernels."""
-  features_layer: Optional[str] = None  # None: the source classifier's input
-  head_units: int = 0  # 0: the softmax classifier sits directly on the source features
-  head_dropout: float = 0.0
-  head_l2: float = 0.0
-  head_init: str = "random"  # or "probe": the classifier starts as a linear probe's solution
-
-  def validate(self) -> None:
-    ranges.check(self)  # head_units, head_dropout, head_l2 (and any subclass's numbers)
-    if self.head_init not in HEAD_INITS:
-      raise UserError(f"invalid --head_init={self.head_init!r}: use one of {', '.join(HEAD_INITS)}")
-    if self.head_init == "probe" and self.head_units:
-      raise UserError("--head_init=probe fits the classifier on the source features, so it "
-                      "needs --head_units=0")
-
-
 def build_target_model(source_model: keras.Model, num_classes: int, unfreeze: str = "all",
-                       head: HeadSettings = HeadSettings()) -> keras.Model:
+                       head: settings.HeadSettings = settings.HeadSettings()) -> keras.Model:
   """Cuts the source model at its features, adds a new head (layers `target_*`) and sets which
   layers train.
 
@@ -218,11 +192,11 @@ def select_unfrozen(layers: Sequence[keras.layers.Layer], unfreeze: str) -> List
 def learning_rate_for(name: str, learning_rate: Optional[float] = None,
                       flag: str = "learning_rate") -> float:
   """The learning rate to use: `learning_rate`, or the default of optimizer `name`; a
-  UserError naming `flag` if it is outside `ranges.RANGES[flag]`."""
-  if name not in DEFAULT_LEARNING_RATES:
-    raise UserError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
-  ranges.check_value(flag, learning_rate)
-  return DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate
+  UserError naming `flag` if it is outside `settings.LEARNING_RATE`."""
+  if name not in settings.DEFAULT_LEARNING_RATES:
+    raise UserError(f"unknown optimizer {name!r}: use one of {', '.join(settings.OPTIMIZERS)}")
+  check_value(flag, learning_rate, settings.LEARNING_RATE)
+  return settings.DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate
 
 
 def make_optimizer(name: str, learning_rate: Optional[float] = None):
@@ -253,14 +227,14 @@ def image_input_shape(model: keras.Model, source: str) -> Tuple[int, int, int]:
 
 
 def predict(model: keras.Model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-  """The model's outputs for raw images (any form `data.preprocess_images` takes).
+  """The model's outputs for raw images (any form `preprocess_images` takes).
 
   One traced function over large batches: 3.2x the throughput of `model.predict` on the
   same NumPy array in bench/ (2 CPU cores), which pays Keras's per-batch loop overhead.
   """
   input_shape = model.input_shape[1:]
   forward = tf.function(
-      lambda batch: model(data.preprocess_images(batch, input_shape), training=False),
+      lambda batch: model(preprocess_images(batch, input_shape), training=False),
       input_signature=[tf.TensorSpec([None, *images.shape[1:]], tf.as_dtype(images.dtype))])
   return np.concatenate([forward(images[start:start + batch_size]).numpy()
                          for start in range(0, len(images), batch_size)])

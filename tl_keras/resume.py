@@ -7,7 +7,6 @@ settings is refused rather than silently restored, a note of the epoch a run res
 and clean-up once training finishes.
 """
 
-import dataclasses
 import json
 import os
 import shutil
@@ -15,20 +14,18 @@ from typing import Any, Dict
 
 import tensorflow as tf
 
+from tl_keras import artifacts
 from tl_keras import interrupts
+from tl_keras import settings
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 
-BACKUP_DIRNAME = ".tl_keras_backup"
-_BACKUP_SETTINGS_FILENAME = "settings.json"
-# Settings a resumed run may change; any other change refuses to resume.
-_FREE_ON_RESUME = ("output_dir", "data_dir", "resume", "deterministic", "strategy",
-                   "tensorboard", "jit_compile")
+_BACKUP_SETTINGS_FILENAME = artifacts.BACKUP_SETTINGS
 
 
 def backup_dir(output_dir: str, stage: str) -> str:
   """The folder holding a stage's training-state backup while it trains."""
-  return os.path.join(output_dir, BACKUP_DIRNAME, stage)
+  return os.path.join(output_dir, artifacts.BACKUP_DIR, stage)
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -92,18 +89,18 @@ def has_backup(path: str) -> bool:
           set(os.listdir(path)) != {_BACKUP_SETTINGS_FILENAME})
 
 
-def prepare_backup(settings, path: str, chief: bool) -> Dict[str, Any]:
-  """Deletes the backup in `path`, or with `settings.resume` checks its settings match.
+def prepare_backup(config, path: str, chief: bool) -> Dict[str, Any]:
+  """Deletes the backup in `path`, or with `config.runtime.resume` checks its settings match
+  (all but those free on resume, see `settings.recorded_on_resume`).
 
   Returns the settings to record beside a new backup. Keras would restore a backup made with
   other settings regardless (learning rate included, or fail on a shape mismatch). The chief
   deletes and writes; every worker restores from the chief's backup, so with several machines
   `path` must be on a file system they share.
   """
-  current = json.loads(json.dumps({k: v for k, v in dataclasses.asdict(settings).items()
-                                   if k not in _FREE_ON_RESUME}))
+  current = json.loads(json.dumps(settings.recorded_on_resume(config)))
   settings_path = os.path.join(path, _BACKUP_SETTINGS_FILENAME)
-  if not settings.resume:
+  if not config.runtime.resume:
     if chief:
       shutil.rmtree(path, ignore_errors=True)
   elif has_backup(path):

@@ -7,43 +7,24 @@ suit the target classes (`linear_probe_accuracy`, `logme`; see `transferability`
 """
 
 import csv
-import dataclasses
 import os
 import time
 from typing import Any, Dict, Optional
 
 import numpy as np
 
-from tl_keras import data
+from tl_keras import artifacts
 from tl_keras import limits
 from tl_keras import loading
-from tl_keras import model_io
 from tl_keras import models
-from tl_keras import plots
-from tl_keras import pretrain
-from tl_keras import ranges
-from tl_keras import training
+from tl_keras import settings
+from tl_keras import targets
 from tl_keras import transferability
-
-PREDICTIONS_FILENAME = "predictions.csv"
-METRICS_FILENAME = "transfer_metrics.json"
-CONFUSION_FILENAME = "transfer_confusion.png"
+from tl_keras.datasets import LabeledData
+from tl_keras.outputs import files
+from tl_keras.outputs import model_io
+from tl_keras.outputs import summary
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-@dataclasses.dataclass
-class TransferConfig(data.TargetOptions):
-  model: str = os.path.join("saved_models", pretrain.SOURCE_MODEL_FILENAME)
-  data_dir: Optional[str] = None
-  output_dir: str = "saved_models"
-  batch_size: int = 1024
-  seed: int = 42  # for --train_per_class and --test_split
-  features_layer: Optional[str] = None  # None: the classifier's input, as in finetune
-  allow_unsafe_deserialization: bool = False
-  max_model_mb: int = limits.MAX_MODEL_BYTES // limits.MIB  # see loading.load_model
-
-  def validate(self) -> None:
-    ranges.check(self)
 
 
 def csv_cell(text: str) -> str:
@@ -53,19 +34,19 @@ def csv_cell(text: str) -> str:
   return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-def run(config: TransferConfig,
-        datasets_override: Optional[data.LabeledData] = None) -> Dict[str, Any]:
+def run(config: settings.TransferConfig,
+        datasets_override: Optional[LabeledData] = None) -> Dict[str, Any]:
   """Predicts on the target test split; writes predictions.csv and transfer_metrics.json."""
   start = time.perf_counter()
-  config.validate()
-  output_dir = model_io.prepare_output_dir(config.output_dir)
-  model = loading.load_model(config.model, config.allow_unsafe_deserialization,
-                             config.max_model_mb * limits.MIB)
-  input_shape = models.image_input_shape(model, config.model)  # refuses non-image models
-  source_names = model_io.class_names_of(model, model_io.read_metadata(config.model),
-                                         config.model)
-  target = datasets_override or data.prepare_target(config, input_shape, config.data_dir,
-                                                    config.seed)
+  settings.validate(config)
+  output_dir = files.prepare_output_dir(config.paths.output_dir)
+  source = config.load.model
+  model = loading.load_model(source, config.load.allow_unsafe_deserialization,
+                             config.load.max_model_mb * limits.MIB)
+  input_shape = models.image_input_shape(model, source)  # refuses non-image models
+  source_names = model_io.class_names_of(model, model_io.read_metadata(source), source)
+  target = datasets_override or targets.prepare_target(config.target, input_shape,
+                                                       config.paths.data_dir, config.seed)
 
   predict_start = time.perf_counter()
   probabilities = models.predict(model, target.x_test, config.batch_size)
@@ -79,8 +60,8 @@ def run(config: TransferConfig,
   test_accuracy = (float((predicted_names[matched] == true_names[matched]).mean())
                    if matched.any() else None)
 
-  predictions_path = os.path.join(output_dir, PREDICTIONS_FILENAME)
-  with model_io.atomic_path(predictions_path) as temp, open(temp, "w", newline="") as f:
+  predictions_path = os.path.join(output_dir, artifacts.PREDICTIONS)
+  with files.atomic_path(predictions_path) as temp, open(temp, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["index", "predicted_class", "confidence", "true_label"])
     for index, (name, score, truth) in enumerate(zip(predicted_names, confidence, true_names)):
@@ -106,20 +87,22 @@ def run(config: TransferConfig,
       "num_test": int(len(target.x_test)),
       "classes": target.class_names,
       "source_classes": source_names,
-      "model": config.model,
+      "model": source,
       "target": target.description,
       "features_layer": config.features_layer,
   }
+  from tl_keras.outputs import plots  # pylint: disable=g-import-not-at-top (matplotlib)
   confusion_path = plots.plot_confusion_matrix(
-      target.y_test, predicted, target.class_names, os.path.join(output_dir, CONFUSION_FILENAME),
+      target.y_test, predicted, target.class_names,
+      os.path.join(output_dir, artifacts.TRANSFER_CONFUSION),
       "Before training: target classes as source classes",
       pred_class_names=source_names)
   metrics["plots"] = [os.path.basename(confusion_path)]
-  metrics_path = os.path.join(output_dir, METRICS_FILENAME)
-  report_path = training.write_metrics(metrics, metrics_path, start)
-  training.print_summary("transfer", metrics, {"predictions": predictions_path,
-                                               "metrics": metrics_path, "plot": confusion_path,
-                                               "report": report_path})
+  metrics_path = os.path.join(output_dir, artifacts.METRICS["transfer"])
+  report_path = summary.write_metrics(metrics, metrics_path, start)
+  summary.print_summary("transfer", metrics, {"predictions": predictions_path,
+                                              "metrics": metrics_path, "plot": confusion_path,
+                                              "report": report_path})
   if test_accuracy is None:
     print("  (no target class is a source class, so accuracy before training is undefined; "
           "see predicted_source_classes in the metrics)")

@@ -14,7 +14,7 @@ from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tl_keras import model_io
+from tl_keras.outputs.files import atomic_path
 
 DPI = 100
 NO_MISTAKES_TEXT = "no misclassified images"
@@ -25,7 +25,7 @@ _GRID_COLUMNS = 5
 
 def _save(figure: Figure, path: str) -> str:
   FigureCanvasAgg(figure)
-  with model_io.atomic_path(path) as temp:
+  with atomic_path(path) as temp:
     figure.savefig(temp, format="png", dpi=DPI)
   figure.clear()
   return os.fspath(path)

@@ -6,18 +6,14 @@ import unicodedata
 import urllib.parse
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from tl_keras import model_io
+from tl_keras import artifacts
+from tl_keras import settings
+from tl_keras.outputs.files import atomic_path
 
-REPORT_FILENAME = "report.md"
-# The metrics file each stage writes into its output folder.
-METRICS_FILENAMES = {
-    "pretrain": "source_metrics.json",
-    "transfer": "transfer_metrics.json",
-    "finetune": "finetune_metrics.json",
-}
-_SETTINGS = ("conv_filters", "optimizer", "learning_rate", "epochs", "warmup_epochs",
-             "batch_size", "strategy", "num_replicas", "unfreeze", "features_layer", "head_init",
-             "augment", "validation_split", "target", "classes")
+# Metrics listed with the settings (they are none), each after the setting it belongs to.
+_LISTED_AFTER = {"strategy": "num_replicas", "target": "classes"}
+_SETTINGS = tuple(key for setting in settings.report_keys()
+                  for key in (setting, _LISTED_AFTER.get(setting)) if key)
 # (metrics key, label, format); training stages time images/s while training, transfer while
 # predicting.
 _RESULTS = (
@@ -48,7 +44,7 @@ def escape_markdown(text: str) -> str:
 def load_stage_metrics(output_dir: str) -> Dict[str, Dict[str, Any]]:
   """Reads the metrics files present in `output_dir`: {"pretrain": {...}, ...}."""
   stages = {}
-  for stage, filename in METRICS_FILENAMES.items():
+  for stage, filename in artifacts.METRICS.items():
     path = os.path.join(output_dir, filename)
     if os.path.isfile(path):
       with open(path) as f:
@@ -106,7 +102,7 @@ def write_report(output_dir: str, stages: Mapping[str, Mapping[str, Any]],
   relative to `output_dir`. Stages appear in pipeline order, any other names after them.
   """
   plots = plots or {}
-  known = [stage for stage in METRICS_FILENAMES if stage in stages or stage in plots]
+  known = [stage for stage in artifacts.METRICS if stage in stages or stage in plots]
   names = list(dict.fromkeys([*known, *stages, *plots]))
 
   lines = ["# tl_keras run report", ""]
@@ -123,8 +119,8 @@ def write_report(output_dir: str, stages: Mapping[str, Mapping[str, Any]],
   for stage in names:
     lines += _stage_section(stage, stages.get(stage, {}), plots.get(stage, ()), output_dir)
 
-  path = os.path.join(output_dir, REPORT_FILENAME)
-  with model_io.atomic_path(path) as temp, open(temp, "w") as f:
+  path = os.path.join(output_dir, artifacts.REPORT)
+  with atomic_path(path) as temp, open(temp, "w") as f:
     f.write("\n".join(lines).rstrip("\n") + "\n")
   return path
 

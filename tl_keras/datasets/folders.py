@@ -1,10 +1,10 @@
-"""Targets from image folders: one subfolder per class, read into a `data.LabeledData`.
+"""Targets from image folders: one subfolder per class, read into a `datasets.LabeledData`.
 
 The folder holds either `train/` and `test/`, each with one subfolder per class, or the class
 subfolders themselves, split into train and test per class with a seeded fraction. Any image
 TensorFlow decodes (PNG, JPEG, BMP, GIF: first frame) of any size, colour or grey, is fitted
-to the model's input by `data.preprocess_images`; files that do not decode are listed in one
-warning and skipped.
+to the model's input by `preprocessing.preprocess_images`; files that do not decode are listed
+in one warning and skipped.
 
 The folder is untrusted input: only regular files that resolve to inside it are opened (FIFOs,
 devices, sockets and symlinks pointing elsewhere are skipped unread), and each file's size
@@ -21,8 +21,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tl_keras import data
+from tl_keras import datasets
 from tl_keras import limits
+from tl_keras import preprocessing
 from tl_keras.errors import UserError
 from tl_keras.errors import warn
 
@@ -41,7 +42,7 @@ def _class_dirs(folder: str) -> List[str]:
   if not names:
     raise UserError(f"{folder} has no class subfolders: put each class's images in a folder "
                     "named after the class")
-  return data.check_class_names(names, f"class folder in {data.shown(folder)}")
+  return datasets.check_class_names(names, f"class folder in {datasets.shown(folder)}")
 
 
 def _inside(path: str, root: str) -> bool:
@@ -54,7 +55,7 @@ def _read_file(path: str, root: str) -> Optional[bytes]:
   real = os.path.realpath(path)
   if not _inside(real, root):
     return None
-  return data.read_regular_file(real, limits.MAX_IMAGE_FILE_BYTES, "image file")
+  return datasets.read_regular_file(real, limits.MAX_IMAGE_FILE_BYTES, "image file")
 
 
 def _gif_frame_pixels(contents: bytes) -> int:
@@ -105,7 +106,7 @@ def _declared_pixels(contents: bytes, path: str) -> Optional[int]:
     except Exception:  # pylint: disable=broad-except (any plugin error: not an image we read)
       return None
   if pixels > limits.MAX_IMAGE_PIXELS:
-    raise UserError(f"image {data.shown(path)} declares {declared}, more than "
+    raise UserError(f"image {datasets.shown(path)} declares {declared}, more than "
                     f"the limit of {limits.MAX_IMAGE_PIXELS:,} (tl_keras.limits.MAX_IMAGE_PIXELS);"
                     " shrink or remove it")
   return pixels
@@ -143,12 +144,13 @@ def _read_classes(folder: str, class_names: Sequence[str], labels: Sequence[int]
         pass  # vanished: listed as unreadable below
       pixels = _decode(path, root)
       if pixels is None:
-        unreadable.append(data.shown(path))
+        unreadable.append(datasets.shown(path))
         continue
       try:
-        images.append(data.preprocess_images(pixels[np.newaxis], input_shape, fit).numpy()[0])
+        images.append(
+            preprocessing.preprocess_images(pixels[np.newaxis], input_shape, fit).numpy()[0])
       except tf.errors.InvalidArgumentError:  # so thin that padding scales it to nothing
-        unreadable.append(data.shown(path))
+        unreadable.append(datasets.shown(path))
         continue
       image_labels.append(label)
       count += 1
@@ -158,7 +160,7 @@ def _read_classes(folder: str, class_names: Sequence[str], labels: Sequence[int]
 
 
 def load_image_folder(path: str, input_shape: Sequence[int], fit: str = "resize",
-                      test_split: float = 0.2, seed: int = 42) -> data.LabeledData:
+                      test_split: float = 0.2, seed: int = 42) -> datasets.LabeledData:
   """Reads a class-per-subfolder image target, fitted to `input_shape` (float32 in [0, 1]).
 
   With `train/` and `test/` subfolders they are the splits (test classes must occur in
@@ -191,7 +193,7 @@ def load_image_folder(path: str, input_shape: Sequence[int], fit: str = "resize"
     class_names = _class_dirs(path)
     images, labels = _read_classes(path, class_names, range(len(class_names)), input_shape,
                                    fit, root, unreadable)
-    train_index, test_index = data.split_per_class(labels, test_split, seed)
+    train_index, test_index = datasets.split_per_class(labels, test_split, seed)
     if not len(test_index):
       raise UserError(f"{path}: too few images for a test split of {test_split}; add images or "
                       "use train/ and test/ subfolders")
@@ -203,5 +205,5 @@ def load_image_folder(path: str, input_shape: Sequence[int], fit: str = "resize"
     warn(f"skipped {len(unreadable)} file(s) that are not readable images inside the folder: "
          f"{listed}"
          + (f" and {more} more" if more > 0 else ""))
-  return data.LabeledData(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+  return datasets.LabeledData(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                           class_names=class_names, description=f"dir:{path}")

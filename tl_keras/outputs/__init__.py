@@ -1,0 +1,1 @@
+"""What a run writes: files, models, plots, report.md and the end-of-stage summary."""

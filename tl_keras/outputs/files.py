@@ -1,0 +1,76 @@
+"""Writing files atomically: under a temporary name in the destination folder, then renamed.
+
+An interrupted run never leaves a half-written file where a good one was. No TensorFlow here,
+so plots and reports write their files without it.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Iterator
+
+from tl_keras import interrupts
+from tl_keras.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, is_dir: bool = False) -> Iterator[str]:
+  """Yields a temporary path beside `path`; renames it onto `path` if the block succeeds.
+
+  The temporary path is registered with `interrupts`, so a command stopped by a signal
+  deletes it; an exception deletes it here.
+  """
+  folder = os.path.dirname(os.path.abspath(path))
+  base = os.path.basename(path)
+  with interrupts.uninterrupted():
+    if is_dir:
+      temp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+    else:
+      handle, temp = tempfile.mkstemp(prefix=f".{base}.",
+                                      suffix=f".tmp{os.path.splitext(base)[1]}", dir=folder)
+      os.close(handle)
+    interrupts.track(temp)
+  try:
+    yield temp
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, (0o777 if is_dir else 0o666) & ~umask)  # mkstemp/mkdtemp made it private
+    old = temp + ".old"
+    with interrupts.uninterrupted():
+      if is_dir and os.path.isdir(path):
+        os.rename(path, old)
+        interrupts.track(old)
+        os.rename(temp, path)
+      else:
+        os.replace(temp, path)
+      interrupts.untrack(temp)
+    if os.path.isdir(old):
+      shutil.rmtree(old, ignore_errors=True)
+      interrupts.untrack(old)
+  except BaseException:
+    if os.path.isdir(temp):
+      shutil.rmtree(temp, ignore_errors=True)
+    elif os.path.exists(temp):
+      os.remove(temp)
+    interrupts.untrack(temp)
+    raise
+
+
+def write_json(path: str, payload: Dict[str, Any]) -> None:
+  with atomic_path(path) as temp, open(temp, "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+    f.write("\n")
+
+
+def prepare_output_dir(output_dir: str) -> str:
+  """Creates `output_dir` if needed and checks it is writable; returns it."""
+  try:
+    os.makedirs(output_dir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=output_dir):
+      pass
+  except OSError as e:
+    raise UserError(f"cannot write to output folder {output_dir} ({e.strerror}); "
+                    "choose another --output_dir") from e
+  return output_dir

@@ -1,0 +1,114 @@
+"""Model files: .h5 with class-name metadata, SavedModel export, reading the metadata back.
+
+Every model is written through `files.atomic_path` (a temporary name, then renamed).
+"""
+
+import json
+import os
+import warnings
+from typing import Any, Dict, List, Sequence
+
+import h5py
+import tensorflow as tf
+
+from tl_keras import artifacts
+from tl_keras import datasets
+from tl_keras import limits
+from tl_keras.errors import UserError
+from tl_keras.keras_api import keras
+from tl_keras.outputs.files import atomic_path
+from tl_keras.preprocessing import preprocess_images
+
+
+def save_h5(model: keras.Model, path: str, metadata: Dict[str, Any]) -> None:
+  """Saves `model` as HDF5 with `metadata` (class names etc.) as a JSON file attribute."""
+  with atomic_path(path) as temp, warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy", category=UserWarning)
+    model.save(temp, save_format="h5")
+    with h5py.File(temp, "a") as f:
+      f.attrs[artifacts.METADATA_ATTR] = json.dumps(metadata)
+
+
+def read_metadata(source: str) -> Dict[str, Any]:
+  """The tl_keras metadata of an .h5 file or SavedModel folder; {} where there is none.
+
+  A model file may come from anyone: metadata over limits.MAX_METADATA_BYTES, that is not a
+  JSON object, or with class names `datasets.check_class_names` refuses, is a UserError.
+  """
+  origin = f"model {datasets.shown(source)}"
+  try:
+    if os.path.isdir(source):
+      path = os.path.join(source, "assets", artifacts.METADATA_ASSET)
+      if not os.path.lexists(path):
+        return {}
+      text = datasets.read_regular_file(os.path.realpath(path), limits.MAX_METADATA_BYTES,
+                                    f"{origin}: metadata")
+      if text is None:
+        raise UserError(f"{origin}: assets/{artifacts.METADATA_ASSET} is not a regular file")
+    else:
+      with h5py.File(source, "r") as f:
+        text = f.attrs[artifacts.METADATA_ATTR]
+    if len(text) > limits.MAX_METADATA_BYTES:
+      raise UserError(f"{origin}: its metadata has {len(text):,} bytes, more than the limit of "
+                      f"{limits.MAX_METADATA_BYTES:,}")
+    metadata = json.loads(text)
+  except (OSError, KeyError, TypeError, ValueError):
+    return {}
+  if not isinstance(metadata, dict):
+    raise UserError(f"{origin}: its {artifacts.METADATA_ATTR} is not a JSON object")
+  for key in ("class_names", "source_class_names"):
+    if metadata.get(key) is not None:
+      datasets.check_class_names(metadata[key], f"{origin}, {key} in its metadata")
+  return metadata
+
+
+def class_names_of(model: keras.Model, metadata: Dict[str, Any],
+                   source: str = "the model") -> List[str]:
+  """The model's output class names: from metadata, else '0'..'k-1'.
+
+  Refuses names `datasets.check_class_names` refuses, and a count other than the model's outputs.
+  """
+  names = metadata.get("class_names")
+  units = model.output_shape[-1]
+  if not names:
+    return [str(i) for i in range(units)]
+  origin = f"model {datasets.shown(source)}"
+  names = datasets.check_class_names(names, f"{origin}, class_names in its metadata")
+  if isinstance(units, int) and len(names) != units:
+    raise UserError(f"{origin}: its metadata names {len(names)} classes but the model has "
+                    f"{units} outputs")
+  return names
+
+
+def export_saved_model(model: keras.Model, export_dir: str, class_names: Sequence[str],
+                       metadata: Dict[str, Any]) -> None:
+  """Exports a SavedModel whose `serving_default` signature takes raw uint8 images.
+
+  The signature's input `images` is a uint8 batch at the model's input size, [N,H,W,C] (or
+  [N,H,W] for one channel). It applies `preprocess_images` in the graph and returns
+  `probabilities` (float32 [N,k]) and `class_id` (int64 [N]). The class names ship as
+  assets/class_names.txt, one per line, and the metadata as assets/tl_keras_metadata.json.
+  """
+  input_shape = tuple(model.input_shape[1:])
+
+  # Unknown rank, so that one signature takes both [N,H,W,C] and (grey) [N,H,W].
+  @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
+  def serve(images):
+    images = tf.cond(tf.rank(images) == 3, lambda: images[..., tf.newaxis], lambda: images)
+    images = tf.ensure_shape(images, [None, *input_shape])
+    count = tf.shape(images)[0]
+    # Convolutions fail on an empty batch (oneDNN): run one blank image then and keep none.
+    batch = tf.cond(count > 0, lambda: images, lambda: tf.zeros([1, *input_shape], tf.uint8))
+    probabilities = model(preprocess_images(batch, input_shape), training=False)[:count]
+    return {"probabilities": probabilities,
+            "class_id": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
+
+  with atomic_path(export_dir, is_dir=True) as temp:
+    model.save(temp, save_format="tf", signatures={"serving_default": serve},
+               include_optimizer=False)
+    assets = os.path.join(temp, "assets")
+    os.makedirs(assets, exist_ok=True)
+    with open(os.path.join(assets, artifacts.CLASS_NAMES_ASSET), "w") as f:
+      f.write("".join(f"{name}\n" for name in class_names))
+    with open(os.path.join(assets, artifacts.METADATA_ASSET), "w") as f:
+      json.dump(metadata, f, indent=2)

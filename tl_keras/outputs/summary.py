@@ -1,0 +1,57 @@
+"""The end of a stage: its metrics file, report.md and the summary it prints."""
+
+import os
+import time
+from typing import Any, Dict, Optional
+
+import tensorflow as tf
+
+from tl_keras import distribute
+from tl_keras.outputs import files
+from tl_keras.outputs import report
+
+
+def write_metrics(metrics: Dict[str, Any], path: str, start: float,
+                  chief: bool = True) -> Optional[str]:
+  """Adds `wall_seconds` since `start`, writes the metrics file, and on the chief rewrites the
+  folder's report.md; returns the report's path (None elsewhere)."""
+  metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
+  files.write_json(path, metrics)
+  return report.update_report(os.path.dirname(path)) if chief else None
+
+
+def print_summary(stage: str, metrics: Dict[str, Any], artifacts: Dict[str, str],
+                  strategy: Optional[tf.distribute.Strategy] = None) -> None:
+  """Prints a short end-of-stage summary: key metrics and where the files went.
+
+  Prints nothing on the non-chief workers of a multi-worker `strategy`.
+  """
+  if strategy is not None and not distribute.is_chief(strategy):
+    print(f"{stage} done on this worker: weights sha256 {metrics.get('weights_sha256')}",
+          flush=True)
+    return
+  lines = [f"== {stage} done in {metrics['wall_seconds']:.1f} s =="]
+  accuracy = metrics.get("test_accuracy")
+  if accuracy is not None:
+    lines.append(f"  test accuracy   {accuracy:.2%} on {metrics['num_test']} images")
+  if "train_seconds" in metrics:
+    epochs = f"{metrics['epochs']} epochs"
+    if metrics.get("resumed_from_epoch"):
+      epochs += f" (resumed after epoch {metrics['resumed_from_epoch']})"
+    lines.append(f"  training        {epochs} on {metrics['num_train']} images, "
+                 f"{metrics['train_seconds']:.1f} s ({metrics['strategy']}, "
+                 f"{metrics['num_replicas']} replica(s))")
+  if "linear_probe_accuracy" in metrics:
+    lines.append(f"  transferability linear probe {metrics['linear_probe_accuracy']:.2%}, "
+                 f"LogME {metrics['logme']:.3f} (source features on the target's "
+                 f"{metrics['num_train']} training images)")
+  if "transfer_gain" in metrics:
+    lines.append(f"  from scratch    {metrics['scratch_test_accuracy']:.2%}: transfer gain "
+                 f"{metrics['transfer_gain'] * 100:+.2f} points")
+  if "images_per_second" in metrics:
+    lines.append(f"  inference       {metrics['images_per_second']:.0f} images/s, mean confidence "
+                 f"{metrics['mean_confidence']:.2%}")
+  lines.append(f"  classes         {', '.join(metrics['classes'])}")
+  for name, path in artifacts.items():
+    lines.append(f"  {name:<15} {path}")
+  print("\n".join(lines), flush=True)

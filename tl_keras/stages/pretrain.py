@@ -1,0 +1,61 @@
+"""Stage 1: train the source CNN on MNIST digits and save it as an .h5 file."""
+
+import os
+import time
+from typing import Any, Dict, Optional
+
+import tensorflow as tf
+
+import tl_keras
+from tl_keras import artifacts
+from tl_keras import distribute
+from tl_keras import models
+from tl_keras import settings
+from tl_keras import training
+from tl_keras.datasets import LabeledData
+from tl_keras.datasets import mnist
+from tl_keras.outputs import files
+from tl_keras.outputs import model_io
+from tl_keras.outputs import summary
+
+MNIST_INPUT_SHAPE = (28, 28, 1)
+
+
+def run(config: settings.PretrainConfig, datasets_override: Optional[LabeledData] = None,
+        strategy_override: Optional[tf.distribute.Strategy] = None) -> Dict[str, Any]:
+  """Trains the source model; writes source_model.h5 and source_metrics.json. Returns metrics.
+
+  `datasets_override` replaces the MNIST subset (tests pass small data); `strategy_override`
+  replaces the strategy named by `config.runtime.strategy`.
+  """
+  start = time.perf_counter()
+  settings.validate(config)
+  distribute.check_devices(config.runtime)
+  strategy = strategy_override or distribute.get_distribution_strategy(config.runtime.strategy)
+  classes = mnist.parse_classes(config.source.source_classes)
+  conv_filters = models.parse_conv_filters(config.source.conv_filters)
+  output_dir = files.prepare_output_dir(config.paths.output_dir)
+  dataset = datasets_override or mnist.mnist_subset(classes, config.paths.data_dir)
+
+  model, metrics = training.fit_and_evaluate(
+      lambda: models.build_source_model(MNIST_INPUT_SHAPE, dataset.num_classes,
+                                         conv_filters),
+      dataset, config, strategy, stage="pretrain")
+  metrics["conv_filters"] = list(conv_filters)
+
+  metadata = {**dataset.metadata(), "stage": "pretrain",
+              "source_class_names": dataset.class_names, "tl_keras_version": tl_keras.__version__}
+  with distribute.worker_output_dir(strategy, output_dir) as save_dir:
+    artifact_paths = {"model": os.path.join(save_dir, artifacts.SOURCE_MODEL),
+                      "metrics": os.path.join(save_dir, artifacts.METRICS["pretrain"])}
+    model_io.save_h5(model, artifact_paths["model"], metadata)
+    if distribute.is_chief(strategy):
+      from tl_keras.outputs import plots  # pylint: disable=g-import-not-at-top (matplotlib)
+      artifact_paths["plot"] = plots.plot_training_curves(
+          metrics["history"], os.path.join(save_dir, artifacts.PRETRAIN_CURVES),
+          f"pretrain on {dataset.description}", first_epoch=metrics["resumed_from_epoch"] + 1)
+      metrics["plots"] = [artifacts.PRETRAIN_CURVES]
+    artifact_paths["report"] = summary.write_metrics(metrics, artifact_paths["metrics"], start,
+                                                     distribute.is_chief(strategy))
+  summary.print_summary("pretrain", metrics, artifact_paths, strategy)
+  return metrics
