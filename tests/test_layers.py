@@ -73,15 +73,18 @@ def test_imports_go_down_the_layers(module):
   assert not above, f"{module} (layer {_layer(module)}) imports {above} from a layer above"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["tl_keras.settings", "tl_keras.artifacts", "tl_keras.cli"])
 def test_imports_without_tensorflow(module):
-  code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith('tensorflow')))"
+  code = (f"import sys, {module}; "
+          "print(sorted(m for m in sys.modules if m.startswith('tensorflow')))")
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_answers_without_tensorflow(command):
   result = run_command(["-X", "importtime", f"scripts/{command}.py", "--help"])
@@ -92,6 +95,7 @@ def test_help_answers_without_tensorflow(command):
   assert "absl" in imported and not [name for name in imported if "tensorflow" in name]
 
 
+@pytest.mark.slow
 def test_flag_errors_answer_without_tensorflow():
   result = run_command(["-X", "importtime", "scripts/finetune.py", "--epochs=0"])
   assert result.returncode == 2

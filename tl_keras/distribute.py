@@ -14,7 +14,6 @@ from tl_keras import interrupts
 from tl_keras import settings
 from tl_keras.errors import UserError
 
-STRATEGIES = settings.STRATEGIES
 _TF_CONFIG_HELP = "see README 'Training on several machines'"
 _TASK_TYPES = ("chief", "worker")
 
@@ -27,8 +26,8 @@ def get_distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
   devices when there is no GPU. multi_worker: MultiWorkerMirroredStrategy configured by the
   TF_CONFIG environment variable; it must be created before any other TensorFlow op runs.
   """
-  if name not in STRATEGIES:
-    raise UserError(f"unknown --strategy={name!r}: use one of {', '.join(STRATEGIES)}")
+  if name not in settings.STRATEGIES:
+    raise UserError(f"unknown --strategy={name!r}: use one of {', '.join(settings.STRATEGIES)}")
   if name == "multi_worker":
     if "TF_CONFIG" not in os.environ:
       raise UserError("--strategy=multi_worker needs the TF_CONFIG environment variable "

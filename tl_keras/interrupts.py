@@ -5,7 +5,7 @@ while TensorFlow is inside a C++ call that does not return (a graph that loops f
 collective waiting for a dead worker). Instead, `install`, which only the CLI calls, blocks
 both signals in the main thread before TensorFlow starts its threads, which inherit the
 mask, and a daemon thread waits for them with `sigwait`. On a signal it deletes the
-temporary files registered with `track` (model_io.atomic_path's), prints one line on stderr
+temporary files registered with `track` (outputs.files.atomic_path's), prints one line on stderr
 and ends the process by that same signal: the parent sees it killed by SIGINT or SIGTERM,
 and a shell reports exit status 130 or 143. Training backups in OUTPUT_DIR/.tl_keras_backup
 are kept, so the same command resumes.

@@ -45,16 +45,13 @@ LEARNING_RATE = Range(0, MAX_LEARNING_RATE, real=True, low_open=True)
 CONV_FILTERS = Range(1, MAX_CONV_FILTERS)  # each convolution's
 
 
-def setting(default: Any = None, help: str = "", *,  # pylint: disable=redefined-builtin
-            flag: Optional[str] = "", choices: Tuple[str, ...] = (),
-            allowed: Optional[Range] = None, free_on_resume: bool = False,
-            report: Optional[int] = None, default_factory=None) -> Any:
+def setting(default: Any = None, help_text: str = "", *, flag: Optional[str] = "",
+            choices: Tuple[str, ...] = (), allowed: Optional[Range] = None,
+            free_on_resume: bool = False, report: Optional[int] = None) -> Any:
   """A leaf field: `flag` '' is the field's name, None no flag; `allowed` its range; `report`
   its position in report.md's settings list (None: not listed)."""
-  metadata = {"help": help, "flag": flag, "choices": choices, "allowed": allowed,
+  metadata = {"help": help_text, "flag": flag, "choices": choices, "allowed": allowed,
               "free_on_resume": free_on_resume, "report": report}
-  if default_factory is not None:
-    return dataclasses.field(default_factory=default_factory, metadata=metadata)
   return dataclasses.field(default=default, metadata=metadata)
 
 
