@@ -24,6 +24,7 @@ from tl_keras.datasets import LabeledData
 from tl_keras.outputs import files
 from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
+
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
