@@ -23,54 +23,64 @@ import sys
 import tempfile
 import time
 
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 
 
 def classic_recipe(data_dir):
   """Runs the classic recipe in this process; returns its accuracies and training times."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tf_keras as keras  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import tf_keras as keras
 
   keras.utils.set_random_seed(1)
   with np.load(os.path.join(data_dir, "mnist.npz")) as mnist:
-    x_train, y_train, x_test, y_test = (mnist[k] for k in
-                                        ("x_train", "y_train", "x_test", "y_test"))
+    x_train, y_train, x_test, y_test = (
+      mnist[k] for k in ("x_train", "y_train", "x_test", "y_test")
+    )
 
   def subset(x, y, low):
     keep = (y >= low) & (y < low + 5)
     return x[keep][..., None].astype("float32") / 255.0, y[keep] - low
 
   layers = keras.layers
-  feature_layers = [layers.Conv2D(32, 3, activation="relu", input_shape=(28, 28, 1)),
-                    layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2),
-                    layers.Dropout(0.25), layers.Flatten()]
-  classification_layers = [layers.Dense(128, activation="relu"), layers.Dropout(0.5),
-                           layers.Dense(5, activation="softmax")]
+  feature_layers = [
+    layers.Conv2D(32, 3, activation="relu", input_shape=(28, 28, 1)),
+    layers.Conv2D(32, 3, activation="relu"),
+    layers.MaxPooling2D(2),
+    layers.Dropout(0.25),
+    layers.Flatten(),
+  ]
+  classification_layers = [
+    layers.Dense(128, activation="relu"),
+    layers.Dropout(0.5),
+    layers.Dense(5, activation="softmax"),
+  ]
   model = keras.Sequential(feature_layers + classification_layers)
   result = {}
   for stage, low in (("source", 0), ("target", 5)):
     if stage == "target":
       for layer in feature_layers:
         layer.trainable = False
-    model.compile(keras.optimizers.Adadelta(learning_rate=1.0),
-                  "sparse_categorical_crossentropy", ["accuracy"])
+    model.compile(
+      keras.optimizers.Adadelta(learning_rate=1.0), "sparse_categorical_crossentropy", ["accuracy"]
+    )
     x, y = subset(x_train, y_train, low)
     start = time.perf_counter()
     model.fit(x, y, batch_size=128, epochs=5, verbose=0)
     result[f"{stage}_train_seconds"] = round(time.perf_counter() - start, 2)
-    result[f"{stage}_test_accuracy"] = float(model.evaluate(*subset(x_test, y_test, low),
-                                                            verbose=0)[1])
+    result[f"{stage}_test_accuracy"] = float(
+      model.evaluate(*subset(x_test, y_test, low), verbose=0)[1]
+    )
   return result
 
 
 def inference_speed(data_dir, model_path, repeats=3):
   """Images/s on MNIST 5-9 test: plain `model.predict` on NumPy floats vs `models.predict`."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from tl_keras import loading  # pylint: disable=g-import-not-at-top
-  from tl_keras import models  # pylint: disable=g-import-not-at-top
-  from tl_keras.datasets import mnist  # pylint: disable=g-import-not-at-top
+  import numpy as np
+
+  from tl_keras import loading
+  from tl_keras import models
+  from tl_keras.datasets import mnist
 
   model = loading.load_model(model_path)
   images = mnist.mnist_subset(range(5, 10), data_dir).x_test
@@ -87,8 +97,12 @@ def inference_speed(data_dir, model_path, repeats=3):
 
   plain = best(lambda: model.predict(floats, verbose=0))
   ours = best(lambda: models.predict(model, images))
-  return {"images": len(images), "plain_predict_images_per_second": plain,
-          "tl_keras_predict_images_per_second": ours, "speedup": round(ours / plain, 2)}
+  return {
+    "images": len(images),
+    "plain_predict_images_per_second": plain,
+    "tl_keras_predict_images_per_second": ours,
+    "speedup": round(ours / plain, 2),
+  }
 
 
 def timed(command, env=None):
@@ -104,18 +118,25 @@ def stage_scripts(output_dir, env):
   """The default pipeline as its three scripts in sequence: (wall seconds, each stage's)."""
   model = os.path.join(output_dir, "source_model.h5")
   stages = {}
-  for script, flags in (("pretrain", []), ("transfer", [f"--model={model}"]),
-                        ("finetune", [f"--model={model}"])):
-    stages[script], _ = timed([sys.executable, f"scripts/{script}.py",
-                               f"--output_dir={output_dir}", *flags], env)
+  for script, flags in (
+    ("pretrain", []),
+    ("transfer", [f"--model={model}"]),
+    ("finetune", [f"--model={model}"]),
+  ):
+    stages[script], _ = timed(
+      [sys.executable, f"scripts/{script}.py", f"--output_dir={output_dir}", *flags], env
+    )
   return sum(stages.values()), {stage: round(seconds, 2) for stage, seconds in stages.items()}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--data_dir", default=os.environ.get("TL_KERAS_DATA_DIR",
-                                                           os.path.join(REPO_ROOT, "..", "shared",
-                                                                        "datasets")))
+  parser.add_argument(
+    "--data_dir",
+    default=os.environ.get(
+      "TL_KERAS_DATA_DIR", os.path.join(REPO_ROOT, "..", "shared", "datasets")
+    ),
+  )
   parser.add_argument("--output", default=os.path.join(HERE, "results", "pipeline.json"))
   parser.add_argument("--classic_only", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--inference_only", help=argparse.SUPPRESS)
@@ -129,60 +150,78 @@ def main():
 
   with tempfile.TemporaryDirectory() as output_dir:
     env = dict(os.environ, TL_KERAS_DATA_DIR=args.data_dir)
-    ours_seconds, _ = timed([sys.executable, "scripts/pipeline.py", f"--output_dir={output_dir}"],
-                            env)
+    ours_seconds, _ = timed(
+      [sys.executable, "scripts/pipeline.py", f"--output_dir={output_dir}"], env
+    )
     # Only finished children count, so this is the pipeline's peak resident memory.
     ours_peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    ours = {stage: json.load(open(os.path.join(output_dir, f"{stage}_metrics.json")))
-            for stage in ("source", "transfer", "finetune")}
-    _, inference_out = timed([sys.executable, __file__, f"--data_dir={args.data_dir}",
-                              f"--inference_only={os.path.join(output_dir, 'source_model.h5')}"])
+    ours = {
+      stage: json.load(open(os.path.join(output_dir, f"{stage}_metrics.json")))
+      for stage in ("source", "transfer", "finetune")
+    }
+    _, inference_out = timed(
+      [
+        sys.executable,
+        __file__,
+        f"--data_dir={args.data_dir}",
+        f"--inference_only={os.path.join(output_dir, 'source_model.h5')}",
+      ]
+    )
     inference = json.loads(inference_out.strip().splitlines()[-1])
   with tempfile.TemporaryDirectory() as output_dir:
     scripts_seconds, scripts_stage_seconds = stage_scripts(output_dir, env)
     scripts_target_accuracy = json.load(open(os.path.join(output_dir, "finetune_metrics.json")))[
-        "test_accuracy"]
-  classic_seconds, classic_out = timed([sys.executable, __file__, "--classic_only",
-                                        f"--data_dir={args.data_dir}"])
+      "test_accuracy"
+    ]
+  classic_seconds, classic_out = timed(
+    [sys.executable, __file__, "--classic_only", f"--data_dir={args.data_dir}"]
+  )
   classic = json.loads(classic_out.strip().splitlines()[-1])
 
   report = {
-      "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                  "python": platform.python_version()},
-      "tl_keras_pipeline": {
-          "wall_seconds": round(ours_seconds, 2),
-          "source_test_accuracy": ours["source"]["test_accuracy"],
-          "target_test_accuracy": ours["finetune"]["test_accuracy"],
-          "pretrain_train_seconds": ours["source"]["train_seconds"],
-          "finetune_train_seconds": ours["finetune"]["train_seconds"],
-          "stage_wall_seconds": {stage: ours[stage]["wall_seconds"] for stage in ours},
-          "transfer_images_per_second": ours["transfer"]["images_per_second"],
-          "train_images_per_second": {"pretrain": ours["source"]["train_images_per_second"],
-                                      "finetune": ours["finetune"]["train_images_per_second"]},
-          "peak_memory_mib": round(ours_peak_mib, 1),
+    "machine": {
+      "cpus": os.cpu_count(),
+      "platform": platform.platform(),
+      "python": platform.python_version(),
+    },
+    "tl_keras_pipeline": {
+      "wall_seconds": round(ours_seconds, 2),
+      "source_test_accuracy": ours["source"]["test_accuracy"],
+      "target_test_accuracy": ours["finetune"]["test_accuracy"],
+      "pretrain_train_seconds": ours["source"]["train_seconds"],
+      "finetune_train_seconds": ours["finetune"]["train_seconds"],
+      "stage_wall_seconds": {stage: ours[stage]["wall_seconds"] for stage in ours},
+      "transfer_images_per_second": ours["transfer"]["images_per_second"],
+      "train_images_per_second": {
+        "pretrain": ours["source"]["train_images_per_second"],
+        "finetune": ours["finetune"]["train_images_per_second"],
       },
-      "tl_keras_scripts": {
-          "wall_seconds": round(scripts_seconds, 2),
-          "process_wall_seconds": scripts_stage_seconds,
-          "target_test_accuracy": scripts_target_accuracy,
-      },
-      "inference": inference,
-      "classic_recipe": {"wall_seconds": round(classic_seconds, 2), **classic},
-      "wall_time_ratio": round(ours_seconds / classic_seconds, 3),
-      "scripts_wall_time_ratio": round(scripts_seconds / classic_seconds, 3),
+      "peak_memory_mib": round(ours_peak_mib, 1),
+    },
+    "tl_keras_scripts": {
+      "wall_seconds": round(scripts_seconds, 2),
+      "process_wall_seconds": scripts_stage_seconds,
+      "target_test_accuracy": scripts_target_accuracy,
+    },
+    "inference": inference,
+    "classic_recipe": {"wall_seconds": round(classic_seconds, 2), **classic},
+    "wall_time_ratio": round(ours_seconds / classic_seconds, 3),
+    "scripts_wall_time_ratio": round(scripts_seconds / classic_seconds, 3),
   }
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   with open(args.output, "w") as f:
     json.dump(report, f, indent=2)
   print(json.dumps(report, indent=2))
-  print(f"\ntl_keras pipeline {ours_seconds:.1f} s "
-        f"({report['tl_keras_pipeline']['source_test_accuracy']:.2%} / "
-        f"{report['tl_keras_pipeline']['target_test_accuracy']:.2%}); classic recipe "
-        f"{classic_seconds:.1f} s ({classic['source_test_accuracy']:.2%} / "
-        f"{classic['target_test_accuracy']:.2%}); ratio {report['wall_time_ratio']:.2f}; three "
-        f"scripts {scripts_seconds:.1f} s ({scripts_target_accuracy:.2%}), ratio "
-        f"{report['scripts_wall_time_ratio']:.2f}; "
-        f"peak memory {ours_peak_mib:.0f} MiB; inference {inference['speedup']:.2f}x model.predict")
+  print(
+    f"\ntl_keras pipeline {ours_seconds:.1f} s "
+    f"({report['tl_keras_pipeline']['source_test_accuracy']:.2%} / "
+    f"{report['tl_keras_pipeline']['target_test_accuracy']:.2%}); classic recipe "
+    f"{classic_seconds:.1f} s ({classic['source_test_accuracy']:.2%} / "
+    f"{classic['target_test_accuracy']:.2%}); ratio {report['wall_time_ratio']:.2f}; three "
+    f"scripts {scripts_seconds:.1f} s ({scripts_target_accuracy:.2%}), ratio "
+    f"{report['scripts_wall_time_ratio']:.2f}; "
+    f"peak memory {ours_peak_mib:.0f} MiB; inference {inference['speedup']:.2f}x model.predict"
+  )
 
 
 if __name__ == "__main__":

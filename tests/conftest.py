@@ -13,11 +13,10 @@ import tensorflow as tf
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from tl_keras import artifacts  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tl_keras import settings  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tl_keras.datasets import mnist  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tl_keras.stages import pretrain  # pylint: disable=g-import-not-at-top,wrong-import-position
-
+from tl_keras import artifacts
+from tl_keras import settings
+from tl_keras.datasets import mnist
+from tl_keras.stages import pretrain
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA_DIR = os.path.join(REPO_ROOT, "..", "shared", "datasets")
@@ -49,8 +48,13 @@ def small_mnist_dir(tmp_path_factory):
 def source_model(small_mnist_dir, tmp_path_factory):
   """A source model pretrained on digits 0-4 of the small MNIST: (path, metrics)."""
   output_dir = str(tmp_path_factory.mktemp("source"))
-  config = settings.make(settings.PretrainConfig, data_dir=small_mnist_dir, output_dir=output_dir,
-                         epochs=4, strategy="default")
+  config = settings.make(
+    settings.PretrainConfig,
+    data_dir=small_mnist_dir,
+    output_dir=output_dir,
+    epochs=4,
+    strategy="default",
+  )
   metrics = pretrain.run(config)
   return os.path.join(output_dir, artifacts.SOURCE_MODEL), metrics
 
@@ -59,25 +63,41 @@ def run_command(args, **kwargs):
   """Runs `python ARGS` (or an absolute-path program) in a fresh process from the repo root."""
   env = dict(os.environ, **kwargs.pop("env", {}))
   command = args if os.path.isabs(args[0]) else [sys.executable, *args]
-  return subprocess.run(command, cwd=kwargs.pop("cwd", REPO_ROOT), env=env,
-                        capture_output=True, text=True, timeout=600, **kwargs)
+  return subprocess.run(
+    command,
+    cwd=kwargs.pop("cwd", REPO_ROOT),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    **kwargs,
+  )
 
 
 @pytest.fixture(scope="session")
 def target_model(source_model, small_mnist_dir, tmp_path_factory):
   """The source model finetuned on digits 5-9 of the small MNIST: (output_dir, metrics)."""
-  from tl_keras.stages import finetune  # pylint: disable=g-import-not-at-top
+  from tl_keras.stages import finetune
+
   output_dir = tmp_path_factory.mktemp("target")
-  config = settings.make(settings.FinetuneConfig, model=source_model[0], data_dir=small_mnist_dir,
-                         output_dir=str(output_dir), epochs=3, strategy="default")
+  config = settings.make(
+    settings.FinetuneConfig,
+    model=source_model[0],
+    data_dir=small_mnist_dir,
+    output_dir=str(output_dir),
+    epochs=3,
+    strategy="default",
+  )
   return output_dir, finetune.run(config)
 
 
-def write_image_folder(folder, images, labels, class_names, extensions=("png",), size=None,
-                       rgb=False):
+def write_image_folder(
+  folder, images, labels, class_names, extensions=("png",), size=None, rgb=False
+):
   """Saves uint8 [N,28,28] `images` as files in FOLDER/CLASS_NAME/, cycling through
   `extensions` (any Pillow writes: png, jpg, bmp, gif), resized to `size` and as RGB if asked."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top (Pillow comes with matplotlib)
+  from PIL import Image  # Pillow comes with matplotlib
+
   for index, (pixels, label) in enumerate(zip(images, labels)):
     class_dir = os.path.join(folder, class_names[label])
     os.makedirs(class_dir, exist_ok=True)

@@ -6,16 +6,25 @@ import re
 import textwrap
 
 import pytest
-
 from conftest import run_command
+
 from tl_keras.outputs import model_io
 
 
-@pytest.mark.parametrize("script, flag", [
-    ("pretrain", "--source_classes"), ("transfer", "--target"), ("finetune", "--unfreeze"),
-    ("pipeline", "--finetune_epochs"), ("transfer", "--train_per_class"),
-    ("finetune", "--warmup_epochs"), ("finetune", "--[no]compare_scratch"),
-    ("finetune", "--validation_split"), ("pipeline", "--target_fit")])
+@pytest.mark.parametrize(
+  "script, flag",
+  [
+    ("pretrain", "--source_classes"),
+    ("transfer", "--target"),
+    ("finetune", "--unfreeze"),
+    ("pipeline", "--finetune_epochs"),
+    ("transfer", "--train_per_class"),
+    ("finetune", "--warmup_epochs"),
+    ("finetune", "--[no]compare_scratch"),
+    ("finetune", "--validation_split"),
+    ("pipeline", "--target_fit"),
+  ],
+)
 def test_help_lists_the_stage_flags(script, flag):
   result = run_command([f"scripts/{script}.py", "--help"])
   assert result.returncode == 0, result.stderr
@@ -29,11 +38,20 @@ def test_stage_scripts_in_sequence(small_mnist_dir, tmp_path):
   pretrain = run_command(["scripts/pretrain.py", "--epochs=3", *common])
   assert pretrain.returncode == 0, pretrain.stderr[-3000:]
   assert "== pretrain done" in pretrain.stdout
-  transfer = run_command(["scripts/transfer.py", f"--model={out}/source_model.h5",
-                          "--target=mnist:3-6", *common])
+  transfer = run_command(
+    ["scripts/transfer.py", f"--model={out}/source_model.h5", "--target=mnist:3-6", *common]
+  )
   assert transfer.returncode == 0, transfer.stderr[-3000:]
-  finetune = run_command(["scripts/finetune.py", f"--model={out}/source_model.h5", "--epochs=3",
-                          "--optimizer=adadelta", "--unfreeze=last:2", *common])
+  finetune = run_command(
+    [
+      "scripts/finetune.py",
+      f"--model={out}/source_model.h5",
+      "--epochs=3",
+      "--optimizer=adadelta",
+      "--unfreeze=last:2",
+      *common,
+    ]
+  )
   assert finetune.returncode == 0, finetune.stderr[-3000:]
 
   for result in (pretrain, transfer, finetune):  # TF's INFO/C++ log lines stay hidden by default
@@ -49,37 +67,70 @@ def test_stage_scripts_in_sequence(small_mnist_dir, tmp_path):
   assert finetune_metrics["test_accuracy"] > 0.9
   assert finetune_metrics["optimizer"] == "adadelta" and finetune_metrics["learning_rate"] == 1.0
   assert finetune_metrics["trainable_layers"] == [
-      "features_conv2", "features_dense", "target_classifier"]
+    "features_conv2",
+    "features_dense",
+    "target_classifier",
+  ]
 
 
 def test_pipeline_end_to_end(small_mnist_dir, tmp_path):
   out = tmp_path / "out"
-  result = run_command(["scripts/pipeline.py", f"--output_dir={out}", "--pretrain_epochs=3",
-                        "--finetune_epochs=3"], env={"TL_KERAS_DATA_DIR": small_mnist_dir})
+  result = run_command(
+    ["scripts/pipeline.py", f"--output_dir={out}", "--pretrain_epochs=3", "--finetune_epochs=3"],
+    env={"TL_KERAS_DATA_DIR": small_mnist_dir},
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "== pipeline done" in result.stdout
   assert sorted(os.listdir(out)) == [
-      "confusion_matrix.png", "finetune_curves.png", "finetune_metrics.json", "misclassified.png",
-      "predictions.csv", "pretrain_curves.png", "report.md", "source_metrics.json",
-      "source_model.h5", "target_model.h5", "target_savedmodel", "transfer_confusion.png",
-      "transfer_metrics.json"]
+    "confusion_matrix.png",
+    "finetune_curves.png",
+    "finetune_metrics.json",
+    "misclassified.png",
+    "predictions.csv",
+    "pretrain_curves.png",
+    "report.md",
+    "source_metrics.json",
+    "source_model.h5",
+    "target_model.h5",
+    "target_savedmodel",
+    "transfer_confusion.png",
+    "transfer_metrics.json",
+  ]
   report = (out / "report.md").read_text()
-  for png in ("pretrain_curves", "transfer_confusion", "finetune_curves", "confusion_matrix",
-              "misclassified"):
+  for png in (
+    "pretrain_curves",
+    "transfer_confusion",
+    "finetune_curves",
+    "confusion_matrix",
+    "misclassified",
+  ):
     assert f"({png}.png)" in report
     assert (out / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  metrics = {stage: json.loads((out / f"{stage}_metrics.json").read_text())
-             for stage in ("source", "transfer", "finetune")}
+  metrics = {
+    stage: json.loads((out / f"{stage}_metrics.json").read_text())
+    for stage in ("source", "transfer", "finetune")
+  }
   assert metrics["source"]["test_accuracy"] > 0.95
   assert metrics["finetune"]["test_accuracy"] > 0.9
   assert metrics["transfer"]["classes"] == ["5", "6", "7", "8", "9"]
   assert model_io.read_metadata(str(out / "target_model.h5"))["source_class_names"] == [
-      "0", "1", "2", "3", "4"]
+    "0",
+    "1",
+    "2",
+    "3",
+    "4",
+  ]
 
 
 def test_verbosity_shows_the_traceback(tmp_path):
-  result = run_command(["scripts/transfer.py", f"--model={tmp_path / 'none.h5'}",
-                        f"--output_dir={tmp_path}", "--verbosity=1"])
+  result = run_command(
+    [
+      "scripts/transfer.py",
+      f"--model={tmp_path / 'none.h5'}",
+      f"--output_dir={tmp_path}",
+      "--verbosity=1",
+    ]
+  )
   assert result.returncode == 2
   assert "Traceback" in result.stderr and "model not found" in result.stderr
 
@@ -111,17 +162,23 @@ def test_unexpected_error_is_one_line_with_exit_code_1():
   result = _run_transfer_raising('RuntimeError("boom\\n  File x, line 1")')
   assert result.returncode == 1, result.stderr[-3000:]
   assert result.stderr.splitlines() == [
-      "error: internal error (RuntimeError: boom); rerun with --verbosity=1 for the traceback"]
+    "error: internal error (RuntimeError: boom); rerun with --verbosity=1 for the traceback"
+  ]
   verbose = _run_transfer_raising('RuntimeError("boom")', "--verbosity=1")
   assert verbose.returncode == 1
   assert "Traceback" in verbose.stderr and verbose.stderr.splitlines()[-1].startswith(
-      "error: internal error (RuntimeError: boom)")
+    "error: internal error (RuntimeError: boom)"
+  )
 
 
-@pytest.mark.parametrize("script, text", [
+@pytest.mark.parametrize(
+  "script, text",
+  [
     ("pretrain", "Global batch size, split over the replicas. A whole number from 1 to 65_536."),
     ("finetune", "L2 weight decay on the new head's kernels. A number in [0, 1]."),
-    ("pipeline", "Epochs of the finetune stage. A whole number from 1 to 10_000.")])
+    ("pipeline", "Epochs of the finetune stage. A whole number from 1 to 10_000."),
+  ],
+)
 def test_help_shows_the_ranges(script, text):
   result = run_command([f"scripts/{script}.py", "--help"])
   assert result.returncode == 0

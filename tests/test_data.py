@@ -10,9 +10,16 @@ from tl_keras.datasets import mnist
 from tl_keras.errors import UserError
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("0-4", [0, 1, 2, 3, 4]), ("all", list(range(10))), ("0,2,4-6", [0, 2, 4, 5, 6]),
-    ("9", [9]), (" 5 - 7 ", [5, 6, 7])])
+@pytest.mark.parametrize(
+  "spec, expected",
+  [
+    ("0-4", [0, 1, 2, 3, 4]),
+    ("all", list(range(10))),
+    ("0,2,4-6", [0, 2, 4, 5, 6]),
+    ("9", [9]),
+    (" 5 - 7 ", [5, 6, 7]),
+  ],
+)
 def test_parse_classes(spec, expected):
   assert mnist.parse_classes(spec) == expected
 
@@ -61,17 +68,25 @@ def _write_npz(path, x_train, y_train, x_test, y_test):
 def test_npz_target_any_labels(tmp_path):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
-  spec = _write_npz(tmp_path / "t.npz", images, np.array([3, 7, 3, 7, 3, 7]), images[:2],
-                    np.array([7, 3]))
+  spec = _write_npz(
+    tmp_path / "t.npz", images, np.array([3, 7, 3, 7, 3, 7]), images[:2], np.array([7, 3])
+  )
   target = targets.load_target(spec)
   assert target.class_names == ["3", "7"]
   np.testing.assert_array_equal(target.y_train, [0, 1, 0, 1, 0, 1])
   np.testing.assert_array_equal(target.y_test, [1, 0])
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("missing_key", "lacks key"), ("length", "y_train has shape"), ("nan", "NaN"),
-    ("float_range", r"\[0, 1\]"), ("empty", "empty")])
+@pytest.mark.parametrize(
+  "problem, message",
+  [
+    ("missing_key", "lacks key"),
+    ("length", "y_train has shape"),
+    ("nan", "NaN"),
+    ("float_range", r"\[0, 1\]"),
+    ("empty", "empty"),
+  ],
+)
 def test_npz_target_errors(tmp_path, problem, message):
   x = np.zeros((4, 28, 28), np.uint8)
   y = np.array([0, 1, 0, 1])
@@ -107,8 +122,9 @@ def test_preprocess_float_rgb_resized_to_grey():
 
 
 def test_preprocess_grey_to_rgb():
-  out = preprocessing.preprocess_images(np.full((1, 28, 28, 1), 0.5, np.float32),
-                                        (32, 32, 3)).numpy()
+  out = preprocessing.preprocess_images(
+    np.full((1, 28, 28, 1), 0.5, np.float32), (32, 32, 3)
+  ).numpy()
   assert out.shape == (1, 32, 32, 3)
   np.testing.assert_allclose(out, 0.5, atol=1e-6)
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT
+
 from tl_keras import artifacts
 from tl_keras import distribute
 from tl_keras import loading
@@ -46,16 +46,33 @@ def test_multi_worker_training_in_two_processes(source_model, small_mnist_dir, t
   for index in range(2):
     temp = tmp_path / f"tmp{index}"
     temp.mkdir()
-    env = dict(os.environ, TMPDIR=str(temp), TF_CONFIG=json.dumps(
-        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-    workers.append(subprocess.Popen(
+    env = dict(
+      os.environ,
+      TMPDIR=str(temp),
+      TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+    )
+    workers.append(
+      subprocess.Popen(
         # --head_init=probe: each worker fits the probe; the replicas must still agree.
-        [sys.executable, "scripts/finetune.py", "--strategy=multi_worker", "--epochs=3",
-         "--head_init=probe", f"--model={source_model[0]}", f"--data_dir={small_mnist_dir}",
-         f"--output_dir={output_dir}"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        [
+          sys.executable,
+          "scripts/finetune.py",
+          "--strategy=multi_worker",
+          "--epochs=3",
+          "--head_init=probe",
+          f"--model={source_model[0]}",
+          f"--data_dir={small_mnist_dir}",
+          f"--output_dir={output_dir}",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+    )
   outputs = [worker.communicate(timeout=600) for worker in workers]
-  for worker, (stdout, stderr) in zip(workers, outputs):
+  for worker, (_, stderr) in zip(workers, outputs):
     assert worker.returncode == 0, stderr[-3000:]
 
   metrics = json.loads((output_dir / artifacts.METRICS["finetune"]).read_text())
@@ -65,24 +82,35 @@ def test_multi_worker_training_in_two_processes(source_model, small_mnist_dir, t
   # Worker 1 saved into a temporary folder of its own, removed afterwards.
   assert os.listdir(tmp_path / "tmp1") == []
   # Synchronous training: both replicas ended with the weights the chief saved.
-  saved = models.weights_fingerprint(loading.load_model(
-      str(output_dir / artifacts.TARGET_MODEL)))
+  saved = models.weights_fingerprint(loading.load_model(str(output_dir / artifacts.TARGET_MODEL)))
   assert metrics["weights_sha256"] == saved
   assert f"weights sha256 {saved}" in outputs[1][0]
 
 
-@pytest.mark.parametrize("batch_size, per_replica, strategy, expected", [
-    (128, None, "default", 128), (128, None, "mirrored", 128), (128, 32, "mirrored", 64),
-    (128, 32, "one_device", 32)])
+@pytest.mark.parametrize(
+  "batch_size, per_replica, strategy, expected",
+  [
+    (128, None, "default", 128),
+    (128, None, "mirrored", 128),
+    (128, 32, "mirrored", 64),
+    (128, 32, "one_device", 32),
+  ],
+)
 def test_global_batch_size(batch_size, per_replica, strategy, expected):
   chosen = distribute.get_distribution_strategy(strategy)
   assert distribute.global_batch_size(chosen, batch_size, per_replica) == expected
 
 
 def test_per_replica_batch_under_mirrored(source_model, small_mnist_dir, tmp_path):
-  config = settings.make(settings.FinetuneConfig, model=source_model[0], data_dir=small_mnist_dir,
-                         output_dir=str(tmp_path), epochs=1, strategy="mirrored",
-                         per_replica_batch_size=50)
+  config = settings.make(
+    settings.FinetuneConfig,
+    model=source_model[0],
+    data_dir=small_mnist_dir,
+    output_dir=str(tmp_path),
+    epochs=1,
+    strategy="mirrored",
+    per_replica_batch_size=50,
+  )
   metrics = finetune.run(config)
   assert metrics["batch_size"] == 100 and metrics["per_replica_batch_size"] == 50
   assert metrics["history"]["loss"] and metrics["num_replicas"] == 2

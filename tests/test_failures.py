@@ -5,8 +5,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import run_command
+
 from tl_keras.keras_api import keras
 from tl_keras.outputs import model_io
 
@@ -39,97 +39,194 @@ def _folder_with_empty_class(folder):
 
 
 CASES = {
-    # name: (script, flags made from a scratch folder, message)
-    "missing MNIST file": ("pretrain", lambda d: [f"--data_dir={d / 'nowhere'}"],
-                           "MNIST file not found"),
-    "unknown target": ("finetune", lambda d: ["--target=cifar10"], "unknown --target 'cifar10'"),
-    "missing model": ("transfer", lambda d: [f"--model={d / 'none.h5'}"], "model not found"),
-    "random bytes model": ("transfer", lambda d: [_file(d, "r.h5", os.urandom(3000))],
-                           "not a valid HDF5"),
-    "truncated model": ("finetune", lambda d: [_file(d, "t.h5", (d / "source.h5").read_bytes()[:5000])],
-                        "cannot"),
-    "model takes no images": ("transfer", lambda d: [_vector_model(d)],
-                              "cannot take the target images"),
-    "npz missing key": ("transfer", lambda d: [_npz(d, y_test=None)], "lacks key(s) y_test"),
-    "npz x/y lengths": ("finetune", lambda d: [_npz(d, y_train=np.array([0, 1]))],
-                        "x_train has 6 images but y_train has shape (2,)"),
-    "npz NaN pixels": ("finetune", lambda d: [_npz(d, x_test=np.full((6, 28, 28), np.inf))],
-                       "NaN or infinite"),
-    "npz negative label": ("finetune", lambda d: [_npz(d, y_train=np.array([0, 1, -1, 0, 1, 2]))],
-                           "non-negative"),
-    "npz unseen test label": ("transfer", lambda d: [_npz(d, y_test=np.array([0, 1, 7, 0, 1, 2]))],
-                              "never occur in y_train"),
-    "npz empty split": ("finetune", lambda d: [_npz(d, x_test=np.zeros((0, 28, 28), np.uint8),
-                                                    y_test=np.zeros(0, int))], "x_test is empty"),
-    "unknown optimizer": ("finetune", lambda d: ["--optimizer=sgd"], "--optimizer"),
-    "unknown strategy": ("pretrain", lambda d: ["--strategy=tpu"], "--strategy"),
-    "unknown unfreeze": ("finetune", lambda d: ["--unfreeze=bottom"], "--unfreeze='bottom'"),
-    "unknown layer name": ("finetune", lambda d: ["--unfreeze=features_conv9"], "features_conv9"),
-    "missing target folder": ("finetune", lambda d: [f"--target=dir:{d / 'nowhere'}"],
-                              "target folder not found"),
-    "class folder without images": ("transfer", lambda d: [_folder_with_empty_class(d)],
-                                    "holds no readable images"),
-    "unknown target fit": ("transfer", lambda d: ["--target_fit=crop"], "--target_fit"),
-    "zero train per class": ("finetune", lambda d: ["--train_per_class=0"],
-                             "--train_per_class must be a whole number from 1 to"),
-    "head dropout of 1.5": ("finetune", lambda d: ["--head_dropout=1.5"], "--head_dropout"),
-    "probe head with a hidden layer": ("finetune", lambda d: ["--head_init=probe",
-                                                              "--head_units=8"], "--head_units=0"),
-    "bad conv filters": ("pretrain", lambda d: ["--conv_filters=16,x"], "--conv_filters"),
-    "validation split of 1": ("finetune", lambda d: ["--validation_split=1"],
-                              "--validation_split must be a number in [0, 1), got 1.0"),
-    "unwritable output": ("finetune", lambda d: [f"--output_dir={d / 'source.h5' / 'out'}"],
-                          "cannot write to output folder"),
-    # Numeric flags out of their range (tl_keras/settings.py), NaN and inf included.
-    "negative seed": ("pretrain", lambda d: ["--seed=-1"],
-                      "--seed must be a whole number from 0 to 4_294_967_295, got -1"),
-    "seed beyond NumPy's": ("transfer", lambda d: [f"--seed={2**32}"], "--seed must be"),
-    "huge batch": ("pretrain", lambda d: [f"--batch_size={10**12}"],
-                   "--batch_size must be a whole number from 1 to 65_536, got 1000000000000"),
-    "huge per-replica batch": ("finetune", lambda d: [f"--per_replica_batch_size={10**9}"],
-                               "--per_replica_batch_size must be"),
-    "NaN learning rate": ("pretrain", lambda d: ["--learning_rate=nan"],
-                          "--learning_rate must be a number in (0, 10], got nan"),
-    "inf learning rate": ("finetune", lambda d: ["--learning_rate=inf"],
-                          "--learning_rate must be a number in (0, 10], got inf"),
-    "zero learning rate": ("finetune", lambda d: ["--learning_rate=0"], "--learning_rate must be"),
-    "NaN finetune learning rate": ("finetune", lambda d: ["--warmup_epochs=1",
-                                                          "--finetune_learning_rate=nan"],
-                                   "--finetune_learning_rate must be a number in (0, 10]"),
-    "NaN head L2": ("finetune", lambda d: ["--head_l2=nan"],
-                    "--head_l2 must be a number in [0, 1], got nan"),
-    "inf head dropout": ("finetune", lambda d: ["--head_dropout=inf"], "--head_dropout must be"),
-    "NaN validation split": ("pretrain", lambda d: ["--validation_split=nan"],
-                             "--validation_split must be"),
-    "NaN test split": ("transfer", lambda d: ["--test_split=nan"],
-                       "--test_split must be a number in (0, 1), got nan"),
-    "huge head": ("finetune", lambda d: [f"--head_units={10**8}"],
-                  "--head_units must be a whole number from 0 to 4_096, got 100000000"),
-    "huge convolution": ("pretrain", lambda d: ["--conv_filters=16,100000000"],
-                         "--conv_filters must be a whole number from 1 to 1_024, got 100000000"),
-    "negative epochs": ("pretrain", lambda d: ["--epochs=-1"],
-                        "--epochs must be a whole number from 1 to 10_000, got -1"),
-    "negative warmup": ("finetune", lambda d: ["--warmup_epochs=-1"], "--warmup_epochs must be"),
-    "zero patience": ("pretrain", lambda d: ["--patience=0"], "--patience must be"),
-    "negative train per class": ("transfer", lambda d: ["--train_per_class=-5"],
-                                 "--train_per_class must be"),
-    "pipeline epochs": ("pipeline", lambda d: ["--finetune_epochs=0"],
-                        "--finetune_epochs must be a whole number from 1"),
-    # The pipeline checks the finetune settings before its pretrain stage writes anything.
-    "pipeline head": ("pipeline", lambda d: ["--head_units=-1"], "--head_units must be"),
-    "TF_CONFIG not JSON": ("finetune", lambda d: ["--strategy=multi_worker"],
-                           "invalid TF_CONFIG for --strategy=multi_worker: not JSON",
-                           {"TF_CONFIG": "worker 0"}),
-    "TF_CONFIG of the wrong structure": (
-        "pretrain", lambda d: ["--strategy=multi_worker"],
-        "cluster job 'worker' must be a non-empty list of 'host:port' addresses",
-        {"TF_CONFIG": '{"cluster": {"worker": "127.0.0.1:2222"}, '
-                      '"task": {"type": "worker", "index": 0}}'}),
-    "TF_CONFIG index out of range": (
-        "pipeline", lambda d: ["--strategy=multi_worker"],
-        "task index 2 must be a whole number from 0 to 1",
-        {"TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]}, '
-                      '"task": {"type": "worker", "index": 2}}'}),
+  # name: (script, flags made from a scratch folder, message)
+  "missing MNIST file": (
+    "pretrain",
+    lambda d: [f"--data_dir={d / 'nowhere'}"],
+    "MNIST file not found",
+  ),
+  "unknown target": ("finetune", lambda d: ["--target=cifar10"], "unknown --target 'cifar10'"),
+  "missing model": ("transfer", lambda d: [f"--model={d / 'none.h5'}"], "model not found"),
+  "random bytes model": (
+    "transfer",
+    lambda d: [_file(d, "r.h5", os.urandom(3000))],
+    "not a valid HDF5",
+  ),
+  "truncated model": (
+    "finetune",
+    lambda d: [_file(d, "t.h5", (d / "source.h5").read_bytes()[:5000])],
+    "cannot",
+  ),
+  "model takes no images": (
+    "transfer",
+    lambda d: [_vector_model(d)],
+    "cannot take the target images",
+  ),
+  "npz missing key": ("transfer", lambda d: [_npz(d, y_test=None)], "lacks key(s) y_test"),
+  "npz x/y lengths": (
+    "finetune",
+    lambda d: [_npz(d, y_train=np.array([0, 1]))],
+    "x_train has 6 images but y_train has shape (2,)",
+  ),
+  "npz NaN pixels": (
+    "finetune",
+    lambda d: [_npz(d, x_test=np.full((6, 28, 28), np.inf))],
+    "NaN or infinite",
+  ),
+  "npz negative label": (
+    "finetune",
+    lambda d: [_npz(d, y_train=np.array([0, 1, -1, 0, 1, 2]))],
+    "non-negative",
+  ),
+  "npz unseen test label": (
+    "transfer",
+    lambda d: [_npz(d, y_test=np.array([0, 1, 7, 0, 1, 2]))],
+    "never occur in y_train",
+  ),
+  "npz empty split": (
+    "finetune",
+    lambda d: [_npz(d, x_test=np.zeros((0, 28, 28), np.uint8), y_test=np.zeros(0, int))],
+    "x_test is empty",
+  ),
+  "unknown optimizer": ("finetune", lambda d: ["--optimizer=sgd"], "--optimizer"),
+  "unknown strategy": ("pretrain", lambda d: ["--strategy=tpu"], "--strategy"),
+  "unknown unfreeze": ("finetune", lambda d: ["--unfreeze=bottom"], "--unfreeze='bottom'"),
+  "unknown layer name": ("finetune", lambda d: ["--unfreeze=features_conv9"], "features_conv9"),
+  "missing target folder": (
+    "finetune",
+    lambda d: [f"--target=dir:{d / 'nowhere'}"],
+    "target folder not found",
+  ),
+  "class folder without images": (
+    "transfer",
+    lambda d: [_folder_with_empty_class(d)],
+    "holds no readable images",
+  ),
+  "unknown target fit": ("transfer", lambda d: ["--target_fit=crop"], "--target_fit"),
+  "zero train per class": (
+    "finetune",
+    lambda d: ["--train_per_class=0"],
+    "--train_per_class must be a whole number from 1 to",
+  ),
+  "head dropout of 1.5": ("finetune", lambda d: ["--head_dropout=1.5"], "--head_dropout"),
+  "probe head with a hidden layer": (
+    "finetune",
+    lambda d: ["--head_init=probe", "--head_units=8"],
+    "--head_units=0",
+  ),
+  "bad conv filters": ("pretrain", lambda d: ["--conv_filters=16,x"], "--conv_filters"),
+  "validation split of 1": (
+    "finetune",
+    lambda d: ["--validation_split=1"],
+    "--validation_split must be a number in [0, 1), got 1.0",
+  ),
+  "unwritable output": (
+    "finetune",
+    lambda d: [f"--output_dir={d / 'source.h5' / 'out'}"],
+    "cannot write to output folder",
+  ),
+  # Numeric flags out of their range (tl_keras/settings.py), NaN and inf included.
+  "negative seed": (
+    "pretrain",
+    lambda d: ["--seed=-1"],
+    "--seed must be a whole number from 0 to 4_294_967_295, got -1",
+  ),
+  "seed beyond NumPy's": ("transfer", lambda d: [f"--seed={2**32}"], "--seed must be"),
+  "huge batch": (
+    "pretrain",
+    lambda d: [f"--batch_size={10**12}"],
+    "--batch_size must be a whole number from 1 to 65_536, got 1000000000000",
+  ),
+  "huge per-replica batch": (
+    "finetune",
+    lambda d: [f"--per_replica_batch_size={10**9}"],
+    "--per_replica_batch_size must be",
+  ),
+  "NaN learning rate": (
+    "pretrain",
+    lambda d: ["--learning_rate=nan"],
+    "--learning_rate must be a number in (0, 10], got nan",
+  ),
+  "inf learning rate": (
+    "finetune",
+    lambda d: ["--learning_rate=inf"],
+    "--learning_rate must be a number in (0, 10], got inf",
+  ),
+  "zero learning rate": ("finetune", lambda d: ["--learning_rate=0"], "--learning_rate must be"),
+  "NaN finetune learning rate": (
+    "finetune",
+    lambda d: ["--warmup_epochs=1", "--finetune_learning_rate=nan"],
+    "--finetune_learning_rate must be a number in (0, 10]",
+  ),
+  "NaN head L2": (
+    "finetune",
+    lambda d: ["--head_l2=nan"],
+    "--head_l2 must be a number in [0, 1], got nan",
+  ),
+  "inf head dropout": ("finetune", lambda d: ["--head_dropout=inf"], "--head_dropout must be"),
+  "NaN validation split": (
+    "pretrain",
+    lambda d: ["--validation_split=nan"],
+    "--validation_split must be",
+  ),
+  "NaN test split": (
+    "transfer",
+    lambda d: ["--test_split=nan"],
+    "--test_split must be a number in (0, 1), got nan",
+  ),
+  "huge head": (
+    "finetune",
+    lambda d: [f"--head_units={10**8}"],
+    "--head_units must be a whole number from 0 to 4_096, got 100000000",
+  ),
+  "huge convolution": (
+    "pretrain",
+    lambda d: ["--conv_filters=16,100000000"],
+    "--conv_filters must be a whole number from 1 to 1_024, got 100000000",
+  ),
+  "negative epochs": (
+    "pretrain",
+    lambda d: ["--epochs=-1"],
+    "--epochs must be a whole number from 1 to 10_000, got -1",
+  ),
+  "negative warmup": ("finetune", lambda d: ["--warmup_epochs=-1"], "--warmup_epochs must be"),
+  "zero patience": ("pretrain", lambda d: ["--patience=0"], "--patience must be"),
+  "negative train per class": (
+    "transfer",
+    lambda d: ["--train_per_class=-5"],
+    "--train_per_class must be",
+  ),
+  "pipeline epochs": (
+    "pipeline",
+    lambda d: ["--finetune_epochs=0"],
+    "--finetune_epochs must be a whole number from 1",
+  ),
+  # The pipeline checks the finetune settings before its pretrain stage writes anything.
+  "pipeline head": ("pipeline", lambda d: ["--head_units=-1"], "--head_units must be"),
+  "TF_CONFIG not JSON": (
+    "finetune",
+    lambda d: ["--strategy=multi_worker"],
+    "invalid TF_CONFIG for --strategy=multi_worker: not JSON",
+    {"TF_CONFIG": "worker 0"},
+  ),
+  "TF_CONFIG of the wrong structure": (
+    "pretrain",
+    lambda d: ["--strategy=multi_worker"],
+    "cluster job 'worker' must be a non-empty list of 'host:port' addresses",
+    {
+      "TF_CONFIG": '{"cluster": {"worker": "127.0.0.1:2222"}, '
+      '"task": {"type": "worker", "index": 0}}'
+    },
+  ),
+  "TF_CONFIG index out of range": (
+    "pipeline",
+    lambda d: ["--strategy=multi_worker"],
+    "task index 2 must be a whole number from 0 to 1",
+    {
+      "TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]}, '
+      '"task": {"type": "worker", "index": 2}}'
+    },
+  ),
 }
 
 
@@ -138,8 +235,12 @@ def test_bad_input(case, source_model, small_mnist_dir, tmp_path):
   script, make_flags, message, *env = CASES[case]
   (tmp_path / "source.h5").write_bytes(open(source_model[0], "rb").read())
   output_dir = tmp_path / "out"
-  flags = [f"--model={tmp_path / 'source.h5'}", f"--output_dir={output_dir}",
-           f"--data_dir={small_mnist_dir}", *make_flags(tmp_path)]
+  flags = [
+    f"--model={tmp_path / 'source.h5'}",
+    f"--output_dir={output_dir}",
+    f"--data_dir={small_mnist_dir}",
+    *make_flags(tmp_path),
+  ]
   if script in ("pretrain", "pipeline"):
     flags = [f for f in flags if not f.startswith("--model")]
   result = run_command([f"scripts/{script}.py", *flags], env=env[0] if env else {})

@@ -4,8 +4,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import write_image_folder
+
 from tl_keras import datasets
 from tl_keras import pipelines
 from tl_keras import settings
@@ -27,13 +27,22 @@ def digits(small_mnist_dir):
 def test_train_and_test_folders_of_mixed_formats_sizes_and_colours(digits, tmp_path):
   x_train, y_train, x_test, y_test = digits
   names = ["five", "six", "seven"]
-  write_image_folder(tmp_path / "train", x_train, y_train, names,
-                     extensions=("png", "jpg", "bmp", "gif"), size=(56, 56), rgb=True)
+  write_image_folder(
+    tmp_path / "train",
+    x_train,
+    y_train,
+    names,
+    extensions=("png", "jpg", "bmp", "gif"),
+    size=(56, 56),
+    rgb=True,
+  )
   write_image_folder(tmp_path / "test", x_test, y_test, names)
   target = targets.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE)
   assert target.class_names == ["five", "seven", "six"]  # folder names, sorted
   assert target.x_train.shape == (60, 28, 28, 1) and target.x_test.shape == (30, 28, 28, 1)
-  assert target.x_train.dtype == np.float32 and 0 <= target.x_train.min() <= target.x_train.max() <= 1
+  assert (
+    target.x_train.dtype == np.float32 and 0 <= target.x_train.min() <= target.x_train.max() <= 1
+  )
   assert np.bincount(target.y_train).tolist() == [20, 20, 20]
   # The PNG test images come back exactly; labels follow the sorted folder names.
   order = {"five": 0, "seven": 1, "six": 2}
@@ -48,8 +57,9 @@ def test_pad_keeps_the_aspect_ratio_and_resize_stretches(tmp_path):
   wide[:, :, 20:36] = 255  # a bright band in the middle of a 4:1 image
   write_image_folder(tmp_path / "train", wide, [0], ["a"])
   write_image_folder(tmp_path / "test", wide, [0], ["a"])
-  padded = targets.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE,
-                               fit="pad").x_train[0, ..., 0]
+  padded = targets.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE, fit="pad").x_train[
+    0, ..., 0
+  ]
   stretched = targets.load_target(f"dir:{tmp_path}", input_shape=INPUT_SHAPE).x_train[0, ..., 0]
   # Pad: the 28x7 image is centred, black rows above and below.
   assert padded[:10].max() == 0 and padded[-10:].max() == 0 and padded[14, 14] > 0.9
@@ -82,13 +92,16 @@ def test_class_folders_split_by_test_split_seeded_and_stratified(digits, tmp_pat
   assert not np.array_equal(first.x_test, other.x_test)
 
 
-@pytest.mark.parametrize("layout, message", [
+@pytest.mark.parametrize(
+  "layout, message",
+  [
     ("empty class", "holds no readable images"),
     ("only train", "has train/ but no test/"),
     ("unknown test class", "that"),
     ("no class folders", "has no class subfolders"),
     ("missing", "target folder not found"),
-])
+  ],
+)
 def test_folder_errors(layout, message, digits, tmp_path):
   x_train, y_train, _, _ = digits
   root = tmp_path / "target"
@@ -132,8 +145,9 @@ def test_augmentation_changes_training_images_only():
   x[:, 10:18, 12:16] = 255
   y = np.arange(8)
   plain = next(iter(pipelines.make_dataset(x, y, 8, INPUT_SHAPE)))[0].numpy()
-  images, labels = next(iter(pipelines.make_dataset(x, y, 8, INPUT_SHAPE, shuffle_seed=0,
-                                               augment=True)))
+  images, labels = next(
+    iter(pipelines.make_dataset(x, y, 8, INPUT_SHAPE, shuffle_seed=0, augment=True))
+  )
   images = images.numpy()
   assert images.shape == plain.shape and sorted(labels.numpy()) == list(range(8))
   assert 0 <= images.min() and images.max() <= 1.0 + 1e-6

@@ -10,8 +10,8 @@ import time
 
 import pytest
 import tensorflow as tf
-
 from conftest import REPO_ROOT
+
 from tl_keras import resume
 
 # A shell reports a process killed by signal N as exit status 128 + N: 130 and 143.
@@ -22,8 +22,9 @@ def _leftovers(folder):
   """Temporary files and folders of files.atomic_path (.NAME.*.tmp*) under `folder`."""
   found = []
   for root, dirs, files in os.walk(folder):
-    found += [os.path.join(root, name) for name in dirs + files
-              if name.startswith(".") and ".tmp" in name]
+    found += [
+      os.path.join(root, name) for name in dirs + files if name.startswith(".") and ".tmp" in name
+    ]
   return found
 
 
@@ -60,8 +61,9 @@ def test_importing_the_package_leaves_signals_alone():
             signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,
             [t.name for t in threading.enumerate() if t.name.startswith("tl_keras")])
   """)
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.split("\n")[0] == "[] True True []"
 
@@ -86,15 +88,21 @@ def test_signal_removes_the_files_being_written(sig, tmp_path):
   """)
   out = tmp_path / "out"
   out.mkdir()
-  process = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=REPO_ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  process = subprocess.Popen(
+    [sys.executable, "-c", code, str(out)],
+    cwd=REPO_ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   assert process.stdout.readline() == "writing\n", process.communicate()[1][-3000:]
   assert len(_leftovers(out)) == 2
   code, seconds = _stop(process, sig)
   assert code == -sig and seconds < _STOP_SECONDS, (code, seconds)
   lines = process.stderr.read().splitlines()  # TF's start-up chatter, then ours
   assert [line for line in lines if line.startswith("error")] == [
-      f"error: interrupted by {sig.name}"] and lines[-1].startswith("error"), lines
+    f"error: interrupted by {sig.name}"
+  ] and lines[-1].startswith("error"), lines
   assert os.listdir(out) == []
 
 
@@ -103,9 +111,19 @@ def test_ctrl_c_stops_finetune_while_it_trains(source_model, small_mnist_dir, tm
   backup = resume.backup_dir(str(out), "finetune")
   with open(tmp_path / "stdout.log", "w") as log, open(tmp_path / "stderr.log", "w+") as err:
     process = subprocess.Popen(
-        [sys.executable, "scripts/finetune.py", f"--model={source_model[0]}",
-         f"--data_dir={small_mnist_dir}", f"--output_dir={out}", "--epochs=200",
-         "--batch_size=32"], cwd=REPO_ROOT, stdout=log, stderr=err)
+      [
+        sys.executable,
+        "scripts/finetune.py",
+        f"--model={source_model[0]}",
+        f"--data_dir={small_mnist_dir}",
+        f"--output_dir={out}",
+        "--epochs=200",
+        "--batch_size=32",
+      ],
+      cwd=REPO_ROOT,
+      stdout=log,
+      stderr=err,
+    )
     try:
       # Training: the first epoch's backup is on disk, and the next epoch is under way.
       _wait_for(lambda: resume.has_backup(backup), process, "training")
@@ -126,8 +144,8 @@ def test_ctrl_c_stops_finetune_while_it_trains(source_model, small_mnist_dir, tm
 def _never_returning_model(path):
   """A non-Keras SavedModel (TF Hub's reusable form) whose forward pass loops forever: its loop
   bound is computed from the input, so no graph optimisation removes the loop."""
-  class Forever(tf.Module):
 
+  class Forever(tf.Module):
     def __init__(self):
       super().__init__()
       self.scale = tf.Variable(1.0)
@@ -135,7 +153,7 @@ def _never_returning_model(path):
     @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
     def __call__(self, images):
       limit = tf.reduce_min(images) - 1.0  # below 0 for images in [0, 1]
-      count, = tf.while_loop(lambda i: i > limit, lambda i: (i + 1.0,), (tf.constant(0.0),))
+      (count,) = tf.while_loop(lambda i: i > limit, lambda i: (i + 1.0,), (tf.constant(0.0),))
       return tf.reshape(images, [-1, 28 * 28])[:, :5] * self.scale + count * 0.0
 
   module = Forever()
@@ -150,6 +168,7 @@ def _never_returning_model(path):
 def _stuck_in_native_code(pid, window=2.0):
   """True if over `window` seconds the main thread sleeps (waiting on TensorFlow) while the
   process keeps a CPU busy: TF's threads run a graph that does not return."""
+
   def main_state():
     with open(f"/proc/{pid}/task/{pid}/stat") as f:
       return f.read().rsplit(")", 1)[1].split()[0]
@@ -185,10 +204,23 @@ def test_sigterm_stops_a_model_that_never_returns(small_mnist_dir, tmp_path):
   # Through a shell, to see the exit status it reports.
   shell = ['"$@" & echo $! > "$PID_FILE"; wait $!; echo "exit status $?"']
   process = subprocess.Popen(
-      ["bash", "-c", *shell, "bash", sys.executable, "scripts/transfer.py", f"--model={model}",
-       f"--data_dir={small_mnist_dir}", f"--output_dir={out}"],
-      cwd=REPO_ROOT, env=dict(os.environ, PID_FILE=str(pid_file)), stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)
+    [
+      "bash",
+      "-c",
+      *shell,
+      "bash",
+      sys.executable,
+      "scripts/transfer.py",
+      f"--model={model}",
+      f"--data_dir={small_mnist_dir}",
+      f"--output_dir={out}",
+    ],
+    cwd=REPO_ROOT,
+    env=dict(os.environ, PID_FILE=str(pid_file)),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   pid = None
   try:
     _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), process, "started")
@@ -208,6 +240,9 @@ def test_sigterm_stops_a_model_that_never_returns(small_mnist_dir, tmp_path):
       process.kill()
       process.wait()
   assert stdout.splitlines()[-1] == "exit status 143" and seconds < _STOP_SECONDS, (
-      stdout[-2000:], seconds, stderr[-3000:])
+    stdout[-2000:],
+    seconds,
+    stderr[-3000:],
+  )
   assert stderr.splitlines() == ["error: interrupted by SIGTERM"]
   assert _leftovers(out) == [] and not os.listdir(out)

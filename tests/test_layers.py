@@ -7,23 +7,22 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT
 from conftest import run_command
 
 PACKAGE_DIR = os.path.join(REPO_ROOT, "tl_keras")
 # Bottom to top; a package stands for all its modules.
 LAYERS = (
-    ("tl_keras", "errors", "limits", "ranges", "settings", "artifacts", "keras_api"),
-    ("preprocessing",),
-    ("datasets",),
-    ("targets",),
-    ("pipelines",),
-    ("models", "loading", "transferability", "distribute", "interrupts"),
-    ("training", "resume"),
-    ("outputs",),
-    ("stages",),
-    ("cli",),
+  ("tl_keras", "errors", "limits", "ranges", "settings", "artifacts", "keras_api"),
+  ("preprocessing",),
+  ("datasets",),
+  ("targets",),
+  ("pipelines",),
+  ("models", "loading", "transferability", "distribute", "interrupts"),
+  ("training", "resume"),
+  ("outputs",),
+  ("stages",),
+  ("cli",),
 )
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
 COMMANDS = ("pretrain", "transfer", "finetune", "pipeline")
@@ -36,7 +35,7 @@ def _modules():
     for filename in filenames:
       if filename.endswith(".py"):
         path = os.path.join(folder, filename)
-        parts = os.path.relpath(path, REPO_ROOT)[:-len(".py")].split(os.sep)
+        parts = os.path.relpath(path, REPO_ROOT)[: -len(".py")].split(os.sep)
         modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
   return modules
 
@@ -55,8 +54,10 @@ def _imported(path: str):
     elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
       # `from tl_keras.outputs import files` imports tl_keras.outputs.files (or a name of it).
       names = [f"{node.module}.{alias.name}" for alias in node.names]
-      names = [name if name.split(".")[1] in LEVEL or len(name.split(".")) > 2
-               else node.module for name in names]
+      names = [
+        name if name.split(".")[1] in LEVEL or len(name.split(".")) > 2 else node.module
+        for name in names
+      ]
     else:
       continue
     yield from (name for name in names if name.split(".")[0] == "tl_keras")
@@ -64,7 +65,8 @@ def _imported(path: str):
 
 def test_every_module_has_a_layer():
   assert sorted({name.split(".")[1] for name in _modules() if "." in name}) == sorted(
-      set(LEVEL) - {"tl_keras"})
+    set(LEVEL) - {"tl_keras"}
+  )
 
 
 @pytest.mark.parametrize("module", sorted(_modules()))
@@ -76,10 +78,12 @@ def test_imports_go_down_the_layers(module):
 @pytest.mark.slow
 @pytest.mark.parametrize("module", ["tl_keras.settings", "tl_keras.artifacts", "tl_keras.cli"])
 def test_imports_without_tensorflow(module):
-  code = (f"import sys, {module}; "
-          "print(sorted(m for m in sys.modules if m.startswith('tensorflow')))")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=120)
+  code = (
+    f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith('tensorflow')))"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip() == "[]"
 
@@ -90,8 +94,11 @@ def test_help_answers_without_tensorflow(command):
   result = run_command(["-X", "importtime", f"scripts/{command}.py", "--help"])
   assert result.returncode == 0, result.stderr[-3000:]
   assert "--output_dir" in result.stdout
-  imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
-              if line.startswith("import time:")]
+  imported = [
+    line.rsplit("|", 1)[-1].strip()
+    for line in result.stderr.splitlines()
+    if line.startswith("import time:")
+  ]
   assert "absl" in imported and not [name for name in imported if "tensorflow" in name]
 
 

@@ -29,8 +29,10 @@ def feature_saved_model(source_model, tmp_path_factory):
   exported = tf.train.Checkpoint()
   exported.variables = list(features.variables)
   exported.trainable_variables = list(features.trainable_variables)
-  exported.__call__ = tf.function(lambda images: features(images, training=False),
-                                  input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
+  exported.__call__ = tf.function(
+    lambda images: features(images, training=False),
+    input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)],
+  )
   path = str(tmp_path_factory.mktemp("hub") / "features")
   tf.saved_model.save(exported, path)
   return path
@@ -38,8 +40,13 @@ def feature_saved_model(source_model, tmp_path_factory):
 
 def test_keras_saved_model_as_transfer_source(target_model, small_mnist_dir, tmp_path):
   output_dir, finetune_metrics = target_model
-  config = settings.make(settings.TransferConfig, model=str(output_dir / artifacts.SAVED_MODEL_DIR),
-                         target="mnist:5-9", data_dir=small_mnist_dir, output_dir=str(tmp_path))
+  config = settings.make(
+    settings.TransferConfig,
+    model=str(output_dir / artifacts.SAVED_MODEL_DIR),
+    target="mnist:5-9",
+    data_dir=small_mnist_dir,
+    output_dir=str(tmp_path),
+  )
   metrics = transfer.run(config)
   # Class names come from the SavedModel's assets, so predictions match the target by name.
   assert metrics["source_classes"] == ["5", "6", "7", "8", "9"]
@@ -48,14 +55,23 @@ def test_keras_saved_model_as_transfer_source(target_model, small_mnist_dir, tmp
 
 # Frozen, only the head learns (chance is 0.2); trainable, the hub layer's weights learn too.
 @pytest.mark.parametrize("unfreeze, min_accuracy", [("none", 0.7), ("all", 0.9)])
-def test_plain_saved_model_as_finetune_source(feature_saved_model, small_mnist_dir, tmp_path,
-                                              unfreeze, min_accuracy):
-  config = settings.make(settings.FinetuneConfig, model=feature_saved_model,
-                         data_dir=small_mnist_dir, output_dir=str(tmp_path), epochs=3,
-                         unfreeze=unfreeze, learning_rate=0.003, strategy="default")
+def test_plain_saved_model_as_finetune_source(
+  feature_saved_model, small_mnist_dir, tmp_path, unfreeze, min_accuracy
+):
+  config = settings.make(
+    settings.FinetuneConfig,
+    model=feature_saved_model,
+    data_dir=small_mnist_dir,
+    output_dir=str(tmp_path),
+    epochs=3,
+    unfreeze=unfreeze,
+    learning_rate=0.003,
+    strategy="default",
+  )
   metrics = finetune.run(config)
-  assert metrics["trainable_layers"] == (["hub", "target_classifier"] if unfreeze == "all"
-                                         else ["target_classifier"])
+  assert metrics["trainable_layers"] == (
+    ["hub", "target_classifier"] if unfreeze == "all" else ["target_classifier"]
+  )
   assert metrics["test_accuracy"] > min_accuracy
   assert os.path.isdir(tmp_path / artifacts.SAVED_MODEL_DIR)
 
@@ -68,8 +84,10 @@ def test_hub_handle_resolves_from_tfhub_cache_dir(feature_saved_model, tmp_path,
   model = loading.load_model(handle)  # offline: only the cache can answer
   assert model.output_shape == (None, 128)
   images = np.zeros((2, 28, 28, 1), np.float32)
-  np.testing.assert_allclose(model.predict(images, verbose=0),
-                             loading.load_model(feature_saved_model).predict(images, verbose=0))
+  np.testing.assert_allclose(
+    model.predict(images, verbose=0),
+    loading.load_model(feature_saved_model).predict(images, verbose=0),
+  )
 
 
 def test_unreachable_hub_handle_is_a_user_error(tmp_path, monkeypatch):
@@ -82,16 +100,18 @@ def test_model_that_takes_no_images_is_refused(tmp_path, small_mnist_dir):
   inputs = keras.Input((10,))
   path = str(tmp_path / "vector.h5")
   model_io.save_h5(keras.Model(inputs, keras.layers.Dense(3)(inputs)), path, {})
-  config = settings.make(settings.TransferConfig, model=path, data_dir=small_mnist_dir,
-                         output_dir=str(tmp_path / "out"))
+  config = settings.make(
+    settings.TransferConfig, model=path, data_dir=small_mnist_dir, output_dir=str(tmp_path / "out")
+  )
   with pytest.raises(UserError, match="cannot take the target images"):
     transfer.run(config)
 
 
 # Planted payloads: each would create `marker` if the loader ran code from the file.
 
+
 def _payload(marker):
-  return eval(f"lambda x: (open({str(marker)!r}, 'w').write('ran'), x)[1]")  # pylint: disable=eval-used
+  return eval(f"lambda x: (open({str(marker)!r}, 'w').write('ran'), x)[1]")
 
 
 def _lambda_model(marker):
@@ -114,7 +134,6 @@ def test_saved_model_graph_that_writes_files_is_refused(tmp_path):
   marker = tmp_path / "payload_ran"
 
   class Writer(tf.Module):
-
     @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
     def __call__(self, images):
       with tf.control_dependencies([tf.io.write_file(str(marker), "ran")]):

@@ -5,8 +5,8 @@ import os
 import h5py
 import numpy as np
 import pytest
-
 from conftest import run_command
+
 from tl_keras import loading
 from tl_keras import models
 from tl_keras.errors import UserError
@@ -21,15 +21,16 @@ def test_h5_reload_gives_identical_predictions_and_metadata(tmp_path):
   model_io.save_h5(model, path, {"class_names": ["a", "b", "c"]})
   images = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
   reloaded = loading.load_model(path)
-  np.testing.assert_array_equal(model.predict(images, verbose=0),
-                                reloaded.predict(images, verbose=0))
+  np.testing.assert_array_equal(
+    model.predict(images, verbose=0), reloaded.predict(images, verbose=0)
+  )
   assert model_io.class_names_of(reloaded, model_io.read_metadata(path)) == ["a", "b", "c"]
   assert os.listdir(tmp_path) == ["m.h5"]  # no temporary file left behind
 
 
 def _lambda_model(marker):
   # The payload a malicious file would carry: code that runs when the layer is rebuilt.
-  payload = eval(f"lambda x: (open({str(marker)!r}, 'w').write('ran'), x)[1]")  # pylint: disable=eval-used
+  payload = eval(f"lambda x: (open({str(marker)!r}, 'w').write('ran'), x)[1]")
   inputs = keras.Input((4,))
   return keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Lambda(payload)(inputs)))
 
@@ -48,16 +49,27 @@ def test_lambda_h5_is_refused_and_runs_no_code(tmp_path):
 
 
 def test_unknown_class_is_refused():
-  config = {"class_name": "Functional", "config": {"layers": [
-      {"class_name": "Dense", "config": {"kernel_initializer": {"class_name": "GlorotUniform"}}},
-      {"class_name": "Custom>Backdoor", "config": {}}]}}
+  config = {
+    "class_name": "Functional",
+    "config": {
+      "layers": [
+        {"class_name": "Dense", "config": {"kernel_initializer": {"class_name": "GlorotUniform"}}},
+        {"class_name": "Custom>Backdoor", "config": {}},
+      ]
+    },
+  }
   with pytest.raises(UserError, match="Custom>Backdoor"):
     loading.check_model_config(config, "x.h5")
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "model not found"), (b"\x89HDF\r\n" + os.urandom(500), "not a valid HDF5"),
-    (os.urandom(1000), "not a valid HDF5")])
+@pytest.mark.parametrize(
+  "content, message",
+  [
+    (None, "model not found"),
+    (b"\x89HDF\r\n" + os.urandom(500), "not a valid HDF5"),
+    (os.urandom(1000), "not a valid HDF5"),
+  ],
+)
 def test_missing_or_corrupt_model_file(tmp_path, content, message):
   path = tmp_path / "m.h5"
   if content is not None:
@@ -110,10 +122,12 @@ def test_h5_loads_in_plain_keras_without_tl_keras(tmp_path, keras_module):
 import sys, numpy as np, {keras_module} as keras
 assert keras.__version__.startswith({"3" if keras_module == "keras" else "2"!r}), keras.__version__
 model = keras.models.load_model({str(path)!r}, compile=False)
-np.save({str(tmp_path / "out.npy")!r}, model.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0))
+images = np.load({str(tmp_path / "images.npy")!r})
+np.save({str(tmp_path / "out.npy")!r}, model.predict(images, verbose=0))
 assert "tl_keras" not in sys.modules
 """
   result = run_command(["-c", script])
   assert result.returncode == 0, result.stderr[-2000:]
-  np.testing.assert_allclose(np.load(tmp_path / "out.npy"), model.predict(images, verbose=0),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    np.load(tmp_path / "out.npy"), model.predict(images, verbose=0), atol=1e-6
+  )

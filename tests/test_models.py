@@ -17,8 +17,9 @@ def test_source_model_has_named_features_and_classifier(source):
   classifier = source.get_layer(models.SOURCE_CLASSIFIER)
   assert classifier is source.layers[-1]
   assert classifier.activation is keras.activations.softmax
-  assert all(layer.name.startswith(models.FEATURE_PREFIX)
-             for layer in models.feature_layers(source))
+  assert all(
+    layer.name.startswith(models.FEATURE_PREFIX) for layer in models.feature_layers(source)
+  )
   assert source.output_shape == (None, 5)
 
 
@@ -53,16 +54,19 @@ def test_probe_head_init_needs_the_classifier_on_the_features():
 
 
 def _trainable_weighted(model):
-  return [l.name for l in model.layers if l.trainable and l.weights]
+  return [layer.name for layer in model.layers if layer.trainable and layer.weights]
 
 
-@pytest.mark.parametrize("unfreeze, expected", [
+@pytest.mark.parametrize(
+  "unfreeze, expected",
+  [
     ("none", ["target_classifier"]),
     ("all", ["features_conv1", "features_conv2", "features_dense", "target_classifier"]),
     ("last:1", ["features_dense", "target_classifier"]),
     ("last:2", ["features_conv2", "features_dense", "target_classifier"]),
     ("features_conv1, features_dense", ["features_conv1", "features_dense", "target_classifier"]),
-])
+  ],
+)
 def test_unfreeze(source, unfreeze, expected):
   assert _trainable_weighted(models.build_target_model(source, 2, unfreeze)) == expected
 

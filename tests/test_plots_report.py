@@ -9,11 +9,10 @@ import matplotlib.figure
 import matplotlib.image
 import numpy as np
 import pytest
+
 from tl_keras.outputs import files
 from tl_keras.outputs import plots
 from tl_keras.outputs import report
-
-
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DIGITS = [str(d) for d in range(5, 10)]
@@ -43,8 +42,9 @@ def images_with_mistakes(num_images, num_wrong, shape=(28, 28), dtype=np.uint8):
 def test_confusion_matrix_counts():
   y_true = [0, 0, 1, 1, 1, 2]
   y_pred = [0, 1, 1, 1, 2, 0]
-  np.testing.assert_array_equal(plots.confusion_matrix(y_true, y_pred, 3),
-                                [[1, 1, 0], [0, 2, 1], [1, 0, 0]])
+  np.testing.assert_array_equal(
+    plots.confusion_matrix(y_true, y_pred, 3), [[1, 1, 0], [0, 2, 1], [1, 0, 0]]
+  )
 
 
 def test_confusion_matrix_rectangular_and_empty():
@@ -60,8 +60,12 @@ def test_confusion_matrix_rejects_bad_labels(y_true, y_pred):
 
 
 def test_training_curves(tmp_path):
-  history = {"loss": [0.9, 0.4, 0.2], "accuracy": [0.7, 0.9, 0.95],
-             "val_loss": [0.5, 0.3, 0.25], "val_accuracy": [0.85, 0.92, 0.94]}
+  history = {
+    "loss": [0.9, 0.4, 0.2],
+    "accuracy": [0.7, 0.9, 0.95],
+    "val_loss": [0.5, 0.3, 0.25],
+    "val_accuracy": [0.85, 0.92, 0.94],
+  }
   path = str(tmp_path / "curves.png")
   assert plots.plot_training_curves(history, path, "pretrain on 0-4") == path
   assert read_png(path).shape == (320, 800, 4)
@@ -69,8 +73,9 @@ def test_training_curves(tmp_path):
 
 
 def test_training_curves_single_epoch_and_empty(tmp_path):
-  plots.plot_training_curves({"loss": [0.3], "accuracy": [0.9]}, str(tmp_path / "one.png"),
-                             "one epoch", first_epoch=3)
+  plots.plot_training_curves(
+    {"loss": [0.3], "accuracy": [0.9]}, str(tmp_path / "one.png"), "one epoch", first_epoch=3
+  )
   plots.plot_training_curves({}, str(tmp_path / "none.png"), "no epochs")
   read_png(tmp_path / "one.png")
   read_png(tmp_path / "none.png")
@@ -81,22 +86,37 @@ def test_confusion_matrix_plot(tmp_path):
   y_true = np.repeat(np.arange(5), 20)
   y_pred = y_true.copy()
   y_pred[::7] = 0
-  path = plots.plot_confusion_matrix(y_true, y_pred, DIGITS, str(tmp_path / "cm.png"),
-                                     "finetune on 5-9")
+  path = plots.plot_confusion_matrix(
+    y_true, y_pred, DIGITS, str(tmp_path / "cm.png"), "finetune on 5-9"
+  )
   read_png(path)
-  plots.plot_confusion_matrix(y_true, y_pred % 3, DIGITS, str(tmp_path / "rect.png"),
-                              "transfer", pred_class_names=["zero", "one", "two"])
+  plots.plot_confusion_matrix(
+    y_true,
+    y_pred % 3,
+    DIGITS,
+    str(tmp_path / "rect.png"),
+    "transfer",
+    pred_class_names=["zero", "one", "two"],
+  )
   read_png(tmp_path / "rect.png")
   assert sorted(os.listdir(tmp_path)) == ["cm.png", "rect.png"]
 
 
-@pytest.mark.parametrize("shape, dtype", [((28, 28), np.uint8), ((28, 28, 1), np.float32),
-                                          ((32, 32, 3), np.uint8)])
+@pytest.mark.parametrize(
+  "shape, dtype", [((28, 28), np.uint8), ((28, 28, 1), np.float32), ((32, 32, 3), np.uint8)]
+)
 def test_misclassified_grid(tmp_path, shape, dtype):
   images, y_true, y_pred = images_with_mistakes(40, 7, shape, dtype)
   confidences = np.linspace(0.5, 1.0, 40)
-  path = plots.plot_misclassified(images, y_true, y_pred, DIGITS, str(tmp_path / "wrong.png"),
-                                  "finetune mistakes", confidences=confidences)
+  path = plots.plot_misclassified(
+    images,
+    y_true,
+    y_pred,
+    DIGITS,
+    str(tmp_path / "wrong.png"),
+    "finetune mistakes",
+    confidences=confidences,
+  )
   # 7 mistakes: 5 columns, 2 rows of 1.5 x 1.7 inches plus the title, at 100 dpi.
   assert read_png(path).shape == (400, 750, 4)
   assert os.listdir(tmp_path) == ["wrong.png"]
@@ -104,28 +124,42 @@ def test_misclassified_grid(tmp_path, shape, dtype):
 
 def test_misclassified_shows_at_most_max_images(tmp_path):
   images, y_true, y_pred = images_with_mistakes(40, 30)
-  path = plots.plot_misclassified(images, y_true, y_pred, DIGITS, str(tmp_path / "wrong.png"),
-                                  "mistakes", max_images=25)
+  path = plots.plot_misclassified(
+    images, y_true, y_pred, DIGITS, str(tmp_path / "wrong.png"), "mistakes", max_images=25
+  )
   assert read_png(path).shape == (910, 750, 4)  # 5 x 5
 
 
 def test_misclassified_without_mistakes(tmp_path):
   images, y_true, _ = images_with_mistakes(10, 0)
-  path = plots.plot_misclassified(images, y_true, y_true, DIGITS, str(tmp_path / "wrong.png"),
-                                  "no mistakes")
+  path = plots.plot_misclassified(
+    images, y_true, y_true, DIGITS, str(tmp_path / "wrong.png"), "no mistakes"
+  )
   assert read_png(path).shape == (120, 400, 4)  # the small "no misclassified images" figure
 
 
 def test_misclassified_compares_names_across_label_sets(tmp_path):
   images, _, _ = images_with_mistakes(3, 0)
   # Target classes 5, 6, 7 against source classes 7, 6: only the first image is wrong.
-  path = plots.plot_misclassified(images, [1, 1, 2], [1, 1, 0], ["5", "6", "7"],
-                                  str(tmp_path / "wrong.png"), "transfer",
-                                  pred_class_names=["7", "6"])
+  path = plots.plot_misclassified(
+    images,
+    [1, 1, 2],
+    [1, 1, 0],
+    ["5", "6", "7"],
+    str(tmp_path / "wrong.png"),
+    "transfer",
+    pred_class_names=["7", "6"],
+  )
   assert read_png(path).shape == (120, 400, 4)
-  plots.plot_misclassified(images, [0, 1, 2], [0, 1, 0], ["5", "6", "7"],
-                           str(tmp_path / "wrong.png"), "transfer",
-                           pred_class_names=["7", "6"])
+  plots.plot_misclassified(
+    images,
+    [0, 1, 2],
+    [0, 1, 0],
+    ["5", "6", "7"],
+    str(tmp_path / "wrong.png"),
+    "transfer",
+    pred_class_names=["7", "6"],
+  )
   assert read_png(path).shape == (230, 350, 4)  # one image, minimum width
 
 
@@ -161,16 +195,41 @@ def test_plots_do_not_touch_pyplot(tmp_path):
   assert had_pyplot or "matplotlib.pyplot" not in sys.modules
 
 
-PRETRAIN = {"test_accuracy": 0.998, "wall_seconds": 12.34, "train_seconds": 10.0,
-            "train_images_per_second": 7654.3, "epochs": 3, "num_train": 30596, "num_test": 5139,
-            "classes": ["0", "1", "2", "3", "4"], "history": {"loss": [0.2], "accuracy": [0.9]},
-            "optimizer": "adam", "learning_rate": 0.0010000000474974513, "batch_size": 128,
-            "strategy": "default", "num_replicas": 1}
-TRANSFER = {"test_accuracy": None, "mean_confidence": 0.8765, "images_per_second": 20000.0,
-            "epochs": 0, "num_train": 29404, "num_test": 4861, "classes": DIGITS,
-            "target": "mnist:5-9", "wall_seconds": 1.5}
-FINETUNE = {**PRETRAIN, "test_accuracy": 0.99412, "wall_seconds": 20.0, "unfreeze": "last:2",
-            "target": "mnist:5-9", "classes": DIGITS}
+PRETRAIN = {
+  "test_accuracy": 0.998,
+  "wall_seconds": 12.34,
+  "train_seconds": 10.0,
+  "train_images_per_second": 7654.3,
+  "epochs": 3,
+  "num_train": 30596,
+  "num_test": 5139,
+  "classes": ["0", "1", "2", "3", "4"],
+  "history": {"loss": [0.2], "accuracy": [0.9]},
+  "optimizer": "adam",
+  "learning_rate": 0.0010000000474974513,
+  "batch_size": 128,
+  "strategy": "default",
+  "num_replicas": 1,
+}
+TRANSFER = {
+  "test_accuracy": None,
+  "mean_confidence": 0.8765,
+  "images_per_second": 20000.0,
+  "epochs": 0,
+  "num_train": 29404,
+  "num_test": 4861,
+  "classes": DIGITS,
+  "target": "mnist:5-9",
+  "wall_seconds": 1.5,
+}
+FINETUNE = {
+  **PRETRAIN,
+  "test_accuracy": 0.99412,
+  "wall_seconds": 20.0,
+  "unfreeze": "last:2",
+  "target": "mnist:5-9",
+  "classes": DIGITS,
+}
 
 
 def section(text, stage):
@@ -183,13 +242,17 @@ def section(text, stage):
 def test_report(tmp_path):
   output_dir = tmp_path / "run"
   (output_dir / "plots").mkdir(parents=True)
-  curves = plots.plot_training_curves(PRETRAIN["history"], str(output_dir / "pretrain_curves.png"),
-                                      "pretrain")
-  matrix = plots.plot_confusion_matrix([0, 1], [0, 0], DIGITS[:2],
-                                       str(output_dir / "plots" / "finetune confusion.png"), "cm")
-  path = report.write_report(str(output_dir), {"pretrain": PRETRAIN, "transfer": TRANSFER,
-                                               "finetune": FINETUNE},
-                             {"pretrain": [curves], "finetune": [matrix]})
+  curves = plots.plot_training_curves(
+    PRETRAIN["history"], str(output_dir / "pretrain_curves.png"), "pretrain"
+  )
+  matrix = plots.plot_confusion_matrix(
+    [0, 1], [0, 0], DIGITS[:2], str(output_dir / "plots" / "finetune confusion.png"), "cm"
+  )
+  path = report.write_report(
+    str(output_dir),
+    {"pretrain": PRETRAIN, "transfer": TRANSFER, "finetune": FINETUNE},
+    {"pretrain": [curves], "finetune": [matrix]},
+  )
   assert path == str(output_dir / "report.md")
   with open(path) as f:
     text = f.read()

@@ -10,8 +10,9 @@ import time
 import h5py
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
+from conftest import run_command
 
-from conftest import REPO_ROOT, run_command
 from tl_keras import datasets
 from tl_keras import distribute
 from tl_keras import models
@@ -23,8 +24,14 @@ PRETRAIN_FILES = ["pretrain_curves.png", "report.md", "source_metrics.json", "so
 
 
 def _pretrain_args(data_dir, output_dir, *flags, epochs):
-  return ["scripts/pretrain.py", f"--data_dir={data_dir}", f"--output_dir={output_dir}",
-          f"--epochs={epochs}", "--batch_size=32", *flags]
+  return [
+    "scripts/pretrain.py",
+    f"--data_dir={data_dir}",
+    f"--output_dir={output_dir}",
+    f"--epochs={epochs}",
+    "--batch_size=32",
+    *flags,
+  ]
 
 
 def _has_checkpoint(folder):
@@ -35,8 +42,9 @@ def _has_checkpoint(folder):
 def _interrupt(args, backup, sig, log_path):
   """Runs `python ARGS` until `backup` holds a finished epoch, then sends it `sig`."""
   with open(log_path, "w") as log:
-    process = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, stdout=log,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+      [sys.executable, *args], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
       deadline = time.monotonic() + 120
       while not _has_checkpoint(backup):
@@ -80,9 +88,16 @@ def test_killed_run_resumes_from_its_last_epoch(sig, small_mnist_dir, tmp_path):
 
 def test_killed_finetune_resumes_after_its_warmup(source_model, small_mnist_dir, tmp_path):
   out = tmp_path / "out"
-  args = ["scripts/finetune.py", f"--model={source_model[0]}", f"--data_dir={small_mnist_dir}",
-          f"--output_dir={out}", "--warmup_epochs=1", "--epochs=4", "--batch_size=32",
-          "--finetune_learning_rate=0.0005"]
+  args = [
+    "scripts/finetune.py",
+    f"--model={source_model[0]}",
+    f"--data_dir={small_mnist_dir}",
+    f"--output_dir={out}",
+    "--warmup_epochs=1",
+    "--epochs=4",
+    "--batch_size=32",
+    "--finetune_learning_rate=0.0005",
+  ]
   # Killed in the second phase: the rerun skips the finished warmup and resumes the finetune.
   backup = resume.backup_dir(str(out), "finetune")
   _interrupt(args, backup, signal.SIGKILL, tmp_path / "interrupted.log")
@@ -103,8 +118,12 @@ def test_killed_finetune_resumes_after_its_warmup(source_model, small_mnist_dir,
 def test_resume_refuses_other_settings_and_noresume_starts_over(small_mnist_dir, tmp_path):
   out = tmp_path / "out"
   backup = resume.backup_dir(str(out), "pretrain")
-  _interrupt(_pretrain_args(small_mnist_dir, out, epochs=3), backup, signal.SIGKILL,
-             tmp_path / "interrupted.log")
+  _interrupt(
+    _pretrain_args(small_mnist_dir, out, epochs=3),
+    backup,
+    signal.SIGKILL,
+    tmp_path / "interrupted.log",
+  )
 
   changed = run_command(_pretrain_args(small_mnist_dir, out, "--seed=7", epochs=3))
   assert changed.returncode == 2, changed.stdout + changed.stderr
@@ -128,8 +147,12 @@ def test_backup_accepts_one_device_strategy(tmp_path):
   dataset = datasets.LabeledData(x.astype(np.uint8), y, x.astype(np.uint8), y, ["dark", "bright"])
   config = settings.make(settings.TrainingConfig, output_dir=str(tmp_path), epochs=2, batch_size=16)
   _, metrics = training.fit_and_evaluate(
-      lambda: models.build_source_model((28, 28, 1), 2), dataset, config,
-      distribute.get_distribution_strategy("one_device"), stage="test")
+    lambda: models.build_source_model((28, 28, 1), 2),
+    dataset,
+    config,
+    distribute.get_distribution_strategy("one_device"),
+    stage="test",
+  )
   assert metrics["resumed_from_epoch"] == 0 and len(metrics["history"]["loss"]) == 2
   assert not os.listdir(tmp_path)
 
@@ -138,8 +161,8 @@ def _weights(h5_path):
   arrays = {}
   with h5py.File(h5_path, "r") as f:
     f["model_weights"].visititems(
-        lambda name, item: arrays.update({name: item[()]}) if isinstance(item, h5py.Dataset)
-        else None)
+      lambda name, item: arrays.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None
+    )
   return arrays
 
 

@@ -8,8 +8,18 @@ import pytest
 from tl_keras import settings
 from tl_keras.errors import UserError
 
-_TRAINING = {"optimizer", "learning_rate", "epochs", "batch_size", "seed", "mixed_precision",
-             "per_replica_batch_size", "augment", "validation_split", "patience"}
+_TRAINING = {
+  "optimizer",
+  "learning_rate",
+  "epochs",
+  "batch_size",
+  "seed",
+  "mixed_precision",
+  "per_replica_batch_size",
+  "augment",
+  "validation_split",
+  "patience",
+}
 
 
 @pytest.mark.parametrize("config_class", settings.COMMAND_CONFIGS)
@@ -20,39 +30,73 @@ def test_setting_names_are_unique(config_class):
 
 def test_resume_records_the_same_settings_as_before():
   assert set(settings.recorded_on_resume(settings.PretrainConfig())) == _TRAINING | {
-      "source_classes", "conv_filters"}
+    "source_classes",
+    "conv_filters",
+  }
   assert set(settings.recorded_on_resume(settings.FinetuneConfig())) == _TRAINING | {
-      "target", "target_fit", "test_split", "train_per_class", "features_layer", "head_units",
-      "head_dropout", "head_l2", "head_init", "model", "unfreeze", "warmup_epochs",
-      "finetune_learning_rate", "compare_scratch", "allow_unsafe_deserialization",
-      "max_model_mb"}
+    "target",
+    "target_fit",
+    "test_split",
+    "train_per_class",
+    "features_layer",
+    "head_units",
+    "head_dropout",
+    "head_l2",
+    "head_init",
+    "model",
+    "unfreeze",
+    "warmup_epochs",
+    "finetune_learning_rate",
+    "compare_scratch",
+    "allow_unsafe_deserialization",
+    "max_model_mb",
+  }
 
 
 def test_report_lists_the_same_settings_as_before():
   assert settings.report_keys() == [
-      "conv_filters", "optimizer", "learning_rate", "epochs", "warmup_epochs", "batch_size",
-      "strategy", "unfreeze", "features_layer", "head_init", "augment", "validation_split",
-      "target"]
+    "conv_filters",
+    "optimizer",
+    "learning_rate",
+    "epochs",
+    "warmup_epochs",
+    "batch_size",
+    "strategy",
+    "unfreeze",
+    "features_layer",
+    "head_init",
+    "augment",
+    "validation_split",
+    "target",
+  ]
 
 
 def test_stage_defaults():
   assert settings.PretrainConfig().epochs == settings.FinetuneConfig().epochs == 4
   assert settings.TransferConfig().batch_size == 1024
   pretrain, transfer, finetune = settings.make(
-      settings.PipelineConfig, output_dir="out", pretrain_epochs=2, finetune_epochs=3, seed=7,
-      features_layer="features_dense").stages()
+    settings.PipelineConfig,
+    output_dir="out",
+    pretrain_epochs=2,
+    finetune_epochs=3,
+    seed=7,
+    features_layer="features_dense",
+  ).stages()
   assert (pretrain.epochs, finetune.epochs) == (2, 3)
   assert transfer.load.model == finetune.load.model == "out/source_model.h5"
   assert transfer.seed == 7 and transfer.features_layer == "features_dense"
 
 
-@pytest.mark.parametrize("values, message", [
+@pytest.mark.parametrize(
+  "values, message",
+  [
     ({"optimizer": "sgd"}, "unknown --optimizer='sgd': use one of adadelta, adam"),
     ({"learning_rate": math.nan}, "--learning_rate must be a number in (0, 10], got nan"),
     ({"head_dropout": 1.0}, "--head_dropout must be a number in [0, 1), got 1.0"),
     ({"head_init": "probe", "head_units": 8}, "needs --head_units=0"),
     ({"warmup_epochs": -1}, "--warmup_epochs must be a whole number from 0 to 10_000, got -1"),
-])
+  ],
+)
 def test_validate_names_the_flag(values, message):
   config = settings.make(settings.FinetuneConfig, **values)
   with pytest.raises(UserError, match=re.escape(message)):

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import run_command
+
 from tl_keras import artifacts
 from tl_keras import datasets
 from tl_keras import loading
@@ -45,19 +45,27 @@ def test_pretrain_accepts_injected_data(tmp_path):
   x = np.concatenate([rng.integers(0, 60, (64, 28, 28)), rng.integers(200, 256, (64, 28, 28))])
   y = np.repeat([0, 1], 64)
   dataset = datasets.LabeledData(x.astype(np.uint8), y, x.astype(np.uint8), y, ["dark", "bright"])
-  metrics = pretrain.run(settings.make(settings.PretrainConfig, output_dir=str(tmp_path), epochs=3,
-                                       batch_size=16),
-                         datasets_override=dataset)
+  metrics = pretrain.run(
+    settings.make(settings.PretrainConfig, output_dir=str(tmp_path), epochs=3, batch_size=16),
+    datasets_override=dataset,
+  )
   assert metrics["test_accuracy"] == 1.0
   assert model_io.read_metadata(str(tmp_path / "source_model.h5"))["class_names"] == [
-      "dark", "bright"]
+    "dark",
+    "bright",
+  ]
 
 
 def test_transfer_matches_classes_by_name(source_model, small_mnist_dir, tmp_path):
   path, _ = source_model
   # Digits 3 and 4 are source classes: the source model should already know them.
-  config = settings.make(settings.TransferConfig, model=path, target="mnist:3-4",
-                         data_dir=small_mnist_dir, output_dir=str(tmp_path))
+  config = settings.make(
+    settings.TransferConfig,
+    model=path,
+    target="mnist:3-4",
+    data_dir=small_mnist_dir,
+    output_dir=str(tmp_path),
+  )
   metrics = transfer.run(config)
   assert COMMON_METRICS <= set(metrics)
   assert metrics["num_matched_by_name"] == 400
@@ -73,8 +81,13 @@ def test_transfer_matches_classes_by_name(source_model, small_mnist_dir, tmp_pat
 
 def test_transfer_to_new_classes_has_no_accuracy(source_model, small_mnist_dir, tmp_path):
   path, _ = source_model
-  config = settings.make(settings.TransferConfig, model=path, target="mnist:5-9",
-                         data_dir=small_mnist_dir, output_dir=str(tmp_path))
+  config = settings.make(
+    settings.TransferConfig,
+    model=path,
+    target="mnist:5-9",
+    data_dir=small_mnist_dir,
+    output_dir=str(tmp_path),
+  )
   metrics = transfer.run(config)
   assert metrics["test_accuracy"] is None and metrics["num_matched_by_name"] == 0
   assert set(metrics["predicted_source_classes"]) == {"5", "6", "7", "8", "9"}
@@ -83,8 +96,14 @@ def test_transfer_to_new_classes_has_no_accuracy(source_model, small_mnist_dir, 
 
 def _finetune(source_model, small_mnist_dir, output_dir, **overrides):
   path, _ = source_model
-  values = dict(model=path, target="mnist:5-9", data_dir=small_mnist_dir,
-                  output_dir=str(output_dir), epochs=3, strategy="default")
+  values = dict(
+    model=path,
+    target="mnist:5-9",
+    data_dir=small_mnist_dir,
+    output_dir=str(output_dir),
+    epochs=3,
+    strategy="default",
+  )
   values.update(overrides)
   return settings.make(settings.FinetuneConfig, **values)
 
@@ -100,10 +119,17 @@ def test_finetune_learns_the_target_and_exports(source_model, small_mnist_dir, t
   assert metadata["class_names"] == ["5", "6", "7", "8", "9"]
   assert metadata["source_class_names"] == ["0", "1", "2", "3", "4"]
   assert metadata["label_map"] == {"5": 0, "6": 1, "7": 2, "8": 3, "9": 4}
-  assert sorted(os.listdir(tmp_path)) == sorted([
-      artifacts.TARGET_MODEL, artifacts.SAVED_MODEL_DIR, artifacts.METRICS["finetune"],
-      artifacts.FINETUNE_CURVES, artifacts.CONFUSION, artifacts.MISCLASSIFIED,
-      "report.md"])
+  assert sorted(os.listdir(tmp_path)) == sorted(
+    [
+      artifacts.TARGET_MODEL,
+      artifacts.SAVED_MODEL_DIR,
+      artifacts.METRICS["finetune"],
+      artifacts.FINETUNE_CURVES,
+      artifacts.CONFUSION,
+      artifacts.MISCLASSIFIED,
+      "report.md",
+    ]
+  )
 
   # The SavedModel, in a fresh process that never imports tl_keras, takes raw uint8 images.
   target = targets.load_target("mnist:5-9", small_mnist_dir)
@@ -125,8 +151,9 @@ print(json.dumps({{"accuracy": float((out["class_id"].numpy() == batch["y"]).mea
   assert served["shape"] == [1000, 5]
   assert served["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
   reloaded = loading.load_model(h5_path)
-  expected = reloaded.predict(preprocessing.preprocess_images(target.x_test[:5], (28, 28, 1)),
-                              verbose=0)
+  expected = reloaded.predict(
+    preprocessing.preprocess_images(target.x_test[:5], (28, 28, 1)), verbose=0
+  )
   np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
   with open(tmp_path / artifacts.SAVED_MODEL_DIR / "assets" / artifacts.CLASS_NAMES_ASSET) as f:
     assert f.read().split() == ["5", "6", "7", "8", "9"]
@@ -141,14 +168,16 @@ def test_finetune_mirrored_over_two_logical_cpus(source_model, small_mnist_dir, 
 
 def test_finetune_only_head_keeps_source_features(source_model, small_mnist_dir, tmp_path):
   path, _ = source_model
-  metrics = finetune.run(_finetune(source_model, small_mnist_dir, tmp_path, unfreeze="none",
-                                   learning_rate=0.01))
+  metrics = finetune.run(
+    _finetune(source_model, small_mnist_dir, tmp_path, unfreeze="none", learning_rate=0.01)
+  )
   assert metrics["trainable_layers"] == ["target_classifier"]
   source = loading.load_model(path)
   target = loading.load_model(str(tmp_path / artifacts.TARGET_MODEL))
   for name in ("features_conv1", "features_conv2", "features_dense"):
-    for before, after in zip(source.get_layer(name).get_weights(),
-                             target.get_layer(name).get_weights()):
+    for before, after in zip(
+      source.get_layer(name).get_weights(), target.get_layer(name).get_weights()
+    ):
       np.testing.assert_array_equal(before, after)
   assert metrics["test_accuracy"] > 0.6  # chance is 0.2: frozen 0-4 features carry over
 
@@ -157,8 +186,9 @@ def test_tensorboard_logs_go_under_the_output_dir(tmp_path):
   x = np.zeros((32, 28, 28), np.uint8)
   y = np.repeat([0, 1], 16)
   dataset = datasets.LabeledData(x, y, x, y, ["a", "b"])
-  pretrain.run(settings.make(settings.PretrainConfig, output_dir=str(tmp_path), epochs=1,
-                             tensorboard=True),
-               datasets_override=dataset)
+  pretrain.run(
+    settings.make(settings.PretrainConfig, output_dir=str(tmp_path), epochs=1, tensorboard=True),
+    datasets_override=dataset,
+  )
   events = [name for _, _, files in os.walk(tmp_path / "logs" / "pretrain") for name in files]
   assert any(name.startswith("events.out.tfevents") for name in events)

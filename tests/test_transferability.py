@@ -1,4 +1,4 @@
-"""Transferability before finetuning: LogME and the linear probe, alone and in the transfer stage."""
+"""Transferability before finetuning: LogME and the linear probe, alone and in the stage."""
 
 import numpy as np
 
@@ -37,8 +37,16 @@ def _log_evidence(features, y, alpha, beta):
 def test_logme_is_the_maximum_evidence_of_the_bayesian_linear_model():
   features, labels = _blobs(True, n=60, d=5)
   grid = np.logspace(-3, 3, 61)
-  best = np.mean([max(_log_evidence(features, (labels == k).astype(float), alpha, beta)
-                      for alpha in grid for beta in grid) for k in range(3)])
+  best = np.mean(
+    [
+      max(
+        _log_evidence(features, (labels == k).astype(float), alpha, beta)
+        for alpha in grid
+        for beta in grid
+      )
+      for k in range(3)
+    ]
+  )
   value = transferability.logme(features, labels)
   # The fixed point maximises the evidence: at least the grid's best, and not far above it.
   assert best - 1e-6 <= value < best + 0.01
@@ -50,8 +58,9 @@ def test_linear_probe_separates_informative_features_only():
   assert transferability.linear_probe_accuracy(train, train_labels, test, test_labels) > 0.9
   noise, _ = _blobs(False, seed=2)
   noise_test, _ = _blobs(False, seed=3)
-  assert transferability.linear_probe_accuracy(noise, train_labels, noise_test,
-                                               test_labels) < 0.6  # chance is 1/3
+  assert (
+    transferability.linear_probe_accuracy(noise, train_labels, noise_test, test_labels) < 0.6
+  )  # chance is 1/3
 
 
 def test_linear_probe_weights_apply_to_the_raw_features():
@@ -62,15 +71,21 @@ def test_linear_probe_weights_apply_to_the_raw_features():
   assert (np.argmax(train @ kernel + bias, axis=1) == labels).mean() > 0.95
 
 
-def test_trained_source_ranks_above_random_source_on_digits_5_to_9(source_model, small_mnist_dir,
-                                                                   tmp_path):
+def test_trained_source_ranks_above_random_source_on_digits_5_to_9(
+  source_model, small_mnist_dir, tmp_path
+):
   keras.utils.set_random_seed(0)
   random_path = str(tmp_path / "random.h5")
   model_io.save_h5(models.build_source_model((28, 28, 1), 5), random_path, {})
   results = {}
   for name, path in (("trained", source_model[0]), ("random", random_path)):
-    config = settings.make(settings.TransferConfig, model=path, data_dir=small_mnist_dir,
-                           train_per_class=100, output_dir=str(tmp_path / name))
+    config = settings.make(
+      settings.TransferConfig,
+      model=path,
+      data_dir=small_mnist_dir,
+      train_per_class=100,
+      output_dir=str(tmp_path / name),
+    )
     results[name] = transfer.run(config)
   trained, random = results["trained"], results["random"]
   assert trained["num_train"] == 500

@@ -5,6 +5,7 @@ an imported module, a secret in an output), the test asserts the trace is absent
 with `allow_unsafe=True` shows the payload is real where that is safe to show.
 """
 
+import functools
 import json
 import os
 import random
@@ -17,8 +18,8 @@ import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import run_command
+
 from tl_keras import loading
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
@@ -37,8 +38,7 @@ def _payload_module(tmp_path, monkeypatch):
   """A module that leaves a marker file when imported: (module name, marker path)."""
   name = f"tl_payload_{os.getpid()}_{random.randrange(10**9)}"
   marker = tmp_path / "payload_ran"
-  (tmp_path / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
-                                       "Dense = object\n")
+  (tmp_path / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nDense = object\n")
   monkeypatch.syspath_prepend(str(tmp_path))
   return name, marker
 
@@ -84,6 +84,7 @@ def _refused(path, match="refusing to load"):
 
 # --- Keras configs: modules, registered names, functions ---------------------------------------
 
+
 def test_keras_config_naming_another_module_is_refused_before_import(tmp_path, monkeypatch):
   module, marker = _payload_module(tmp_path, monkeypatch)
   path = _keras_file(tmp_path, lambda c: _layer(c, "dense").update(module=module))
@@ -102,22 +103,44 @@ def test_top_level_module_key_is_refused_before_import(tmp_path, monkeypatch):
   assert marker.exists()
 
 
-@pytest.mark.parametrize("edit, message", [
+@pytest.mark.parametrize(
+  "edit, message",
+  [
     (lambda c: _layer(c, "dense").update(registered_name="payload>Dense"), "registered as"),
-    (lambda c: _layer(c, "dense")["config"].update(activation={
-        "module": "os", "class_name": "function", "config": "system",
-        "registered_name": "system"}), "function 'system'"),
-    (lambda c: _layer(c, "dense")["config"].update(activation="deserialize"),
-     "activation='deserialize'"),
-    (lambda c: _layer(c, "conv")["config"].update(kernel_initializer="get"),
-     "kernel_initializer='get'"),
+    (
+      lambda c: _layer(c, "dense")["config"].update(
+        activation={
+          "module": "os",
+          "class_name": "function",
+          "config": "system",
+          "registered_name": "system",
+        }
+      ),
+      "function 'system'",
+    ),
+    (
+      lambda c: _layer(c, "dense")["config"].update(activation="deserialize"),
+      "activation='deserialize'",
+    ),
+    (
+      lambda c: _layer(c, "conv")["config"].update(kernel_initializer="get"),
+      "kernel_initializer='get'",
+    ),
     (lambda c: _layer(c, "dense").update(class_name="Lambda"), "Lambda"),
-    (lambda c: _layer(c, "dense")["config"].update(kernel_initializer={
-        "module": "keras.initializers", "class_name": "__lambda__", "config": {}}),
-     "__lambda__"),
+    (
+      lambda c: _layer(c, "dense")["config"].update(
+        kernel_initializer={
+          "module": "keras.initializers",
+          "class_name": "__lambda__",
+          "config": {},
+        }
+      ),
+      "__lambda__",
+    ),
     (lambda c: c["config"].update(extra={"module": "subprocess"}), "without a class"),
     (lambda c: _layer(c, "dense").update(class_name="TextVectorization"), "TextVectorization"),
-])
+  ],
+)
 def test_keras_config_with_code_or_foreign_names_is_refused(tmp_path, edit, message):
   _refused(_keras_file(tmp_path, edit), message)
 
@@ -131,8 +154,13 @@ def test_lookup_layer_with_a_vocabulary_path_reads_nothing(tmp_path):
     _layer(config, "dense")["config"] = {"name": "dense", "vocabulary": str(secret)}
 
   output_dir = tmp_path / "out"
-  result = run_command(["scripts/transfer.py", f"--model={_keras_file(tmp_path, add_lookup)}",
-                        f"--output_dir={output_dir}"])
+  result = run_command(
+    [
+      "scripts/transfer.py",
+      f"--model={_keras_file(tmp_path, add_lookup)}",
+      f"--output_dir={output_dir}",
+    ]
+  )
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [result.stderr.strip()]
   assert "StringLookup" in result.stderr and SECRET not in result.stdout + result.stderr
@@ -141,7 +169,7 @@ def test_lookup_layer_with_a_vocabulary_path_reads_nothing(tmp_path):
 
 def test_h5_lambda_bytecode_does_not_run(tmp_path):
   marker = tmp_path / "payload_ran"
-  payload = eval(f"lambda x: (open({str(marker)!r}, 'w').write('ran'), x)[1]")  # pylint: disable=eval-used
+  payload = eval(f"lambda x: (open({str(marker)!r}, 'w').write('ran'), x)[1]")
   inputs = keras.Input((28, 28, 1))
   path = str(tmp_path / "lambda.h5")
   keras.Model(inputs, keras.layers.Lambda(payload)(inputs)).save(path, save_format="h5")
@@ -152,14 +180,23 @@ def test_h5_lambda_bytecode_does_not_run(tmp_path):
 
 def test_h5_passive_serialization_module_is_refused(tmp_path, monkeypatch):
   module, marker = _payload_module(tmp_path, monkeypatch)
-  path = _h5_file(tmp_path, edit_config=lambda c: _layer(c, "dense")["config"].update(
-      kernel_initializer={"class_name": "Dense", "module": module, "config": {},
-                          "__passive_serialization__": True}))
+  path = _h5_file(
+    tmp_path,
+    edit_config=lambda c: _layer(c, "dense")["config"].update(
+      kernel_initializer={
+        "class_name": "Dense",
+        "module": module,
+        "config": {},
+        "__passive_serialization__": True,
+      }
+    ),
+  )
   _refused(path, "from module")
   assert not marker.exists() and module not in sys.modules
 
 
 # --- HDF5 contents: links, external storage, sizes ---------------------------------------------
+
 
 def _kernel_path(f):
   return "model_weights/dense/dense/kernel:0"
@@ -173,8 +210,12 @@ def test_h5_external_storage_or_links_read_no_other_file(tmp_path):
     name = _kernel_path(f)
     shape, dtype = f[name].shape, f[name].dtype
     del f[name]
-    f.create_dataset(name, shape=shape, dtype=dtype,
-                     external=[(str(secret), 0, int(np.prod(shape)) * dtype.itemsize)])
+    f.create_dataset(
+      name,
+      shape=shape,
+      dtype=dtype,
+      external=[(str(secret), 0, int(np.prod(shape)) * dtype.itemsize)],
+    )
 
   def external_link(f):
     with h5py.File(tmp_path / "other.h5", "w") as other:
@@ -190,8 +231,12 @@ def test_h5_external_storage_or_links_read_no_other_file(tmp_path):
 
 def test_h5_declaring_a_huge_tensor_is_refused_with_little_memory(tmp_path):
   def huge(f):  # 10 GB declared, nothing stored: HDF5 fills unwritten chunks on read
-    f.create_dataset("model_weights/dense/dense/huge:0", shape=(50_000, 50_000),
-                     dtype=np.float32, chunks=(1000, 1000))
+    f.create_dataset(
+      "model_weights/dense/dense/huge:0",
+      shape=(50_000, 50_000),
+      dtype=np.float32,
+      chunks=(1000, 1000),
+    )
 
   path = _h5_file(tmp_path, edit_file=huge)
   assert os.path.getsize(path) < 1_000_000
@@ -200,8 +245,9 @@ def test_h5_declaring_a_huge_tensor_is_refused_with_little_memory(tmp_path):
 
 def test_config_that_builds_huge_weights_is_refused_with_little_memory(tmp_path):
   # 5408 x 10^6 float32 kernel: 21 GB from a config edit, no weights in the file back it.
-  path = _h5_file(tmp_path, edit_config=lambda c: _layer(c, "dense")["config"].update(
-      units=1_000_000))
+  path = _h5_file(
+    tmp_path, edit_config=lambda c: _layer(c, "dense")["config"].update(units=1_000_000)
+  )
   _assert_refused_in_small_process(path, "more than the file stores")
 
 
@@ -209,8 +255,7 @@ def test_keras_archive_bomb_and_extra_members_are_refused(tmp_path):
   clean = tmp_path / "clean.keras"
   _tiny_model().save(str(clean))
   bomb = tmp_path / "bomb.keras"
-  with zipfile.ZipFile(clean) as source, zipfile.ZipFile(bomb, "w",
-                                                         zipfile.ZIP_DEFLATED) as target:
+  with zipfile.ZipFile(clean) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as target:
     for info in source.infolist():
       if info.filename != "config.json":
         target.writestr(info.filename, source.read(info.filename))
@@ -229,16 +274,18 @@ def test_keras_archive_bomb_and_extra_members_are_refused(tmp_path):
 def _assert_refused_in_small_process(path, message):
   """Loads `path` in a fresh process: a one-line refusal, and peak memory under 1 GiB."""
   # VmHWM, not ru_maxrss: Linux carries a forking parent's peak over into the child's.
-  script = ("import sys\n"
-            "from tl_keras import loading\n"
-            "from tl_keras.errors import UserError\n"
-            "try:\n"
-            f"  loading.load_model({path!r})\n"
-            "  print('LOADED')\n"
-            "except UserError as e:\n"
-            "  print('REFUSED', e)\n"
-            "print('MAXRSS_KB', [line.split()[1] for line in open('/proc/self/status')\n"
-            "                    if line.startswith('VmHWM')][0])\n")
+  script = (
+    "import sys\n"
+    "from tl_keras import loading\n"
+    "from tl_keras.errors import UserError\n"
+    "try:\n"
+    f"  loading.load_model({path!r})\n"
+    "  print('LOADED')\n"
+    "except UserError as e:\n"
+    "  print('REFUSED', e)\n"
+    "print('MAXRSS_KB', [line.split()[1] for line in open('/proc/self/status')\n"
+    "                    if line.startswith('VmHWM')][0])\n"
+  )
   result = run_command(["-c", script])
   assert "REFUSED" in result.stdout and message in result.stdout, result.stdout + result.stderr
   peak_kb = int(result.stdout.split("MAXRSS_KB")[1])
@@ -253,14 +300,18 @@ def test_h5_names_pointing_many_times_at_one_large_string_are_refused(tmp_path):
   _tiny_model().save(path, save_format="h5")
   with h5py.File(path, "a") as f:
     del f["model_weights"].attrs["layer_names"]
-    f["model_weights"].attrs.create("layer_names", ["A" * big] + ["b"] * (count - 1),
-                                    dtype=h5py.string_dtype())
+    f["model_weights"].attrs.create(
+      "layer_names", ["A" * big] + ["b"] * (count - 1), dtype=h5py.string_dtype()
+    )
   raw = bytearray(open(path, "rb").read())
   # A stored element: u32 length, u64 heap collection address, u32 index in the collection.
-  start = next(i for i in range(len(raw) - 32) if struct.unpack_from("<I", raw, i)[0] == big
-               and struct.unpack_from("<I", raw, i + 16)[0] == 1)
+  start = next(
+    i
+    for i in range(len(raw) - 32)
+    if struct.unpack_from("<I", raw, i)[0] == big and struct.unpack_from("<I", raw, i + 16)[0] == 1
+  )
   for index in range(1, count):
-    raw[start + 16 * index:start + 16 * (index + 1)] = raw[start:start + 16]
+    raw[start + 16 * index : start + 16 * (index + 1)] = raw[start : start + 16]
   open(path, "wb").write(raw)
   _assert_refused_in_small_process(path, "attributes take more than")
 
@@ -270,21 +321,29 @@ def test_config_shapes_that_build_huge_arrays_are_refused(tmp_path):
   def huge_input(config):
     _layer(config, "image")["config"]["batch_input_shape"] = [None, 2000, 1000, 100]
     _layer(config, "conv").update(class_name="Normalization")
-    _layer(config, "conv")["config"] = {"name": "conv", "axis": [1, 2, 3], "mean": 0.5,
-                                        "variance": 1.0}
+    _layer(config, "conv")["config"] = {
+      "name": "conv",
+      "axis": [1, 2, 3],
+      "mean": 0.5,
+      "variance": 1.0,
+    }
 
-  _assert_refused_in_small_process(_h5_file(tmp_path, edit_config=huge_input),
-                                   "batch_input_shape")
+  _assert_refused_in_small_process(_h5_file(tmp_path, edit_config=huge_input), "batch_input_shape")
 
 
 def test_padding_a_file_does_not_raise_what_it_may_declare(tmp_path):
   def unwritten_kernel(f):  # 512 MiB declared in gzip chunks never written, file padded
     name = _kernel_path(f)
     del f[name]
-    f.create_dataset(name, shape=(1352, 100_000), dtype=np.float32, chunks=(1352, 100),
-                     compression="gzip")
-  path = _h5_file(tmp_path, edit_config=lambda c: _layer(c, "dense")["config"].update(
-      units=100_000), edit_file=unwritten_kernel)
+    f.create_dataset(
+      name, shape=(1352, 100_000), dtype=np.float32, chunks=(1352, 100), compression="gzip"
+    )
+
+  path = _h5_file(
+    tmp_path,
+    edit_config=lambda c: _layer(c, "dense")["config"].update(units=100_000),
+    edit_file=unwritten_kernel,
+  )
   with open(path, "ab") as f:
     f.write(os.urandom(40 << 20))
   _refused(path, "declares 516 MiB of tensors but stores only")
@@ -294,8 +353,9 @@ def test_layers_called_twice_load_and_unbuilt_models_are_refused(tmp_path):
   first, second = keras.Input((28, 28, 1)), keras.Input((14, 14, 1))
   flatten = keras.layers.Flatten(name="flatten")
   merged = keras.layers.Concatenate()([flatten(first), flatten(second)])
-  keras.Model([first, second], keras.layers.Dense(2)(merged)).save(str(tmp_path / "two.h5"),
-                                                                    save_format="h5")
+  keras.Model([first, second], keras.layers.Dense(2)(merged)).save(
+    str(tmp_path / "two.h5"), save_format="h5"
+  )
   assert len(loading.load_model(str(tmp_path / "two.h5")).inputs) == 2
   keras.Sequential([keras.layers.Dense(2)]).save(str(tmp_path / "unbuilt.keras"))
   with pytest.raises(UserError, match="no input shape"):
@@ -304,11 +364,11 @@ def test_layers_called_twice_load_and_unbuilt_models_are_refused(tmp_path):
 
 # --- SavedModel graphs ---------------------------------------------------------------------------
 
+
 def _module_saved_model(tmp_path, name, body):
   """A non-Keras SavedModel whose __call__ on [None,28,28,1] images runs `body(images)`."""
 
   class Hostile(tf.Module):
-
     @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
     def __call__(self, images):
       return body(images)
@@ -322,19 +382,43 @@ def _features(images):
   return tf.reduce_mean(images, axis=[1, 2])
 
 
-@pytest.mark.parametrize("name, make_body, op", [
-    ("print_to_file", lambda marker: lambda x: _after(
-        tf.print("ran", output_stream=f"file://{marker}"), x), "PrintV2"),
-    ("write_file", lambda marker: lambda x: _after(tf.io.write_file(str(marker), "ran"), x),
-     "WriteFile"),
+@pytest.mark.parametrize(
+  "name, make_body, op",
+  [
+    (
+      "print_to_file",
+      lambda marker: lambda x: _after(tf.print("ran", output_stream=f"file://{marker}"), x),
+      "PrintV2",
+    ),
+    (
+      "write_file",
+      lambda marker: lambda x: _after(tf.io.write_file(str(marker), "ran"), x),
+      "WriteFile",
+    ),
     ("read_file", lambda marker: lambda x: _after(tf.io.read_file(str(marker)), x), "ReadFile"),
-    ("delete_file", lambda marker: lambda x: _after(
-        tf.raw_ops.DeleteFile(filename=str(marker)), x) if hasattr(tf.raw_ops, "DeleteFile")
-     else _after(tf.io.write_file(str(marker), ""), x), "File"),
-    ("dataset", lambda marker: lambda x: _features(x) + tf.cast(
-        tf.data.TextLineDataset(str(marker)).reduce(0, lambda a, _: a + 1), tf.float32),
-     "Dataset"),
-])
+    (
+      "delete_file",
+      lambda marker: (
+        lambda x: (
+          _after(tf.raw_ops.DeleteFile(filename=str(marker)), x)
+          if hasattr(tf.raw_ops, "DeleteFile")
+          else _after(tf.io.write_file(str(marker), ""), x)
+        )
+      ),
+      "File",
+    ),
+    (
+      "dataset",
+      lambda marker: (
+        lambda x: (
+          _features(x)
+          + tf.cast(tf.data.TextLineDataset(str(marker)).reduce(0, lambda a, _: a + 1), tf.float32)
+        )
+      ),
+      "Dataset",
+    ),
+  ],
+)
 def test_saved_model_with_file_or_stream_ops_is_refused(tmp_path, name, make_body, op):
   marker = tmp_path / "payload_ran"
   path = _module_saved_model(tmp_path, name, make_body(marker))
@@ -350,8 +434,9 @@ def _after(side_effect, images):
 
 def test_print_to_file_payload_is_real(tmp_path):
   marker = tmp_path / "payload_ran"
-  path = _module_saved_model(tmp_path, "print", lambda x: _after(
-      tf.print("ran", output_stream=f"file://{marker}"), x))
+  path = _module_saved_model(
+    tmp_path, "print", lambda x: _after(tf.print("ran", output_stream=f"file://{marker}"), x)
+  )
   loading.load_model(path, allow_unsafe=True)(np.zeros((1, 28, 28, 1), np.float32))
   assert marker.exists()
 
@@ -366,7 +451,6 @@ def test_functions_hidden_behind_the_savers_node_are_still_checked(tmp_path):
     return tf.constant(1.0)
 
   class Resource(tf.saved_model.experimental.TrackableResource):
-
     def _create_resource(self):
       return tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[], shared_name="")
 
@@ -375,7 +459,6 @@ def test_functions_hidden_behind_the_savers_node_are_still_checked(tmp_path):
       return tf.raw_ops.AssignVariableOp(resource=self.resource_handle, value=1.0)
 
   class Model(tf.Module):
-
     def __init__(self):
       super().__init__()
       self.resource = Resource()
@@ -383,7 +466,8 @@ def test_functions_hidden_behind_the_savers_node_are_still_checked(tmp_path):
     @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
     def __call__(self, images):
       return _features(images) + tf.raw_ops.ReadVariableOp(
-          resource=self.resource.resource_handle, dtype=tf.float32)
+        resource=self.resource.resource_handle, dtype=tf.float32
+      )
 
   path = str(tmp_path / "hidden")
   tf.saved_model.save(Model(), path)
@@ -402,13 +486,16 @@ def test_functions_hidden_behind_the_savers_node_are_still_checked(tmp_path):
 
 def test_oversized_graph_is_refused(tmp_path):
   path = _module_saved_model(tmp_path, "bloated", _features)
-  _edit_saved_model(path, lambda meta_graph: meta_graph.graph_def.node.extend(
-      [meta_graph.graph_def.node[0]] * 600_000))  # ~40 MiB of copies
+  _edit_saved_model(
+    path,
+    lambda meta_graph: meta_graph.graph_def.node.extend([meta_graph.graph_def.node[0]] * 600_000),
+  )  # ~40 MiB of copies
   _assert_refused_in_small_process(path, "above the 32 MiB limit")
 
 
 def _edit_saved_model(path, edit):
-  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.protobuf import saved_model_pb2
+
   proto = saved_model_pb2.SavedModel()
   with open(os.path.join(path, "saved_model.pb"), "rb") as f:
     proto.ParseFromString(f.read())
@@ -422,7 +509,6 @@ def test_saved_model_asset_outside_the_folder_is_not_read(tmp_path):
   secret.write_text(SECRET)
 
   class WithAsset(tf.Module):
-
     def __init__(self):
       super().__init__()
       (tmp_path / "labels.txt").write_text("a\nb\n")
@@ -453,8 +539,9 @@ def test_saved_model_with_a_symlink_inside_is_refused(tmp_path):
 
 
 def test_saved_model_constant_bomb_is_refused(tmp_path):
-  path = _module_saved_model(tmp_path, "const", lambda x: _features(x) + tf.reduce_sum(
-      tf.constant(0.5, shape=[2, 2])))
+  path = _module_saved_model(
+    tmp_path, "const", lambda x: _features(x) + tf.reduce_sum(tf.constant(0.5, shape=[2, 2]))
+  )
 
   def inflate(meta_graph):
     for function in meta_graph.graph_def.library.function:
@@ -473,23 +560,67 @@ def test_tf1_saved_model_is_refused(tmp_path):
   with tf.Graph().as_default(), tf.compat.v1.Session() as session:
     images = tf.compat.v1.placeholder(tf.float32, [None, 28, 28, 1])
     builder = tf.compat.v1.saved_model.Builder(path)
-    builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
+    builder.add_meta_graph_and_variables(
+      session,
+      ["serve"],
+      signature_def_map={
         "serving_default": tf.compat.v1.saved_model.predict_signature_def(
-            {"images": images}, {"features": tf.reduce_mean(images, axis=[1, 2])})})
+          {"images": images}, {"features": tf.reduce_mean(images, axis=[1, 2])}
+        )
+      },
+    )
     builder.save()
   _refused(path, "TF1 SavedModel")
 
 
 # --- Fuzzing the config -------------------------------------------------------------------------
 
-_CLASS_NAMES = ["Dense", "Conv2D", "Lambda", "TFOpLambda", "StringLookup", "TextVectorization",
-                "Layer", "__lambda__", "__typespec__", "function", "Functional", "Custom>Adam",
-                "GlorotUniform", "Zeros", "os", "Popen", "", "builtins.eval"]
-_MODULES = [None, "keras.layers", "tf_keras.layers", "keras.initializers", "os", "subprocess",
-            "builtins", "tf_keras.src.utils.io_utils", "keras", "PAYLOAD"]
+_CLASS_NAMES = [
+  "Dense",
+  "Conv2D",
+  "Lambda",
+  "TFOpLambda",
+  "StringLookup",
+  "TextVectorization",
+  "Layer",
+  "__lambda__",
+  "__typespec__",
+  "function",
+  "Functional",
+  "Custom>Adam",
+  "GlorotUniform",
+  "Zeros",
+  "os",
+  "Popen",
+  "",
+  "builtins.eval",
+]
+_MODULES = [
+  None,
+  "keras.layers",
+  "tf_keras.layers",
+  "keras.initializers",
+  "os",
+  "subprocess",
+  "builtins",
+  "tf_keras.src.utils.io_utils",
+  "keras",
+  "PAYLOAD",
+]
 _REGISTERED = [None, "Dense", "Conv2D", "payload>Thing", "function", "Custom>Adam"]
-_FUNCTIONS = ["relu", "softmax", "linear", "deserialize", "get", "serialize", "tf", "eval",
-              "glorot_uniform", "zeros", "system"]
+_FUNCTIONS = [
+  "relu",
+  "softmax",
+  "linear",
+  "deserialize",
+  "get",
+  "serialize",
+  "tf",
+  "eval",
+  "glorot_uniform",
+  "zeros",
+  "system",
+]
 
 
 def _mutate(config, rng, module):
@@ -530,9 +661,12 @@ def test_fuzzed_configs_load_built_ins_or_are_refused(tmp_path, monkeypatch, fmt
   rng = random.Random(1234)
   loaded = refused = 0
   for index in range(40):
-    edit = lambda config: _mutate(config, rng, module)  # pylint: disable=cell-var-from-loop
-    path = (_keras_file(tmp_path, edit, name=f"fuzz{index}.keras") if fmt == "keras"
-            else _h5_file(tmp_path, edit_config=edit, name=f"fuzz{index}.h5"))
+    edit = functools.partial(_mutate, rng=rng, module=module)
+    path = (
+      _keras_file(tmp_path, edit, name=f"fuzz{index}.keras")
+      if fmt == "keras"
+      else _h5_file(tmp_path, edit_config=edit, name=f"fuzz{index}.h5")
+    )
     try:
       model = loading.load_model(path)
     except UserError:

@@ -7,9 +7,9 @@ TARGET_MODEL = "target_model.h5"
 SAVED_MODEL_DIR = "target_savedmodel"
 # The metrics file of each stage, in pipeline order (report.md lists the stages so).
 METRICS = {
-    "pretrain": "source_metrics.json",
-    "transfer": "transfer_metrics.json",
-    "finetune": "finetune_metrics.json",
+  "pretrain": "source_metrics.json",
+  "transfer": "transfer_metrics.json",
+  "finetune": "finetune_metrics.json",
 }
 PRETRAIN_CURVES = "pretrain_curves.png"
 FINETUNE_CURVES = "finetune_curves.png"

@@ -67,7 +67,8 @@ def _start():
   interrupts.install()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   with _native_stderr_captured():
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
+
     tf.config.list_physical_devices("GPU")  # logs CUDA probing once, here
   tf.get_logger().setLevel("ERROR")  # TF's Python INFO/WARNING chatter (SavedModel export etc.)
 
@@ -81,7 +82,7 @@ def _first_line(text, limit=300):
   """The first line of `text`, cut to `limit` characters."""
   lines = str(text).strip().splitlines()
   first = lines[0].strip() if lines else ""
-  return first if len(first) <= limit else first[:limit - 3] + "..."
+  return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 def _print_error(message):
@@ -159,14 +160,17 @@ def _run(config_class, run_stage, description):
         traceback.print_exc()
       _print_error(e)
       sys.exit(2)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       if logging.get_verbosity() >= 1:
         traceback.print_exc()
       # TensorFlow's messages can run to pages (node stacks): their first line only.
       first = _first_line(e)
-      _print_error(f"internal error ({type(e).__name__}{': ' + first if first else ''}); rerun "
-                   "with --verbosity=1 for the traceback")
+      _print_error(
+        f"internal error ({type(e).__name__}{': ' + first if first else ''}); rerun "
+        "with --verbosity=1 for the traceback"
+      )
       sys.exit(1)
+
   sys.modules["__main__"].__doc__ = description  # absl's --help starts with it
   for flag in FLAGS.get_flags_for_module(__name__):  # list them in --help, not only --helpfull
     FLAGS.register_key_flag_for_module(sys.argv[0], flag)
@@ -175,22 +179,26 @@ def _run(config_class, run_stage, description):
 
 # Each command imports its stage (and so TensorFlow) only once its flags are valid.
 def _run_pretrain(config):
-  from tl_keras.stages import pretrain  # pylint: disable=g-import-not-at-top
+  from tl_keras.stages import pretrain
+
   pretrain.run(config)
 
 
 def _run_transfer(config):
-  from tl_keras.stages import transfer  # pylint: disable=g-import-not-at-top
+  from tl_keras.stages import transfer
+
   transfer.run(config)
 
 
 def _run_finetune(config):
-  from tl_keras.stages import finetune  # pylint: disable=g-import-not-at-top
+  from tl_keras.stages import finetune
+
   finetune.run(config)
 
 
 def _run_pipeline(config):
-  from tl_keras.stages import pipeline  # pylint: disable=g-import-not-at-top
+  from tl_keras.stages import pipeline
+
   pipeline.run(config)
 
 

@@ -6,7 +6,8 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Dict, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import tensorflow as tf
 
@@ -30,8 +31,10 @@ def get_distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
     raise UserError(f"unknown --strategy={name!r}: use one of {', '.join(settings.STRATEGIES)}")
   if name == "multi_worker":
     if "TF_CONFIG" not in os.environ:
-      raise UserError("--strategy=multi_worker needs the TF_CONFIG environment variable "
-                      f"(cluster and task of this worker); {_TF_CONFIG_HELP}")
+      raise UserError(
+        "--strategy=multi_worker needs the TF_CONFIG environment variable "
+        f"(cluster and task of this worker); {_TF_CONFIG_HELP}"
+      )
     check_tf_config(os.environ["TF_CONFIG"])
     return tf.distribute.MultiWorkerMirroredStrategy()
   # Physical, not logical, devices: listing logical ones would start the runtime, after which
@@ -51,17 +54,18 @@ def get_distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
 def check_devices(runtime: settings.RuntimeSettings) -> None:
   """Refuses what this machine cannot run: --mixed_precision without a GPU."""
   if runtime.mixed_precision and not tf.config.list_physical_devices("GPU"):
-    raise UserError("--mixed_precision needs a GPU: float16 on a CPU is slower, not faster; "
-                    "drop the flag here")
+    raise UserError(
+      "--mixed_precision needs a GPU: float16 on a CPU is slower, not faster; drop the flag here"
+    )
 
 
-def check_tf_config(text: str) -> Dict[str, Any]:
+def check_tf_config(text: str) -> dict[str, Any]:
   """Parses TF_CONFIG; a UserError unless it is a JSON object whose `cluster` maps job names
   ('chief', 'worker', ...) to lists of 'host:port' and whose `task` names a 'chief' or 'worker'
   job of it and an `index` into that job's list."""
+
   def refuse(problem):
-    raise UserError(f"invalid TF_CONFIG for --strategy=multi_worker: {problem}; "
-                    f"{_TF_CONFIG_HELP}")
+    raise UserError(f"invalid TF_CONFIG for --strategy=multi_worker: {problem}; {_TF_CONFIG_HELP}")
 
   def short(value):
     text = json.dumps(value)
@@ -77,27 +81,42 @@ def check_tf_config(text: str) -> Dict[str, Any]:
   if not isinstance(cluster, dict) or not cluster:
     refuse("'cluster' must map job names to lists of 'host:port' addresses")
   for job, addresses in cluster.items():
-    if not isinstance(addresses, list) or not addresses or not all(
-        isinstance(a, str) and re.fullmatch(r"[^\s:]+:\d{1,5}|\[[0-9a-fA-F:.]+\]:\d{1,5}", a)
-        and 0 < int(a.rsplit(":", 1)[1]) < 65536 for a in addresses):
-      refuse(f"cluster job {job!r} must be a non-empty list of 'host:port' addresses, got "
-             f"{short(addresses)}")
+    if (
+      not isinstance(addresses, list)
+      or not addresses
+      or not all(
+        isinstance(a, str)
+        and re.fullmatch(r"[^\s:]+:\d{1,5}|\[[0-9a-fA-F:.]+\]:\d{1,5}", a)
+        and 0 < int(a.rsplit(":", 1)[1]) < 65536
+        for a in addresses
+      )
+    ):
+      refuse(
+        f"cluster job {job!r} must be a non-empty list of 'host:port' addresses, got "
+        f"{short(addresses)}"
+      )
   if not isinstance(task, dict):
     refuse("'task' must be an object with this worker's 'type' and 'index'")
   task_type, index = task.get("type"), task.get("index")
   if task_type not in _TASK_TYPES or task_type not in cluster:
     jobs = " or ".join(repr(t) for t in _TASK_TYPES if t in cluster) or "'chief' or 'worker'"
     refuse(f"task type {short(task_type)} must be {jobs}, a job of the cluster")
-  if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(
-      cluster[task_type]):
-    refuse(f"task index {short(index)} must be a whole number from 0 to "
-           f"{len(cluster[task_type]) - 1} (the cluster has {len(cluster[task_type])} "
-           f"{task_type!r} address(es))")
+  if (
+    isinstance(index, bool)
+    or not isinstance(index, int)
+    or not 0 <= index < len(cluster[task_type])
+  ):
+    refuse(
+      f"task index {short(index)} must be a whole number from 0 to "
+      f"{len(cluster[task_type]) - 1} (the cluster has {len(cluster[task_type])} "
+      f"{task_type!r} address(es))"
+    )
   return config
 
 
-def global_batch_size(strategy: tf.distribute.Strategy, batch_size: int,
-                      per_replica_batch_size: Optional[int] = None) -> int:
+def global_batch_size(
+  strategy: tf.distribute.Strategy, batch_size: int, per_replica_batch_size: int | None = None
+) -> int:
   """The batch one training step takes over all replicas.
 
   `batch_size` is global (split over the replicas) unless `per_replica_batch_size` is given,
@@ -149,9 +168,11 @@ def strategy_name(strategy: tf.distribute.Strategy) -> str:
   """The strategy's public tf.distribute name, or 'default'."""
   # Not type(strategy).__name__: MultiWorkerMirroredStrategy's class is named
   # CollectiveAllReduceStrategy.
-  for public, name in ((tf.distribute.MultiWorkerMirroredStrategy, "MultiWorkerMirroredStrategy"),
-                       (tf.distribute.MirroredStrategy, "MirroredStrategy"),
-                       (tf.distribute.OneDeviceStrategy, "OneDeviceStrategy")):
+  for public, name in (
+    (tf.distribute.MultiWorkerMirroredStrategy, "MultiWorkerMirroredStrategy"),
+    (tf.distribute.MirroredStrategy, "MirroredStrategy"),
+    (tf.distribute.OneDeviceStrategy, "OneDeviceStrategy"),
+  ):
     if isinstance(strategy, public):
       return name
   return "default"

@@ -20,14 +20,14 @@ import shutil
 import signal
 import sys
 import threading
-from typing import Dict, Iterator
+from collections.abc import Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # How long the clean-up waits for a block in `uninterrupted()` (a rename) to finish.
 _WAIT_SECONDS = 2.0
 
 _lock = threading.RLock()
-_temporaries: Dict[str, None] = {}  # in-progress temporary files and folders, in order
+_temporaries: dict[str, None] = {}  # in-progress temporary files and folders, in order
 _installed = False
 
 
@@ -88,8 +88,9 @@ def install() -> None:
     stderr_fd = os.dup(2)  # the terminal, even while the CLI captures native stderr
   except OSError:  # no stderr
     stderr_fd = 2
-  threading.Thread(target=_watch, args=(watched, stderr_fd), name="tl_keras_interrupts",
-                   daemon=True).start()
+  threading.Thread(
+    target=_watch, args=(watched, stderr_fd), name="tl_keras_interrupts", daemon=True
+  ).start()
   _installed = True
 
 
@@ -97,7 +98,7 @@ def _watch(watched, stderr_fd: int) -> None:
   signum = signal.sigwait(watched)
   # Held from here on: a rename in progress finishes first, no new temporary file appears
   # after the clean-up (its creator blocks on the lock until the process ends).
-  _lock.acquire(timeout=_WAIT_SECONDS)  # pylint: disable=consider-using-with
+  _lock.acquire(timeout=_WAIT_SECONDS)
   paths = []
   for _ in range(3):  # without the lock (a rename stuck on a hung disk), it may change meanwhile
     with contextlib.suppress(RuntimeError):
@@ -109,11 +110,12 @@ def _watch(watched, stderr_fd: int) -> None:
     os.write(stderr_fd, f"error: interrupted by {signal.Signals(signum).name}\n".encode())
   signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
   signal.raise_signal(signum)  # default action: the process ends, killed by `signum`
-  os._exit(128 + signum)  # pylint: disable=protected-access (not reached)
+  os._exit(128 + signum)  # not reached
 
 
 def _flush(stream) -> None:
   """Flushes `stream`, giving up after a second (the main thread may hold its lock)."""
+
   def flush():
     with contextlib.suppress(Exception):
       stream.flush()

@@ -37,7 +37,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from typing import Any, Dict, Iterable, Iterator, Tuple
+from collections.abc import Iterable
+from collections.abc import Iterator
+from typing import Any
 
 import h5py
 import tensorflow as tf
@@ -50,79 +52,245 @@ _UNSAFE_HINT = "pass --allow_unsafe_deserialization only if you trust it"
 
 # --- Keras configs ----------------------------------------------------------------------------
 
-_LAYERS = frozenset({
-    "Activation", "ActivityRegularization", "Add", "AdditiveAttention", "AlphaDropout",
-    "Attention", "Average", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-    "AvgPool1D", "AvgPool2D", "AvgPool3D", "BatchNormalization", "CenterCrop", "Concatenate",
-    "Conv1D", "Conv1DTranspose", "Conv2D", "Conv2DTranspose", "Conv3D", "Conv3DTranspose",
-    "Convolution1D", "Convolution1DTranspose", "Convolution2D", "Convolution2DTranspose",
-    "Convolution3D", "Convolution3DTranspose", "Cropping1D", "Cropping2D", "Cropping3D", "Dense",
-    "DepthwiseConv1D", "DepthwiseConv2D", "Dot", "Dropout", "ELU", "EinsumDense", "Flatten",
-    "GaussianDropout", "GaussianNoise", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
-    "GlobalAveragePooling3D", "GlobalAvgPool1D", "GlobalAvgPool2D", "GlobalAvgPool3D",
-    "GlobalMaxPool1D", "GlobalMaxPool2D", "GlobalMaxPool3D", "GlobalMaxPooling1D",
-    "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GroupNormalization", "Identity", "InputLayer",
-    "LayerNormalization", "LeakyReLU", "MaxPool1D", "MaxPool2D", "MaxPool3D", "MaxPooling1D",
-    "MaxPooling2D", "MaxPooling3D", "Maximum", "Minimum", "MultiHeadAttention", "Multiply",
-    "Normalization", "PReLU", "Permute", "RandomBrightness", "RandomContrast", "RandomCrop",
-    "RandomFlip", "RandomHeight", "RandomRotation", "RandomTranslation", "RandomWidth",
-    "RandomZoom", "ReLU", "RepeatVector", "Rescaling", "Reshape", "Resizing", "SeparableConv1D",
-    "SeparableConv2D", "SeparableConvolution1D", "SeparableConvolution2D", "Softmax",
-    "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "Subtract", "ThresholdedReLU",
-    "UnitNormalization", "UpSampling1D", "UpSampling2D", "UpSampling3D", "ZeroPadding1D",
-    "ZeroPadding2D", "ZeroPadding3D",
-})
-_INITIALIZERS = frozenset({
-    "Constant", "GlorotNormal", "GlorotUniform", "HeNormal", "HeUniform", "Identity",
-    "LecunNormal", "LecunUniform", "Ones", "Orthogonal", "RandomNormal", "RandomUniform",
-    "TruncatedNormal", "VarianceScaling", "Zeros",
-})
+_LAYERS = frozenset(
+  {
+    "Activation",
+    "ActivityRegularization",
+    "Add",
+    "AdditiveAttention",
+    "AlphaDropout",
+    "Attention",
+    "Average",
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "AveragePooling3D",
+    "AvgPool1D",
+    "AvgPool2D",
+    "AvgPool3D",
+    "BatchNormalization",
+    "CenterCrop",
+    "Concatenate",
+    "Conv1D",
+    "Conv1DTranspose",
+    "Conv2D",
+    "Conv2DTranspose",
+    "Conv3D",
+    "Conv3DTranspose",
+    "Convolution1D",
+    "Convolution1DTranspose",
+    "Convolution2D",
+    "Convolution2DTranspose",
+    "Convolution3D",
+    "Convolution3DTranspose",
+    "Cropping1D",
+    "Cropping2D",
+    "Cropping3D",
+    "Dense",
+    "DepthwiseConv1D",
+    "DepthwiseConv2D",
+    "Dot",
+    "Dropout",
+    "ELU",
+    "EinsumDense",
+    "Flatten",
+    "GaussianDropout",
+    "GaussianNoise",
+    "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D",
+    "GlobalAveragePooling3D",
+    "GlobalAvgPool1D",
+    "GlobalAvgPool2D",
+    "GlobalAvgPool3D",
+    "GlobalMaxPool1D",
+    "GlobalMaxPool2D",
+    "GlobalMaxPool3D",
+    "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D",
+    "GlobalMaxPooling3D",
+    "GroupNormalization",
+    "Identity",
+    "InputLayer",
+    "LayerNormalization",
+    "LeakyReLU",
+    "MaxPool1D",
+    "MaxPool2D",
+    "MaxPool3D",
+    "MaxPooling1D",
+    "MaxPooling2D",
+    "MaxPooling3D",
+    "Maximum",
+    "Minimum",
+    "MultiHeadAttention",
+    "Multiply",
+    "Normalization",
+    "PReLU",
+    "Permute",
+    "RandomBrightness",
+    "RandomContrast",
+    "RandomCrop",
+    "RandomFlip",
+    "RandomHeight",
+    "RandomRotation",
+    "RandomTranslation",
+    "RandomWidth",
+    "RandomZoom",
+    "ReLU",
+    "RepeatVector",
+    "Rescaling",
+    "Reshape",
+    "Resizing",
+    "SeparableConv1D",
+    "SeparableConv2D",
+    "SeparableConvolution1D",
+    "SeparableConvolution2D",
+    "Softmax",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "Subtract",
+    "ThresholdedReLU",
+    "UnitNormalization",
+    "UpSampling1D",
+    "UpSampling2D",
+    "UpSampling3D",
+    "ZeroPadding1D",
+    "ZeroPadding2D",
+    "ZeroPadding3D",
+  }
+)
+_INITIALIZERS = frozenset(
+  {
+    "Constant",
+    "GlorotNormal",
+    "GlorotUniform",
+    "HeNormal",
+    "HeUniform",
+    "Identity",
+    "LecunNormal",
+    "LecunUniform",
+    "Ones",
+    "Orthogonal",
+    "RandomNormal",
+    "RandomUniform",
+    "TruncatedNormal",
+    "VarianceScaling",
+    "Zeros",
+  }
+)
 _REGULARIZERS = frozenset({"L1", "L1L2", "L2", "OrthogonalRegularizer"})
 _CONSTRAINTS = frozenset({"MaxNorm", "MinMaxNorm", "NonNeg", "RadialConstraint", "UnitNorm"})
-_OPTIMIZERS = frozenset({"Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "Ftrl",
-                         "Lion", "Nadam", "RMSprop", "SGD"})
-_METRICS = frozenset({"Accuracy", "BinaryAccuracy", "CategoricalAccuracy", "Mean",
-                      "MeanMetricWrapper", "SparseCategoricalAccuracy",
-                      "SparseTopKCategoricalAccuracy", "Sum", "TopKCategoricalAccuracy"})
+_OPTIMIZERS = frozenset(
+  {
+    "Adadelta",
+    "Adafactor",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Ftrl",
+    "Lion",
+    "Nadam",
+    "RMSprop",
+    "SGD",
+  }
+)
+_METRICS = frozenset(
+  {
+    "Accuracy",
+    "BinaryAccuracy",
+    "CategoricalAccuracy",
+    "Mean",
+    "MeanMetricWrapper",
+    "SparseCategoricalAccuracy",
+    "SparseTopKCategoricalAccuracy",
+    "Sum",
+    "TopKCategoricalAccuracy",
+  }
+)
 # Class name -> the Keras modules a config may name for it. Configs name no module at all in
 # .h5 files and SavedModel metadata; .keras files name the public module.
-_CLASS_MODULES: Dict[str, frozenset] = {
-    **{name: frozenset({"keras.layers", "tf_keras.layers"}) for name in _LAYERS},
-    **{name: frozenset({"keras.initializers", "tf_keras.initializers"}) for name in _INITIALIZERS},
-    **{name: frozenset({"keras.regularizers", "tf_keras.regularizers"}) for name in _REGULARIZERS},
-    **{name: frozenset({"keras.constraints", "tf_keras.constraints"}) for name in _CONSTRAINTS},
-    **{name: frozenset({"keras.optimizers", "tf_keras.optimizers"}) for name in _OPTIMIZERS},
-    **{f"Custom>{name}": frozenset() for name in _OPTIMIZERS},  # tf_keras's registered names
-    **{name: frozenset({"keras.metrics", "tf_keras.metrics"}) for name in _METRICS},
-    "Functional": frozenset({"keras", "tf_keras", "keras.src.engine.functional",
-                             "tf_keras.src.engine.functional"}),
-    "Sequential": frozenset({"keras", "tf_keras"}),
-    "Model": frozenset({"keras", "tf_keras"}),
-    "InputSpec": frozenset({"keras.layers", "tf_keras.layers"}),
-    "Policy": frozenset({"keras.mixed_precision", "tf_keras.mixed_precision"}),
-    # Data only: tuples, shapes and the tensor specs of a model's inputs.
-    "__tuple__": frozenset(), "TensorShape": frozenset(), "TypeSpec": frozenset(),
-    "__numpy__": frozenset(), "__tensor__": frozenset(),
+_CLASS_MODULES: dict[str, frozenset] = {
+  **{name: frozenset({"keras.layers", "tf_keras.layers"}) for name in _LAYERS},
+  **{name: frozenset({"keras.initializers", "tf_keras.initializers"}) for name in _INITIALIZERS},
+  **{name: frozenset({"keras.regularizers", "tf_keras.regularizers"}) for name in _REGULARIZERS},
+  **{name: frozenset({"keras.constraints", "tf_keras.constraints"}) for name in _CONSTRAINTS},
+  **{name: frozenset({"keras.optimizers", "tf_keras.optimizers"}) for name in _OPTIMIZERS},
+  **{f"Custom>{name}": frozenset() for name in _OPTIMIZERS},  # tf_keras's registered names
+  **{name: frozenset({"keras.metrics", "tf_keras.metrics"}) for name in _METRICS},
+  "Functional": frozenset(
+    {"keras", "tf_keras", "keras.src.engine.functional", "tf_keras.src.engine.functional"}
+  ),
+  "Sequential": frozenset({"keras", "tf_keras"}),
+  "Model": frozenset({"keras", "tf_keras"}),
+  "InputSpec": frozenset({"keras.layers", "tf_keras.layers"}),
+  "Policy": frozenset({"keras.mixed_precision", "tf_keras.mixed_precision"}),
+  # Data only: tuples, shapes and the tensor specs of a model's inputs.
+  "__tuple__": frozenset(),
+  "TensorShape": frozenset(),
+  "TypeSpec": frozenset(),
+  "__numpy__": frozenset(),
+  "__tensor__": frozenset(),
 }
 _TYPE_SPECS = frozenset({"tf.TensorSpec"})
-_NUMERIC_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "int8", "int16",
-                             "int32", "int64", "uint8", "bool"})
-_ACTIVATIONS = frozenset({"elu", "exponential", "gelu", "hard_sigmoid", "linear", "mish", "relu",
-                          "relu6", "selu", "sigmoid", "silu", "softmax", "softplus", "softsign",
-                          "swish", "tanh", "leaky_relu", "log_softmax"})
+_NUMERIC_DTYPES = frozenset(
+  {"float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
+)
+_ACTIVATIONS = frozenset(
+  {
+    "elu",
+    "exponential",
+    "gelu",
+    "hard_sigmoid",
+    "linear",
+    "mish",
+    "relu",
+    "relu6",
+    "selu",
+    "sigmoid",
+    "silu",
+    "softmax",
+    "softplus",
+    "softsign",
+    "swish",
+    "tanh",
+    "leaky_relu",
+    "log_softmax",
+  }
+)
 # Settings that name a function or class by a plain string, by the suffix of their key.
 _NAMED_SETTINGS = {
-    "activation": _ACTIVATIONS,
-    "_initializer": _INITIALIZERS | {
-        "constant", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "identity",
-        "lecun_normal", "lecun_uniform", "ones", "orthogonal", "random_normal", "random_uniform",
-        "truncated_normal", "variance_scaling", "zeros"},
-    "_regularizer": _REGULARIZERS | {"l1", "l2", "l1_l2", "orthogonal_regularizer"},
-    "_constraint": _CONSTRAINTS | {"max_norm", "min_max_norm", "non_neg", "radial_constraint",
-                                   "unit_norm"},
-    "fn": frozenset({"accuracy", "binary_accuracy", "categorical_accuracy",
-                     "sparse_categorical_accuracy", "top_k_categorical_accuracy",
-                     "sparse_top_k_categorical_accuracy"}),
+  "activation": _ACTIVATIONS,
+  "_initializer": _INITIALIZERS
+  | {
+    "constant",
+    "glorot_normal",
+    "glorot_uniform",
+    "he_normal",
+    "he_uniform",
+    "identity",
+    "lecun_normal",
+    "lecun_uniform",
+    "ones",
+    "orthogonal",
+    "random_normal",
+    "random_uniform",
+    "truncated_normal",
+    "variance_scaling",
+    "zeros",
+  },
+  "_regularizer": _REGULARIZERS | {"l1", "l2", "l1_l2", "orthogonal_regularizer"},
+  "_constraint": _CONSTRAINTS
+  | {"max_norm", "min_max_norm", "non_neg", "radial_constraint", "unit_norm"},
+  "fn": frozenset(
+    {
+      "accuracy",
+      "binary_accuracy",
+      "categorical_accuracy",
+      "sparse_categorical_accuracy",
+      "top_k_categorical_accuracy",
+      "sparse_top_k_categorical_accuracy",
+    }
+  ),
 }
 
 
@@ -168,14 +336,16 @@ def _shape_problems(value: Any, key: str) -> Iterator[str]:
     yield f"{key} {value} (above {limits.MAX_ACTIVATION_BYTES >> 20} MiB per image)"
 
 
-def _object_problems(node: Dict[str, Any], class_name: Any) -> Iterator[str]:
+def _object_problems(node: dict[str, Any], class_name: Any) -> Iterator[str]:
   """Yields what is not allowed in one serialised object {"class_name": ..., ...}."""
   module = node.get("module")
   registered = node.get("registered_name")
   if class_name == "function":  # a built-in activation, serialised as an object
-    if node.get("config") not in _ACTIVATIONS or module not in (
-        None, "builtins", "keras.activations", "tf_keras.activations") or registered not in (
-            None, "function", node.get("config")):
+    if (
+      node.get("config") not in _ACTIVATIONS
+      or module not in (None, "builtins", "keras.activations", "tf_keras.activations")
+      or registered not in (None, "function", node.get("config"))
+    ):
       yield f"function {node.get('config')!r} from {module!r}"
     return
   if not isinstance(class_name, str) or class_name not in _CLASS_MODULES:
@@ -188,8 +358,8 @@ def _object_problems(node: Dict[str, Any], class_name: Any) -> Iterator[str]:
   if class_name == "TypeSpec" and node.get("type_spec") not in _TYPE_SPECS:
     yield f"TypeSpec {node.get('type_spec')!r}"
   if class_name in ("__numpy__", "__tensor__") and (
-      not isinstance(node.get("config"), dict) or
-      node["config"].get("dtype") not in _NUMERIC_DTYPES):
+    not isinstance(node.get("config"), dict) or node["config"].get("dtype") not in _NUMERIC_DTYPES
+  ):
     yield f"{class_name} that is not a numeric array"
 
 
@@ -197,12 +367,15 @@ def check_model_config(config: Any, source: str) -> None:
   """Refuses a Keras config that names anything but built-in classes, modules and functions."""
   problems = sorted(set(_config_problems(config)))
   if problems:
-    shown = ", ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5
-                                       else "")
-    raise UserError(f"refusing to load {source}: its config holds {shown}; a model file may "
-                    "name only built-in Keras image-model classes, modules and functions, "
-                    "within the size limits (Lambda layers, custom classes, other modules "
-                    f"and file paths can run code or read files); {_UNSAFE_HINT}")
+    shown = ", ".join(problems[:5]) + (
+      f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+    )
+    raise UserError(
+      f"refusing to load {source}: its config holds {shown}; a model file may "
+      "name only built-in Keras image-model classes, modules and functions, "
+      "within the size limits (Lambda layers, custom classes, other modules "
+      f"and file paths can run code or read files); {_UNSAFE_HINT}"
+    )
 
 
 # --- SavedModel graphs ------------------------------------------------------------------------
@@ -210,41 +383,204 @@ def check_model_config(config: Any, source: str) -> None:
 # Ops of image-model inference and training: math, convolutions, normalisation, image
 # resizing and transforms, random numbers for augmentation and dropout, variables and control
 # flow. Nothing that reads or writes files, prints to streams, calls Python or reads datasets.
-_GRAPH_OPS = frozenset({
-    "Abs", "Add", "AddN", "AddV2", "AdjustContrastv2", "AdjustHue", "AdjustSaturation", "All",
-    "Any", "ArgMax", "ArgMin", "Assert", "AssignAddVariableOp", "AssignSubVariableOp",
-    "AssignVariableOp", "AvgPool", "AvgPool3D", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3",
-    "BatchToSpaceND", "BiasAdd", "Bitcast", "BroadcastArgs", "BroadcastGradientArgs",
-    "BroadcastTo", "Case", "Cast", "Ceil", "CheckNumerics", "ClipByValue", "ConcatV2", "Const",
-    "Conv", "Conv2D", "Conv2DBackpropFilter", "Conv2DBackpropInput", "Conv3D",
-    "Conv3DBackpropInputV2", "Cos", "CropAndResize", "Cumsum", "DepthToSpace",
-    "DepthwiseConv2dNative", "DepthwiseConv2dNativeBackpropFilter",
-    "DepthwiseConv2dNativeBackpropInput", "DivNoNan", "Einsum", "Elu", "EluGrad", "EnsureShape",
-    "Equal", "Erf", "Erfc", "Exp", "ExpandDims", "Expm1", "Fill", "Floor", "FloorDiv",
-    "FloorMod", "FusedBatchNorm", "FusedBatchNormGradV3", "FusedBatchNormV2", "FusedBatchNormV3",
-    "GatherNd", "GatherV2", "Greater", "GreaterEqual", "HSVToRGB", "Identity", "IdentityN", "If",
-    "ImageProjectiveTransformV2", "ImageProjectiveTransformV3", "IsFinite", "L2Loss",
-    "LeakyRelu", "LeakyReluGrad", "Less", "LessEqual", "Log", "Log1p", "LogSoftmax",
-    "LogicalAnd", "LogicalNot", "LogicalOr", "MatMul", "Max", "MaxPool", "MaxPool3D",
-    "MaxPoolGrad", "MaxPoolV2", "Maximum", "Mean", "Min", "Minimum", "MirrorPad", "Mul",
-    "MulNoNan", "Neg", "NoOp", "NotEqual", "OnesLike", "Pack", "Pad", "PadV2", "PartitionedCall",
-    "Placeholder", "Pow", "Prod", "RGBToHSV", "RandomStandardNormal", "RandomUniform",
-    "RandomUniformInt", "Range", "Rank", "ReadVariableOp", "RealDiv", "Reciprocal", "Relu",
-    "Relu6", "Relu6Grad", "ReluGrad", "Reshape", "ResizeArea", "ResizeBicubic", "ResizeBilinear",
-    "ResizeBilinearGrad", "ResizeNearestNeighbor", "ResizeNearestNeighborGrad", "ReverseV2",
-    "RngBitGenerator", "RngReadAndSkip", "Round", "Rsqrt", "RsqrtGrad", "ScaleAndTranslate",
-    "ScaleAndTranslateGrad", "Select", "SelectV2", "Selu", "SeluGrad", "Shape", "ShapeN",
-    "Sigmoid", "SigmoidGrad", "Sign", "Sin", "Size", "Slice", "Softmax", "Softplus",
-    "SoftplusGrad", "Softsign", "SpaceToBatchND", "SpaceToDepth", "Split", "SplitV", "Sqrt",
-    "SqrtGrad", "Square", "SquaredDifference", "Squeeze", "StatefulPartitionedCall",
-    "StatelessCase", "StatelessIf", "StatelessRandomGetKeyCounter",
-    "StatelessRandomGetKeyCounterAlg", "StatelessRandomNormalV2", "StatelessRandomUniform",
-    "StatelessRandomUniformFullIntV2", "StatelessRandomUniformInt",
-    "StatelessRandomUniformIntV2", "StatelessRandomUniformV2", "StatelessTruncatedNormalV2",
-    "StatelessWhile", "StopGradient", "StridedSlice", "StridedSliceGrad", "Sub", "Sum", "Tan",
-    "Tanh", "TanhGrad", "Tile", "TopKV2", "Transpose", "TruncatedNormal", "Unpack",
-    "VarHandleOp", "VarIsInitializedOp", "While", "ZerosLike",
-})
+_GRAPH_OPS = frozenset(
+  {
+    "Abs",
+    "Add",
+    "AddN",
+    "AddV2",
+    "AdjustContrastv2",
+    "AdjustHue",
+    "AdjustSaturation",
+    "All",
+    "Any",
+    "ArgMax",
+    "ArgMin",
+    "Assert",
+    "AssignAddVariableOp",
+    "AssignSubVariableOp",
+    "AssignVariableOp",
+    "AvgPool",
+    "AvgPool3D",
+    "BatchMatMul",
+    "BatchMatMulV2",
+    "BatchMatMulV3",
+    "BatchToSpaceND",
+    "BiasAdd",
+    "Bitcast",
+    "BroadcastArgs",
+    "BroadcastGradientArgs",
+    "BroadcastTo",
+    "Case",
+    "Cast",
+    "Ceil",
+    "CheckNumerics",
+    "ClipByValue",
+    "ConcatV2",
+    "Const",
+    "Conv",
+    "Conv2D",
+    "Conv2DBackpropFilter",
+    "Conv2DBackpropInput",
+    "Conv3D",
+    "Conv3DBackpropInputV2",
+    "Cos",
+    "CropAndResize",
+    "Cumsum",
+    "DepthToSpace",
+    "DepthwiseConv2dNative",
+    "DepthwiseConv2dNativeBackpropFilter",
+    "DepthwiseConv2dNativeBackpropInput",
+    "DivNoNan",
+    "Einsum",
+    "Elu",
+    "EluGrad",
+    "EnsureShape",
+    "Equal",
+    "Erf",
+    "Erfc",
+    "Exp",
+    "ExpandDims",
+    "Expm1",
+    "Fill",
+    "Floor",
+    "FloorDiv",
+    "FloorMod",
+    "FusedBatchNorm",
+    "FusedBatchNormGradV3",
+    "FusedBatchNormV2",
+    "FusedBatchNormV3",
+    "GatherNd",
+    "GatherV2",
+    "Greater",
+    "GreaterEqual",
+    "HSVToRGB",
+    "Identity",
+    "IdentityN",
+    "If",
+    "ImageProjectiveTransformV2",
+    "ImageProjectiveTransformV3",
+    "IsFinite",
+    "L2Loss",
+    "LeakyRelu",
+    "LeakyReluGrad",
+    "Less",
+    "LessEqual",
+    "Log",
+    "Log1p",
+    "LogSoftmax",
+    "LogicalAnd",
+    "LogicalNot",
+    "LogicalOr",
+    "MatMul",
+    "Max",
+    "MaxPool",
+    "MaxPool3D",
+    "MaxPoolGrad",
+    "MaxPoolV2",
+    "Maximum",
+    "Mean",
+    "Min",
+    "Minimum",
+    "MirrorPad",
+    "Mul",
+    "MulNoNan",
+    "Neg",
+    "NoOp",
+    "NotEqual",
+    "OnesLike",
+    "Pack",
+    "Pad",
+    "PadV2",
+    "PartitionedCall",
+    "Placeholder",
+    "Pow",
+    "Prod",
+    "RGBToHSV",
+    "RandomStandardNormal",
+    "RandomUniform",
+    "RandomUniformInt",
+    "Range",
+    "Rank",
+    "ReadVariableOp",
+    "RealDiv",
+    "Reciprocal",
+    "Relu",
+    "Relu6",
+    "Relu6Grad",
+    "ReluGrad",
+    "Reshape",
+    "ResizeArea",
+    "ResizeBicubic",
+    "ResizeBilinear",
+    "ResizeBilinearGrad",
+    "ResizeNearestNeighbor",
+    "ResizeNearestNeighborGrad",
+    "ReverseV2",
+    "RngBitGenerator",
+    "RngReadAndSkip",
+    "Round",
+    "Rsqrt",
+    "RsqrtGrad",
+    "ScaleAndTranslate",
+    "ScaleAndTranslateGrad",
+    "Select",
+    "SelectV2",
+    "Selu",
+    "SeluGrad",
+    "Shape",
+    "ShapeN",
+    "Sigmoid",
+    "SigmoidGrad",
+    "Sign",
+    "Sin",
+    "Size",
+    "Slice",
+    "Softmax",
+    "Softplus",
+    "SoftplusGrad",
+    "Softsign",
+    "SpaceToBatchND",
+    "SpaceToDepth",
+    "Split",
+    "SplitV",
+    "Sqrt",
+    "SqrtGrad",
+    "Square",
+    "SquaredDifference",
+    "Squeeze",
+    "StatefulPartitionedCall",
+    "StatelessCase",
+    "StatelessIf",
+    "StatelessRandomGetKeyCounter",
+    "StatelessRandomGetKeyCounterAlg",
+    "StatelessRandomNormalV2",
+    "StatelessRandomUniform",
+    "StatelessRandomUniformFullIntV2",
+    "StatelessRandomUniformInt",
+    "StatelessRandomUniformIntV2",
+    "StatelessRandomUniformV2",
+    "StatelessTruncatedNormalV2",
+    "StatelessWhile",
+    "StopGradient",
+    "StridedSlice",
+    "StridedSliceGrad",
+    "Sub",
+    "Sum",
+    "Tan",
+    "Tanh",
+    "TanhGrad",
+    "Tile",
+    "TopKV2",
+    "Transpose",
+    "TruncatedNormal",
+    "Unpack",
+    "VarHandleOp",
+    "VarIsInitializedOp",
+    "While",
+    "ZerosLike",
+  }
+)
 
 
 def _attr_function_refs(attr: Any) -> Iterator[str]:
@@ -281,8 +617,10 @@ def _graph_ops(meta_graph: Any) -> set:
   """
   graph = meta_graph.graph_def
   functions = {function.signature.name: function for function in graph.library.function}
-  saver_ops = {meta_graph.saver_def.save_tensor_name.split(":")[0],
-               meta_graph.saver_def.restore_op_name.split(":")[0]}
+  saver_ops = {
+    meta_graph.saver_def.save_tensor_name.split(":")[0],
+    meta_graph.saver_def.restore_op_name.split(":")[0],
+  }
   roots = {gradient.gradient_func for gradient in graph.library.gradient}
   roots.update(gradient.gradient_func for gradient in graph.library.registered_gradients)
   for node in meta_graph.object_graph_def.nodes:
@@ -295,8 +633,11 @@ def _graph_ops(meta_graph: Any) -> set:
     if name not in reachable and name in functions:
       reachable.add(name)
       stack.extend(_function_refs(functions[name].node_def))
-  exempt = {name for name in _function_refs(node for node in graph.node if node.name in saver_ops)
-            if _TRACED_SAVER.fullmatch(name) and name not in reachable}
+  exempt = {
+    name
+    for name in _function_refs(node for node in graph.node if node.name in saver_ops)
+    if _TRACED_SAVER.fullmatch(name) and name not in reachable
+  }
   ops = {node.op for node in graph.node if node.name not in saver_ops}
   for name, function in functions.items():
     if name not in exempt:
@@ -315,7 +656,7 @@ def _declared_bytes(shape: Any, dtype: int) -> int:
   return math.prod(dim.size for dim in shape.dim) * max(itemsize, 1)
 
 
-def _folder_files(folder: str, source: str) -> Dict[str, int]:
+def _folder_files(folder: str, source: str) -> dict[str, int]:
   """Regular files under `folder` with their sizes; refuses links, devices and FIFOs."""
   files = {}
   for root, dirs, names in os.walk(folder):
@@ -325,32 +666,40 @@ def _folder_files(folder: str, source: str) -> Dict[str, int]:
       if stat.S_ISDIR(mode):
         continue
       if not stat.S_ISREG(mode):
-        raise UserError(f"refusing to load {source}: {os.path.relpath(path, folder)} is a link "
-                        "or special file, not a regular file inside the model folder")
+        raise UserError(
+          f"refusing to load {source}: {os.path.relpath(path, folder)} is a link "
+          "or special file, not a regular file inside the model folder"
+        )
       files[os.path.relpath(path, folder)] = os.lstat(path).st_size
   return files
 
 
 def _parse_saved_model(export_dir: str, size: int, source: str):
-  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.protobuf import saved_model_pb2
+
   if size > limits.MAX_MODEL_DESCRIPTION_BYTES:
-    raise UserError(f"refusing to load {source}: its graph is {size >> 20} MiB, above the "
-                    f"{limits.MAX_MODEL_DESCRIPTION_BYTES >> 20} MiB limit")
+    raise UserError(
+      f"refusing to load {source}: its graph is {size >> 20} MiB, above the "
+      f"{limits.MAX_MODEL_DESCRIPTION_BYTES >> 20} MiB limit"
+    )
   proto = saved_model_pb2.SavedModel()
   try:
     with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
       proto.ParseFromString(f.read())
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise UserError(f"cannot read {source} as a SavedModel ({type(e).__name__})") from e
   if len(proto.meta_graphs) != 1 or not proto.meta_graphs[0].object_graph_def.nodes:
-    raise UserError(f"refusing to load {source}: it is a TF1 SavedModel (loading it runs its "
-                    "restore and init ops); re-export it with TF2's tf.saved_model.save, or "
-                    f"{_UNSAFE_HINT}")
+    raise UserError(
+      f"refusing to load {source}: it is a TF1 SavedModel (loading it runs its "
+      "restore and init ops); re-export it with TF2's tf.saved_model.save, or "
+      f"{_UNSAFE_HINT}"
+    )
   return proto.meta_graphs[0]
 
 
-def check_saved_model(export_dir: str, source: str, max_bytes: int = limits.MAX_MODEL_BYTES,
-                      allow_unsafe: bool = False) -> None:
+def check_saved_model(
+  export_dir: str, source: str, max_bytes: int = limits.MAX_MODEL_BYTES, allow_unsafe: bool = False
+) -> None:
   """Refuses a SavedModel that is not plain data: see the module docstring."""
   files = _folder_files(export_dir, source)
   meta_graph = _parse_saved_model(export_dir, files.get("saved_model.pb", 0), source)
@@ -359,16 +708,23 @@ def check_saved_model(export_dir: str, source: str, max_bytes: int = limits.MAX_
 
   refused = [] if allow_unsafe else sorted(_graph_ops(meta_graph) - _GRAPH_OPS)
   if refused:
-    raise UserError(f"refusing to load {source}: its graph uses {', '.join(refused[:8])}, "
-                    "which image models do not need (file access, printing, Python calls "
-                    f"and the like); {_UNSAFE_HINT}")
+    raise UserError(
+      f"refusing to load {source}: its graph uses {', '.join(refused[:8])}, "
+      "which image models do not need (file access, printing, Python calls "
+      f"and the like); {_UNSAFE_HINT}"
+    )
   assets_dir = os.path.realpath(os.path.join(export_dir, "assets"))
   for asset in meta_graph.asset_file_def:
     path = os.path.realpath(os.path.join(assets_dir, asset.filename))
-    if (os.path.isabs(asset.filename) or ".." in asset.filename.split("/")
-        or not path.startswith(assets_dir + os.sep)):
-      raise UserError(f"refusing to load {source}: asset {asset.filename!r} lies outside the "
-                      "model's assets folder")
+    if (
+      os.path.isabs(asset.filename)
+      or ".." in asset.filename.split("/")
+      or not path.startswith(assets_dir + os.sep)
+    ):
+      raise UserError(
+        f"refusing to load {source}: asset {asset.filename!r} lies outside the "
+        "model's assets folder"
+      )
 
   # What the loader allocates: variables, constants. What backs it: the checkpoint's tensors,
   # which it stores raw, and the graph file.
@@ -377,38 +733,49 @@ def check_saved_model(export_dir: str, source: str, max_bytes: int = limits.MAX_
     try:
       reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
       shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise UserError(f"cannot read the variables of {source} ({type(e).__name__})") from e
-    checkpoint = sum(math.prod(shape) * max(dtypes[name].size, 1)
-                     for name, shape in shapes.items() if dtypes[name] != tf.string)
+    checkpoint = sum(
+      math.prod(shape) * max(dtypes[name].size, 1)
+      for name, shape in shapes.items()
+      if dtypes[name] != tf.string
+    )
     data = sum(size for name, size in files.items() if name.startswith("variables/"))
     _check_declared(checkpoint, data, max_bytes, source)
-  declared = sum(_declared_bytes(node.variable.shape, node.variable.dtype)
-                 for node in meta_graph.object_graph_def.nodes
-                 if node.WhichOneof("kind") == "variable")
-  declared += sum(_declared_bytes(node.attr["value"].tensor.tensor_shape,
-                                  node.attr["value"].tensor.dtype)
-                  for nodes in [graph.node, *(f.node_def for f in functions.values())]
-                  for node in nodes if node.op == "Const")
+  declared = sum(
+    _declared_bytes(node.variable.shape, node.variable.dtype)
+    for node in meta_graph.object_graph_def.nodes
+    if node.WhichOneof("kind") == "variable"
+  )
+  declared += sum(
+    _declared_bytes(node.attr["value"].tensor.tensor_shape, node.attr["value"].tensor.dtype)
+    for nodes in [graph.node, *(f.node_def for f in functions.values())]
+    for node in nodes
+    if node.op == "Const"
+  )
   _check_declared(declared, checkpoint + files["saved_model.pb"], max_bytes, source)
 
 
 def _keras_saved_model_config(export_dir: str, source: str) -> list:
-  from tf_keras.protobuf import saved_metadata_pb2  # pylint: disable=g-import-not-at-top
+  from tf_keras.protobuf import saved_metadata_pb2
+
   path = os.path.join(export_dir, "keras_metadata.pb")
   if os.path.getsize(path) > limits.MAX_CONFIG_BYTES:
-    raise UserError(f"refusing to load {source}: its Keras metadata is above the "
-                    f"{limits.MAX_CONFIG_BYTES >> 20} MiB limit")
+    raise UserError(
+      f"refusing to load {source}: its Keras metadata is above the "
+      f"{limits.MAX_CONFIG_BYTES >> 20} MiB limit"
+    )
   proto = saved_metadata_pb2.SavedMetadata()
   try:
     with open(path, "rb") as f:
       proto.ParseFromString(f.read())
     return [json.loads(node.metadata) for node in proto.nodes if node.metadata]
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise UserError(f"cannot read the Keras metadata of {source} ({type(e).__name__})") from e
 
 
 # --- Sizes ------------------------------------------------------------------------------------
+
 
 def _budget(stored: int, max_bytes: int) -> int:
   """What a file storing `stored` bytes may declare: its contents may be compressed, but not
@@ -418,12 +785,16 @@ def _budget(stored: int, max_bytes: int) -> int:
 
 def _check_declared(declared: int, stored: int, max_bytes: int, source: str) -> None:
   if declared > max_bytes:
-    raise UserError(f"refusing to load {source}: it declares {declared / 2**20:,.0f} MiB of "
-                    f"tensors, above the limit of {max_bytes / 2**20:,.0f} MiB; raise "
-                    "--max_model_mb if you trust it")
+    raise UserError(
+      f"refusing to load {source}: it declares {declared / 2**20:,.0f} MiB of "
+      f"tensors, above the limit of {max_bytes / 2**20:,.0f} MiB; raise "
+      "--max_model_mb if you trust it"
+    )
   if declared > _budget(stored, max_bytes):
-    raise UserError(f"refusing to load {source}: it declares {declared / 2**20:,.0f} MiB of "
-                    f"tensors but stores only {stored / 2**20:,.1f} MiB (a decompression bomb?)")
+    raise UserError(
+      f"refusing to load {source}: it declares {declared / 2**20:,.0f} MiB of "
+      f"tensors but stores only {stored / 2**20:,.1f} MiB (a decompression bomb?)"
+    )
 
 
 def _storage_size(attr_id: Any) -> int:
@@ -457,8 +828,10 @@ def _check_h5(handle: Any, max_bytes: int, source: str) -> int:
         problems.append(f"attribute {attr} of {name or '/'} holds {dtype} {shape}")
     if isinstance(item, h5py.Dataset):
       plist = item.id.get_create_plist()
-      if plist.get_layout() not in (h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED) \
-          or plist.get_external_count():
+      if (
+        plist.get_layout() not in (h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED)
+        or plist.get_external_count()
+      ):
         problems.append(f"{name} keeps its data outside this file")
       elif item.dtype.kind not in "biuf" or item.dtype.itemsize > 16:
         problems.append(f"{name} holds {item.dtype}, not numbers")
@@ -470,9 +843,11 @@ def _check_h5(handle: Any, max_bytes: int, source: str) -> int:
   visit_object("", handle)
   handle.visititems(visit_object)
   if problems:
-    raise UserError(f"refusing to load {source}: {problems[0]}"
-                    + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
-                    + "; model weights must be plain numeric arrays stored in the file itself")
+    raise UserError(
+      f"refusing to load {source}: {problems[0]}"
+      + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+      + "; model weights must be plain numeric arrays stored in the file itself"
+    )
   _check_declared(declared, stored, max_bytes, source)
   return _budget(stored, max_bytes)
 
@@ -493,22 +868,29 @@ def _read_h5_attributes(path: str, source: str) -> None:
   large string in the file, so reading them can take far more memory than the file holds,
   and nothing in the file says how much before they are read.
   """
+
   def limit_memory():
     resource.setrlimit(resource.RLIMIT_AS, (limits.MAX_ATTRIBUTE_READ_BYTES,) * 2)
 
   try:
-    result = subprocess.run([sys.executable, "-c", _READ_ATTRIBUTES, path],
-                            preexec_fn=limit_memory, capture_output=True, timeout=120,
-                            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}, check=False)
+    result = subprocess.run(
+      [sys.executable, "-c", _READ_ATTRIBUTES, path],
+      preexec_fn=limit_memory,
+      capture_output=True,
+      timeout=120,
+      env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+      check=False,
+    )
   except subprocess.TimeoutExpired as e:
-    raise UserError(f"refusing to load {source}: reading its attributes took over 2 minutes") \
-        from e
+    raise UserError(f"refusing to load {source}: reading its attributes took over 2 minutes") from e
   if result.returncode:
-    raise UserError(f"refusing to load {source}: its HDF5 attributes take more than "
-                    f"{limits.MAX_ATTRIBUTE_READ_BYTES >> 20} MiB to read (or cannot be read)")
+    raise UserError(
+      f"refusing to load {source}: its HDF5 attributes take more than "
+      f"{limits.MAX_ATTRIBUTE_READ_BYTES >> 20} MiB to read (or cannot be read)"
+    )
 
 
-def _h5_config(path: str, max_bytes: int) -> Tuple[Dict[str, Any], int]:
+def _h5_config(path: str, max_bytes: int) -> tuple[dict[str, Any], int]:
   """The model config of an .h5 file and the variable budget its stored weights allow."""
   try:
     with h5py.File(path, "r") as f:
@@ -517,8 +899,10 @@ def _h5_config(path: str, max_bytes: int) -> Tuple[Dict[str, Any], int]:
     with h5py.File(path, "r") as f:
       raw = f.attrs.get("model_config")
   except OSError as e:
-    raise UserError(f"cannot read model file {path}: not a valid HDF5 file (corrupt or "
-                    "truncated?); re-create it with the pretrain stage") from e
+    raise UserError(
+      f"cannot read model file {path}: not a valid HDF5 file (corrupt or "
+      "truncated?); re-create it with the pretrain stage"
+    ) from e
   if raw is None:
     raise UserError(f"{path} holds weights only, no model; save the whole model as .h5")
   return _parse_config(raw, path), budget
@@ -526,8 +910,10 @@ def _h5_config(path: str, max_bytes: int) -> Tuple[Dict[str, Any], int]:
 
 def _parse_config(raw: Any, source: str) -> Any:
   if len(raw) > limits.MAX_CONFIG_BYTES:
-    raise UserError(f"refusing to load {source}: its config is above the "
-                    f"{limits.MAX_CONFIG_BYTES >> 20} MiB limit")
+    raise UserError(
+      f"refusing to load {source}: its config is above the "
+      f"{limits.MAX_CONFIG_BYTES >> 20} MiB limit"
+    )
   try:
     return json.loads(raw)
   except (ValueError, RecursionError) as e:
@@ -537,22 +923,26 @@ def _parse_config(raw: Any, source: str) -> Any:
 _KERAS_ARCHIVE_MEMBERS = frozenset({"metadata.json", "config.json", "model.weights.h5"})
 
 
-def _keras_zip_config(path: str, max_bytes: int) -> Tuple[Dict[str, Any], int]:
+def _keras_zip_config(path: str, max_bytes: int) -> tuple[dict[str, Any], int]:
   """The model config of a .keras archive and the variable budget its stored weights allow."""
   try:
     with zipfile.ZipFile(path) as archive:
       members = {info.filename: info for info in archive.infolist()}
       if set(members) != _KERAS_ARCHIVE_MEMBERS:
         extra = sorted(set(members) - _KERAS_ARCHIVE_MEMBERS)
-        raise UserError(f"refusing to load {path}: a .keras image model holds exactly "
-                        f"{', '.join(sorted(_KERAS_ARCHIVE_MEMBERS))}"
-                        + (f", not {', '.join(extra[:3])}" if extra else ""))
+        raise UserError(
+          f"refusing to load {path}: a .keras image model holds exactly "
+          f"{', '.join(sorted(_KERAS_ARCHIVE_MEMBERS))}"
+          + (f", not {', '.join(extra[:3])}" if extra else "")
+        )
       inflated = sum(info.file_size for info in members.values())
       _check_declared(inflated, os.path.getsize(path), max_bytes, path)
       for name in ("metadata.json", "config.json"):
         if members[name].file_size > limits.MAX_CONFIG_BYTES:
-          raise UserError(f"refusing to load {path}: its {name} is above the "
-                          f"{limits.MAX_CONFIG_BYTES >> 20} MiB limit")
+          raise UserError(
+            f"refusing to load {path}: its {name} is above the "
+            f"{limits.MAX_CONFIG_BYTES >> 20} MiB limit"
+          )
       config = _parse_config(archive.read("config.json"), path)
       weights = members["model.weights.h5"]
       # HDF5 reads a file on disk far faster than through Python's zip reader.
@@ -564,8 +954,9 @@ def _keras_zip_config(path: str, max_bytes: int) -> Tuple[Dict[str, Any], int]:
         _read_h5_attributes(copy.name, path)
         return config, budget
   except (zipfile.BadZipFile, OSError, KeyError) as e:
-    raise UserError(f"cannot read model file {path}: not a valid .keras archive "
-                    "(corrupt or truncated?)") from e
+    raise UserError(
+      f"cannot read model file {path}: not a valid .keras archive (corrupt or truncated?)"
+    ) from e
 
 
 @contextlib.contextmanager
@@ -581,8 +972,9 @@ def _variable_budget(max_bytes: int, refusals: list) -> Iterator[None]:
       shape = initial.args[0]
     try:
       shape = tf.TensorShape(shape)
-      size = (shape.num_elements() or 0) * tf.dtypes.as_dtype(kwargs.get("dtype")
-                                                              or tf.float32).size
+      size = (shape.num_elements() or 0) * tf.dtypes.as_dtype(
+        kwargs.get("dtype") or tf.float32
+      ).size
     except (TypeError, ValueError):
       size = 0
     used += size
@@ -603,23 +995,29 @@ def _check_activations(model: keras.Model, source: str) -> None:
       for shape in shapes if isinstance(shapes, list) else [shapes]:
         size = math.prod(dim for dim in tuple(shape or (None,))[1:] if dim) * 4
         if size > limits.MAX_ACTIVATION_BYTES:
-          raise UserError(f"refusing to load {source}: layer {layer.name} outputs "
-                          f"{size / 2**20:,.0f} MiB per image, above the "
-                          f"{limits.MAX_ACTIVATION_BYTES >> 20} MiB limit")
+          raise UserError(
+            f"refusing to load {source}: layer {layer.name} outputs "
+            f"{size / 2**20:,.0f} MiB per image, above the "
+            f"{limits.MAX_ACTIVATION_BYTES >> 20} MiB limit"
+          )
 
 
 # --- Loading ----------------------------------------------------------------------------------
+
 
 def resolve_saved_model(handle: str) -> str:
   """A local SavedModel folder for a folder path or a TF Hub handle (cached in $TFHUB_CACHE_DIR)."""
   if os.path.isdir(handle):
     return _checked_saved_model(handle, handle)
-  import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top (slow to import)
+  import tensorflow_hub as hub  # slow to import
+
   try:
     path = hub.resolve(handle)
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f"cannot fetch model {handle} ({type(e).__name__}); if offline, download it "
-                    "and pass its folder, or pre-fill $TFHUB_CACHE_DIR") from e
+  except Exception as e:
+    raise UserError(
+      f"cannot fetch model {handle} ({type(e).__name__}); if offline, download it "
+      "and pass its folder, or pre-fill $TFHUB_CACHE_DIR"
+    ) from e
   return _checked_saved_model(handle, path)
 
 
@@ -631,22 +1029,30 @@ def _checked_saved_model(handle: str, path: str) -> str:
 
 def _hub_model(path: str, source: str) -> keras.Model:
   """Wraps a non-Keras SavedModel in a Keras model with one trainable `hub` layer."""
-  call = getattr(tf.saved_model.load(path), "__call__", None)
-  specs = [spec for function in getattr(call, "concrete_functions", [])
-           for spec in tf.nest.flatten(function.structured_input_signature)
-           if isinstance(spec, tf.TensorSpec)]
+  # A restored `__call__` is an instance attribute, which callable() does not see.
+  call = getattr(tf.saved_model.load(path), "__call__", None)  # noqa: B004
+  specs = [
+    spec
+    for function in getattr(call, "concrete_functions", [])
+    for spec in tf.nest.flatten(function.structured_input_signature)
+    if isinstance(spec, tf.TensorSpec)
+  ]
   if not specs or specs[0].shape.rank != 4 or not specs[0].shape[1:].is_fully_defined():
     shape = specs[0].shape if specs else "no signature"
-    raise UserError(f"cannot use {source} as an image model: its __call__ takes {shape}, "
-                    "not a fixed-size image batch [N,H,W,C]")
-  import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top (slow to import)
+    raise UserError(
+      f"cannot use {source} as an image model: its __call__ takes {shape}, "
+      "not a fixed-size image batch [N,H,W,C]"
+    )
+  import tensorflow_hub as hub  # slow to import
+
   inputs = keras.Input(shape=specs[0].shape[1:], name="image")
   outputs = hub.KerasLayer(path, trainable=True, name="hub")(inputs)
   return keras.Model(inputs, outputs, name="hub_model")
 
 
-def load_model(source: str, allow_unsafe: bool = False,
-               max_bytes: int = limits.MAX_MODEL_BYTES) -> keras.Model:
+def load_model(
+  source: str, allow_unsafe: bool = False, max_bytes: int = limits.MAX_MODEL_BYTES
+) -> keras.Model:
   """Loads a model for prediction or fine-tuning (uncompiled) after checking it is safe.
 
   `source`: an .h5 or .keras file, a SavedModel folder (Keras or not), or a TF Hub handle.
@@ -663,16 +1069,21 @@ def load_model(source: str, allow_unsafe: bool = False,
     if is_file:
       if not os.path.isfile(source):
         raise UserError(f"cannot read model file {source}: not a regular file")
-      config, budget = (_h5_config(source, max_bytes) if source.endswith(".h5")
-                        else _keras_zip_config(source, max_bytes))
+      config, budget = (
+        _h5_config(source, max_bytes)
+        if source.endswith(".h5")
+        else _keras_zip_config(source, max_bytes)
+      )
       if not allow_unsafe:
         check_model_config(config, source)
       with _variable_budget(budget, refusals):
         model = keras.models.load_model(source, compile=False, safe_mode=not allow_unsafe)
     else:
       if os.path.isfile(source):
-        raise UserError(f"unsupported model file {source}: --model takes an .h5 or .keras "
-                        "file, a SavedModel folder or a TF Hub handle")
+        raise UserError(
+          f"unsupported model file {source}: --model takes an .h5 or .keras "
+          "file, a SavedModel folder or a TF Hub handle"
+        )
       path = resolve_saved_model(source)
       check_saved_model(path, source, max_bytes, allow_unsafe)
       if os.path.isfile(os.path.join(path, "keras_metadata.pb")):
@@ -682,15 +1093,20 @@ def load_model(source: str, allow_unsafe: bool = False,
       else:
         model = _hub_model(path, source)
     if not model.built or not model.inputs:
-      raise UserError(f"cannot use {source}: the model has no input shape (an unbuilt "
-                      "Sequential?); save it after building it on an image input")
+      raise UserError(
+        f"cannot use {source}: the model has no input shape (an unbuilt "
+        "Sequential?); save it after building it on an image input"
+      )
     _check_activations(model, source)
   except UserError:
     raise
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     if refusals:
-      raise UserError(f"refusing to load {source}: its config builds {refusals[0] / 2**20:,.0f}"
-                      " MiB of weights or more, more than the file stores") from e
-    raise UserError(f"cannot load model {source} ({type(e).__name__}: "
-                    f"{' '.join(str(e).split())[:300]})") from e
+      raise UserError(
+        f"refusing to load {source}: its config builds {refusals[0] / 2**20:,.0f}"
+        " MiB of weights or more, more than the file stores"
+      ) from e
+    raise UserError(
+      f"cannot load model {source} ({type(e).__name__}: {' '.join(str(e).split())[:300]})"
+    ) from e
   return model

@@ -1,16 +1,16 @@
 """Model building: the source CNN, the target model on its features, and optimizers."""
 
 import hashlib
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tl_keras import settings
-from tl_keras.preprocessing import preprocess_images
-from tl_keras.ranges import check_value
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
+from tl_keras.preprocessing import preprocess_images
+from tl_keras.ranges import check_value
 
 SOURCE_CLASSIFIER = "classifier"
 TARGET_CLASSIFIER = "target_classifier"
@@ -18,8 +18,11 @@ FEATURE_PREFIX = "features_"
 HEAD_PREFIX = "target_head_"
 
 
-def build_source_model(input_shape: Sequence[int], num_classes: int,
-                       conv_filters: Sequence[int] = settings.DEFAULT_CONV_FILTERS) -> keras.Model:
+def build_source_model(
+  input_shape: Sequence[int],
+  num_classes: int,
+  conv_filters: Sequence[int] = settings.DEFAULT_CONV_FILTERS,
+) -> keras.Model:
   """The source CNN: named `features_*` layers, then a softmax Dense named `classifier`.
 
   Each entry of `conv_filters` adds a 3x3 convolution and a 2x2 max pooling. The default, 16
@@ -39,25 +42,28 @@ def build_source_model(input_shape: Sequence[int], num_classes: int,
   x = layers.Dense(128, activation="relu", name="features_dense")(x)
   x = layers.Dropout(0.5, name="features_dropout2")(x)
   # float32 even under a mixed-precision policy, for a numerically stable softmax.
-  outputs = layers.Dense(num_classes, activation="softmax", dtype="float32",
-                         name=SOURCE_CLASSIFIER)(x)
+  outputs = layers.Dense(
+    num_classes, activation="softmax", dtype="float32", name=SOURCE_CLASSIFIER
+  )(x)
   return keras.Model(inputs, outputs, name="source_cnn")
 
 
-def parse_conv_filters(spec: str) -> Tuple[int, ...]:
+def parse_conv_filters(spec: str) -> tuple[int, ...]:
   """'16,32' -> (16, 32): filters of the source CNN's convolutions, one to three of them, each
   in `settings.CONV_FILTERS`."""
   parts = [part.strip() for part in spec.split(",")]
   if not 1 <= len(parts) <= 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
-    raise UserError(f"invalid --conv_filters={spec!r}: use one to three positive whole numbers "
-                    "separated by commas, e.g. 16,32")
+    raise UserError(
+      f"invalid --conv_filters={spec!r}: use one to three positive whole numbers "
+      "separated by commas, e.g. 16,32"
+    )
   filters = tuple(int(part) for part in parts)
   for count in filters:
     check_value("conv_filters", count, settings.CONV_FILTERS)
   return filters
 
 
-def classifier_layer(model: keras.Model) -> Optional[keras.layers.Layer]:
+def classifier_layer(model: keras.Model) -> keras.layers.Layer | None:
   """The layer named `classifier`/`target_classifier`, else the last layer if it is a Dense."""
   names = {layer.name for layer in model.layers}
   for name in (SOURCE_CLASSIFIER, TARGET_CLASSIFIER):
@@ -67,7 +73,7 @@ def classifier_layer(model: keras.Model) -> Optional[keras.layers.Layer]:
   return last if isinstance(last, keras.layers.Dense) else None
 
 
-def feature_tensor(model: keras.Model, layer_name: Optional[str] = None):
+def feature_tensor(model: keras.Model, layer_name: str | None = None):
   """The features the new head sits on: layer `layer_name`'s output if given, else the
   penultimate features (the classifier's input), else, with no classifier, the model's output."""
   if layer_name:
@@ -79,15 +85,22 @@ def feature_tensor(model: keras.Model, layer_name: Optional[str] = None):
   return model.output if classifier is None else classifier.input
 
 
-def feature_layers(model: keras.Model) -> List[keras.layers.Layer]:
+def feature_layers(model: keras.Model) -> list[keras.layers.Layer]:
   """Layers of `model` other than its input and classifier, in order."""
   classifier = classifier_layer(model)
-  return [layer for layer in model.layers
-          if layer is not classifier and not isinstance(layer, keras.layers.InputLayer)]
+  return [
+    layer
+    for layer in model.layers
+    if layer is not classifier and not isinstance(layer, keras.layers.InputLayer)
+  ]
 
 
-def build_target_model(source_model: keras.Model, num_classes: int, unfreeze: str = "all",
-                       head: settings.HeadSettings = settings.HeadSettings()) -> keras.Model:
+def build_target_model(
+  source_model: keras.Model,
+  num_classes: int,
+  unfreeze: str = "all",
+  head: settings.HeadSettings | None = None,
+) -> keras.Model:
   """Cuts the source model at its features, adds a new head (layers `target_*`) and sets which
   layers train.
 
@@ -99,6 +112,7 @@ def build_target_model(source_model: keras.Model, num_classes: int, unfreeze: st
   whatever `unfreeze` says: frozen, Keras runs them in inference mode, so small target batches
   never overwrite the statistics learned on the source.
   """
+  head = head or settings.HeadSettings()
   features = feature_tensor(source_model, head.features_layer)
   layers = keras.Model(source_model.inputs, features).layers[1:]  # those the head builds on
   set_trainable(layers, select_unfrozen(layers, unfreeze))
@@ -109,41 +123,51 @@ def build_target_model(source_model: keras.Model, num_classes: int, unfreeze: st
   if head.head_dropout:
     x = keras.layers.Dropout(head.head_dropout, name=f"{HEAD_PREFIX}dropout1")(x)
   if head.head_units:
-    x = keras.layers.Dense(head.head_units, activation="relu", kernel_regularizer=regularizer,
-                           name=f"{HEAD_PREFIX}dense")(x)
+    x = keras.layers.Dense(
+      head.head_units, activation="relu", kernel_regularizer=regularizer, name=f"{HEAD_PREFIX}dense"
+    )(x)
     if head.head_dropout:
       x = keras.layers.Dropout(head.head_dropout, name=f"{HEAD_PREFIX}dropout2")(x)
-  outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
-                               kernel_regularizer=regularizer, name=TARGET_CLASSIFIER)(x)
+  outputs = keras.layers.Dense(
+    num_classes,
+    activation="softmax",
+    dtype="float32",
+    kernel_regularizer=regularizer,
+    name=TARGET_CLASSIFIER,
+  )(x)
   return keras.Model(source_model.inputs, outputs, name="target_model")
 
 
-def head_layer_names(model: keras.Model) -> List[str]:
+def head_layer_names(model: keras.Model) -> list[str]:
   """Names of the layers `build_target_model` added."""
-  return [layer.name for layer in model.layers
-          if layer.name.startswith(HEAD_PREFIX) or layer.name == TARGET_CLASSIFIER]
+  return [
+    layer.name
+    for layer in model.layers
+    if layer.name.startswith(HEAD_PREFIX) or layer.name == TARGET_CLASSIFIER
+  ]
 
 
 def set_trainable(layers: Sequence[keras.layers.Layer], names: Sequence[str]) -> None:
   """Makes the layers named in `names` trainable and the others frozen; BatchNormalization
   layers are always frozen (see `build_target_model`)."""
   for layer in layers:
-    layer.trainable = (layer.name in names and
-                       not isinstance(layer, keras.layers.BatchNormalization))
+    layer.trainable = layer.name in names and not isinstance(layer, keras.layers.BatchNormalization)
 
 
 def reinitialized(model: keras.Model) -> keras.Model:
   """A copy of `model` with freshly initialised weights, every layer trainable."""
   if any(not type(layer).__module__.startswith("tf_keras") for layer in model.layers):
-    raise UserError("cannot re-initialise a model with TF Hub or custom layers; "
-                    "--compare_scratch needs a Keras model")
+    raise UserError(
+      "cannot re-initialise a model with TF Hub or custom layers; "
+      "--compare_scratch needs a Keras model"
+    )
   copy = keras.models.clone_model(model)
   for layer in copy.layers:
     layer.trainable = True
   return copy
 
 
-def trainable_layer_names(model: keras.Model) -> List[str]:
+def trainable_layer_names(model: keras.Model) -> list[str]:
   return [layer.name for layer in model.layers if layer.trainable and layer.weights]
 
 
@@ -166,7 +190,7 @@ def with_global_dtype_policy(model: keras.Model) -> keras.Model:
   return copy
 
 
-def select_unfrozen(layers: Sequence[keras.layers.Layer], unfreeze: str) -> List[str]:
+def select_unfrozen(layers: Sequence[keras.layers.Layer], unfreeze: str) -> list[str]:
   """Names of the layers an --unfreeze spec selects among `layers`."""
   spec = unfreeze.strip()
   weighted = [layer.name for layer in layers if layer.weights]
@@ -175,22 +199,25 @@ def select_unfrozen(layers: Sequence[keras.layers.Layer], unfreeze: str) -> List
   if spec == "all":
     return [layer.name for layer in layers]
   if spec.startswith("last:"):
-    count = spec[len("last:"):]
+    count = spec[len("last:") :]
     if not count.isdigit():
       raise UserError(f"invalid --unfreeze={unfreeze!r}: 'last:N' needs a whole number N")
-    return weighted[len(weighted) - int(count):] if int(count) else []
+    return weighted[len(weighted) - int(count) :] if int(count) else []
   names = [name.strip() for name in spec.split(",") if name.strip()]
   known = [layer.name for layer in layers]
   unknown = [name for name in names if name not in known]
   if unknown or not names:
-    raise UserError(f"invalid --unfreeze={unfreeze!r}: no feature layer named "
-                    f"{', '.join(unknown) or spec!r}; use none, all, last:N or names from: "
-                    f"{', '.join(weighted)}")
+    raise UserError(
+      f"invalid --unfreeze={unfreeze!r}: no feature layer named "
+      f"{', '.join(unknown) or spec!r}; use none, all, last:N or names from: "
+      f"{', '.join(weighted)}"
+    )
   return names
 
 
-def learning_rate_for(name: str, learning_rate: Optional[float] = None,
-                      flag: str = "learning_rate") -> float:
+def learning_rate_for(
+  name: str, learning_rate: float | None = None, flag: str = "learning_rate"
+) -> float:
   """The learning rate to use: `learning_rate`, or the default of optimizer `name`; a
   UserError naming `flag` if it is outside `settings.LEARNING_RATE`."""
   if name not in settings.DEFAULT_LEARNING_RATES:
@@ -199,7 +226,7 @@ def learning_rate_for(name: str, learning_rate: Optional[float] = None,
   return settings.DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate
 
 
-def make_optimizer(name: str, learning_rate: Optional[float] = None):
+def make_optimizer(name: str, learning_rate: float | None = None):
   """An Adadelta or Adam optimizer; `learning_rate` None takes the default for that optimizer."""
   rate = learning_rate_for(name, learning_rate)
   optimizer_class = {"adadelta": keras.optimizers.Adadelta, "adam": keras.optimizers.Adam}[name]
@@ -212,17 +239,23 @@ def compile_classifier(model: keras.Model, optimizer, jit_compile: bool = False)
   `jit_compile` XLA-compiles the training step: worth it on GPUs; on 2 CPU cores it made an
   epoch 2.4x slower.
   """
-  model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"], jit_compile=jit_compile)
+  model.compile(
+    optimizer=optimizer,
+    loss="sparse_categorical_crossentropy",
+    metrics=["accuracy"],
+    jit_compile=jit_compile,
+  )
 
 
-def image_input_shape(model: keras.Model, source: str) -> Tuple[int, int, int]:
+def image_input_shape(model: keras.Model, source: str) -> tuple[int, int, int]:
   """The model's input image shape (H, W, C); a UserError if it does not take image batches."""
   shape = model.input_shape
   if isinstance(shape, list) or len(shape) != 4 or None in shape[1:] or shape[3] not in (1, 3):
-    raise UserError(f"the model {source} takes inputs of shape {shape}, not images "
-                    "[N,H,W,C] of a fixed size with 1 or 3 channels, so it cannot take the "
-                    "target images; use a model with an image input")
+    raise UserError(
+      f"the model {source} takes inputs of shape {shape}, not images "
+      "[N,H,W,C] of a fixed size with 1 or 3 channels, so it cannot take the "
+      "target images; use a model with an image input"
+    )
   return tuple(shape[1:])
 
 
@@ -234,10 +267,15 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 1024) -> n
   """
   input_shape = model.input_shape[1:]
   forward = tf.function(
-      lambda batch: model(preprocess_images(batch, input_shape), training=False),
-      input_signature=[tf.TensorSpec([None, *images.shape[1:]], tf.as_dtype(images.dtype))])
-  return np.concatenate([forward(images[start:start + batch_size]).numpy()
-                         for start in range(0, len(images), batch_size)])
+    lambda batch: model(preprocess_images(batch, input_shape), training=False),
+    input_signature=[tf.TensorSpec([None, *images.shape[1:]], tf.as_dtype(images.dtype))],
+  )
+  return np.concatenate(
+    [
+      forward(images[start : start + batch_size]).numpy()
+      for start in range(0, len(images), batch_size)
+    ]
+  )
 
 
 def weights_fingerprint(model: keras.Model) -> str:

@@ -1,6 +1,6 @@
 """tf.data pipelines for training and evaluation, with optional augmentation."""
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -9,19 +9,28 @@ from tl_keras.keras_api import keras
 from tl_keras.preprocessing import preprocess_images
 
 
-def augmentation(seed: Optional[int] = None) -> keras.Sequential:
+def augmentation(seed: int | None = None) -> keras.Sequential:
   """Random shifts (up to 10%), rotations (up to 15 degrees) and zoom (up to 10%), filling
   with black; for training images only."""
   layers = keras.layers
-  return keras.Sequential([
+  return keras.Sequential(
+    [
       layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed),
       layers.RandomRotation(15 / 360, fill_mode="constant", seed=seed),
       layers.RandomZoom(0.1, fill_mode="constant", seed=seed),
-  ], name="augmentation")
+    ],
+    name="augmentation",
+  )
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, input_shape: Sequence[int],
-                 shuffle_seed: Optional[int] = None, augment: bool = False) -> tf.data.Dataset:
+def make_dataset(
+  x: np.ndarray,
+  y: np.ndarray,
+  batch_size: int,
+  input_shape: Sequence[int],
+  shuffle_seed: int | None = None,
+  augment: bool = False,
+) -> tf.data.Dataset:
   """A batched tf.data pipeline of (preprocessed images, labels) for training and evaluation.
 
   Shuffles each epoch when `shuffle_seed` is given, and with `augment` applies

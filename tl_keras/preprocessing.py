@@ -3,7 +3,7 @@
 Training, prediction and the exported serving signature all go through `preprocess_images`.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -35,8 +35,9 @@ def preprocess_images(images, input_shape: Sequence[int], fit: str = "resize") -
     elif have_channels == 1 and channels == 3:
       images = tf.image.grayscale_to_rgb(images)
     else:
-      raise UserError(f"cannot map {have_channels}-channel images to a model input of "
-                      f"{channels} channels")
+      raise UserError(
+        f"cannot map {have_channels}-channel images to a model input of {channels} channels"
+      )
   if tuple(images.shape[1:3]) != (height, width):
     if fit == "pad":
       images = tf.image.resize_with_pad(images, height, width, antialias=True)
@@ -45,18 +46,24 @@ def preprocess_images(images, input_shape: Sequence[int], fit: str = "resize") -
   return images
 
 
-def fit_images(images: np.ndarray, input_shape: Sequence[int], fit: str = "resize",
-               batch_size: int = 1024) -> np.ndarray:
+def fit_images(
+  images: np.ndarray, input_shape: Sequence[int], fit: str = "resize", batch_size: int = 1024
+) -> np.ndarray:
   """`images` fitted to `input_shape` by `preprocess_images` (float32), or as they are if they
   already have that shape."""
   shape = tuple(images.shape[1:]) + ((1,) if images.ndim == 3 else ())
   if shape == tuple(input_shape):
     return images
   try:
-    return np.concatenate([preprocess_images(images[start:start + batch_size], input_shape,
-                                             fit).numpy()
-                           for start in range(0, len(images), batch_size)])
+    return np.concatenate(
+      [
+        preprocess_images(images[start : start + batch_size], input_shape, fit).numpy()
+        for start in range(0, len(images), batch_size)
+      ]
+    )
   except tf.errors.InvalidArgumentError as e:  # an image so thin that padding empties it
-    raise UserError(f"images of {shape[0]}x{shape[1]} pixels become empty when fitted to "
-                    f"{input_shape[0]}x{input_shape[1]} with --target_fit={fit}; use "
-                    "--target_fit=resize") from e
+    raise UserError(
+      f"images of {shape[0]}x{shape[1]} pixels become empty when fitted to "
+      f"{input_shape[0]}x{input_shape[1]} with --target_fit={fit}; use "
+      "--target_fit=resize"
+    ) from e

@@ -11,7 +11,7 @@ this package's models.
 import dataclasses
 import math
 import numbers
-from typing import Any, Optional
+from typing import Any
 
 from tl_keras.errors import UserError
 
@@ -20,6 +20,7 @@ from tl_keras.errors import UserError
 class Range:
   """Whole numbers from `low` to `high`, or with `real`, numbers between them (an open bound
   excludes the value itself)."""
+
   low: float
   high: float
   real: bool = False
@@ -34,11 +35,13 @@ class Range:
   def __str__(self) -> str:
     if not self.real:
       return f"a whole number from {self.low:_} to {self.high:_}"
-    return (f"a number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
-            f"{')' if self.high_open else ']'}")
+    return (
+      f"a number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+      f"{')' if self.high_open else ']'}"
+    )
 
 
-def check_value(name: str, value: Any, allowed: Optional[Range] = None) -> None:
+def check_value(name: str, value: Any, allowed: Range | None = None) -> None:
   """Refuses a non-finite float, or a value of flag `name` outside `allowed` (None passes)."""
   if value is None or isinstance(value, (bool, str)):
     return
@@ -50,4 +53,3 @@ def check_value(name: str, value: Any, allowed: Optional[Range] = None) -> None:
     raise UserError(f"--{name} must be {allowed or 'a finite number'}, got {value}")
   if allowed and (value not in allowed or (not allowed.real and value != int(value))):
     raise UserError(f"--{name} must be {allowed}, got {value}")
-

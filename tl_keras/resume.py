@@ -10,7 +10,7 @@ and clean-up once training finishes.
 import json
 import os
 import shutil
-from typing import Any, Dict
+from typing import Any
 
 import tensorflow as tf
 
@@ -47,7 +47,7 @@ class BackupTracker(keras.callbacks.Callback):
   of the first epoch is on disk before the first backup.
   """
 
-  def __init__(self, backup_path: str, settings: Dict[str, Any], epochs: int, chief: bool):
+  def __init__(self, backup_path: str, settings: dict[str, Any], epochs: int, chief: bool):
     super().__init__()
     self._backup_path = backup_path
     self._settings = settings
@@ -59,8 +59,9 @@ class BackupTracker(keras.callbacks.Callback):
   def _start(self, epoch):
     self.start_epoch = epoch
     if epoch and self._chief:
-      print(f"resuming from epoch {epoch} of {self._epochs} (backup in {self._backup_path})",
-            flush=True)
+      print(
+        f"resuming from epoch {epoch} of {self._epochs} (backup in {self._backup_path})", flush=True
+      )
 
   def on_epoch_begin(self, epoch, logs=None):
     if self.start_epoch is None:
@@ -85,11 +86,12 @@ class BackupTracker(keras.callbacks.Callback):
 
 def has_backup(path: str) -> bool:
   """Whether `path` holds a backup of an interrupted run (not only our settings file)."""
-  return (os.path.isfile(os.path.join(path, _BACKUP_SETTINGS_FILENAME)) and
-          set(os.listdir(path)) != {_BACKUP_SETTINGS_FILENAME})
+  return os.path.isfile(os.path.join(path, _BACKUP_SETTINGS_FILENAME)) and set(
+    os.listdir(path)
+  ) != {_BACKUP_SETTINGS_FILENAME}
 
 
-def prepare_backup(config, path: str, chief: bool) -> Dict[str, Any]:
+def prepare_backup(config, path: str, chief: bool) -> dict[str, Any]:
   """Deletes the backup in `path`, or with `config.runtime.resume` checks its settings match
   (all but those free on resume, see `settings.recorded_on_resume`).
 
@@ -108,9 +110,11 @@ def prepare_backup(config, path: str, chief: bool) -> Dict[str, Any]:
       saved = json.load(f)
     changed = [f"--{k}={saved.get(k)} (now {v})" for k, v in current.items() if saved.get(k) != v]
     if changed:
-      raise UserError(f"{path} holds an interrupted run with other settings: "
-                      f"{', '.join(changed)}. Rerun with those to resume it, or add --noresume "
-                      "to start over")
+      raise UserError(
+        f"{path} holds an interrupted run with other settings: "
+        f"{', '.join(changed)}. Rerun with those to resume it, or add --noresume "
+        "to start over"
+      )
   return current
 
 

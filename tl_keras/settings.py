@@ -11,8 +11,10 @@ and the metrics keys report.md reads. No TensorFlow here: --help and flag errors
 import copy
 import dataclasses
 import os
+import types
 import typing
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 from tl_keras import artifacts
 from tl_keras import limits
@@ -45,13 +47,26 @@ LEARNING_RATE = Range(0, MAX_LEARNING_RATE, real=True, low_open=True)
 CONV_FILTERS = Range(1, MAX_CONV_FILTERS)  # each convolution's
 
 
-def setting(default: Any = None, help_text: str = "", *, flag: Optional[str] = "",
-            choices: Tuple[str, ...] = (), allowed: Optional[Range] = None,
-            free_on_resume: bool = False, report: Optional[int] = None) -> Any:
+def setting(
+  default: Any = None,
+  help_text: str = "",
+  *,
+  flag: str | None = "",
+  choices: tuple[str, ...] = (),
+  allowed: Range | None = None,
+  free_on_resume: bool = False,
+  report: int | None = None,
+) -> Any:
   """A leaf field: `flag` '' is the field's name, None no flag; `allowed` its range; `report`
   its position in report.md's settings list (None: not listed)."""
-  metadata = {"help": help_text, "flag": flag, "choices": choices, "allowed": allowed,
-              "free_on_resume": free_on_resume, "report": report}
+  metadata = {
+    "help": help_text,
+    "flag": flag,
+    "choices": choices,
+    "allowed": allowed,
+    "free_on_resume": free_on_resume,
+    "report": report,
+  }
   return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -69,145 +84,234 @@ def _seed(help_text: str) -> Any:
 
 
 def _features_layer() -> Any:
-  return setting(None, "Source layer whose output the new head sits on (its later layers are "
-                 "dropped); default: the source classifier's input.", report=90)
+  return setting(
+    None,
+    "Source layer whose output the new head sits on (its later layers are "
+    "dropped); default: the source classifier's input.",
+    report=90,
+  )
 
 
 @dataclasses.dataclass
 class PathSettings:
   """Where a command reads data and writes its files."""
-  output_dir: str = setting(artifacts.DEFAULT_OUTPUT_DIR,
-                            "Folder for models, metrics and predictions.", free_on_resume=True)
-  data_dir: Optional[str] = setting(
-      None, "Folder holding mnist.npz (default: $TL_KERAS_DATA_DIR, then the Keras cache, "
-      "downloading there if needed).", free_on_resume=True)
+
+  output_dir: str = setting(
+    artifacts.DEFAULT_OUTPUT_DIR, "Folder for models, metrics and predictions.", free_on_resume=True
+  )
+  data_dir: str | None = setting(
+    None,
+    "Folder holding mnist.npz (default: $TL_KERAS_DATA_DIR, then the Keras cache, "
+    "downloading there if needed).",
+    free_on_resume=True,
+  )
 
 
 @dataclasses.dataclass
 class RuntimeSettings:
   """How a training stage runs: seed, devices, resuming, logs."""
+
   seed: int = _seed("Random seed for initialisation and shuffling.")
-  strategy: str = setting("auto", "tf.distribute strategy. auto: all GPUs mirrored, one GPU, "
-                          "else CPU; multi_worker reads TF_CONFIG.", choices=STRATEGIES,
-                          free_on_resume=True, report=70)
-  resume: bool = setting(True, "Resume an interrupted run from its last finished epoch; "
-                         "--noresume starts over.", free_on_resume=True)
-  deterministic: bool = setting(True, "TF op determinism for identical results with the same "
-                                "--seed; --nodeterministic may be faster on GPUs.",
-                                free_on_resume=True)
-  mixed_precision: bool = setting(False, "Float16 compute on GPUs (classifier layers stay "
-                                  "float32); refused on CPU.")
-  jit_compile: bool = setting(False, "XLA-compile the training step (faster on GPUs, slower "
-                              "on CPU).", free_on_resume=True)
-  tensorboard: bool = setting(False, "Write TensorBoard logs to OUTPUT_DIR/logs/STAGE.",
-                              free_on_resume=True)
+  strategy: str = setting(
+    "auto",
+    "tf.distribute strategy. auto: all GPUs mirrored, one GPU, "
+    "else CPU; multi_worker reads TF_CONFIG.",
+    choices=STRATEGIES,
+    free_on_resume=True,
+    report=70,
+  )
+  resume: bool = setting(
+    True,
+    "Resume an interrupted run from its last finished epoch; --noresume starts over.",
+    free_on_resume=True,
+  )
+  deterministic: bool = setting(
+    True,
+    "TF op determinism for identical results with the same "
+    "--seed; --nodeterministic may be faster on GPUs.",
+    free_on_resume=True,
+  )
+  mixed_precision: bool = setting(
+    False, "Float16 compute on GPUs (classifier layers stay float32); refused on CPU."
+  )
+  jit_compile: bool = setting(
+    False, "XLA-compile the training step (faster on GPUs, slower on CPU).", free_on_resume=True
+  )
+  tensorboard: bool = setting(
+    False, "Write TensorBoard logs to OUTPUT_DIR/logs/STAGE.", free_on_resume=True
+  )
 
 
 @dataclasses.dataclass
 class TrainSettings:
   """How a training stage trains (its epochs are the stage config's)."""
+
   optimizer: str = setting("adam", "Training optimizer.", choices=OPTIMIZERS, report=20)
-  learning_rate: Optional[float] = setting(
-      None, "Learning rate (default per optimizer: " + ", ".join(
-          f"{name} {rate:g}" for name, rate in DEFAULT_LEARNING_RATES.items()) + ").",
-      allowed=LEARNING_RATE, report=30)
-  batch_size: int = setting(128, "Global batch size, split over the replicas.",
-                            allowed=BATCH_SIZE, report=60)
+  learning_rate: float | None = setting(
+    None,
+    "Learning rate (default per optimizer: "
+    + ", ".join(f"{name} {rate:g}" for name, rate in DEFAULT_LEARNING_RATES.items())
+    + ").",
+    allowed=LEARNING_RATE,
+    report=30,
+  )
+  batch_size: int = setting(
+    128, "Global batch size, split over the replicas.", allowed=BATCH_SIZE, report=60
+  )
   # When set, the global batch is this times the number of replicas and batch_size is unused.
-  per_replica_batch_size: Optional[int] = setting(
-      None, "Batch size per replica; when set, the global batch is this times the number of "
-      "replicas and --batch_size is ignored.", allowed=BATCH_SIZE)
-  augment: bool = setting(False, "Random shifts, rotations and zoom of the training images.",
-                          report=110)
+  per_replica_batch_size: int | None = setting(
+    None,
+    "Batch size per replica; when set, the global batch is this times the number of "
+    "replicas and --batch_size is ignored.",
+    allowed=BATCH_SIZE,
+  )
+  augment: bool = setting(
+    False, "Random shifts, rotations and zoom of the training images.", report=110
+  )
   validation_split: float = setting(
-      0.0, "Fraction of each class's training images held out for validation; when set, "
-      "training stops early once the validation loss stalls and keeps the best epoch's "
-      "weights.", allowed=Range(0, 1, real=True, high_open=True), report=120)
-  patience: int = setting(3, "With --validation_split: epochs without a better validation "
-                          "loss before stopping.", allowed=Range(1, MAX_EPOCHS))
+    0.0,
+    "Fraction of each class's training images held out for validation; when set, "
+    "training stops early once the validation loss stalls and keeps the best epoch's "
+    "weights.",
+    allowed=Range(0, 1, real=True, high_open=True),
+    report=120,
+  )
+  patience: int = setting(
+    3,
+    "With --validation_split: epochs without a better validation loss before stopping.",
+    allowed=Range(1, MAX_EPOCHS),
+  )
 
 
 @dataclasses.dataclass
 class TargetSettings:
   """Which target data to use and how to read it."""
+
   target: str = setting(
-      "mnist:5-9", "Target data: 'mnist:CLASSES' (e.g. mnist:5-9; labels become 0..k-1), "
-      "'npz:PATH' (keys x_train y_train x_test y_test; any size, 1 or 3 channels) or 'dir:PATH' "
-      "(a folder per class of PNG/JPEG/BMP/GIF images, optionally inside train/ and test/ "
-      "folders).", report=130)
-  target_fit: str = setting("resize", "How target images of another size reach the model's "
-                            "input: resize (stretch) or pad (keep the aspect ratio, centre, pad "
-                            "with black).", choices=FITS)
+    "mnist:5-9",
+    "Target data: 'mnist:CLASSES' (e.g. mnist:5-9; labels become 0..k-1), "
+    "'npz:PATH' (keys x_train y_train x_test y_test; any size, 1 or 3 channels) or 'dir:PATH' "
+    "(a folder per class of PNG/JPEG/BMP/GIF images, optionally inside train/ and test/ "
+    "folders).",
+    report=130,
+  )
+  target_fit: str = setting(
+    "resize",
+    "How target images of another size reach the model's "
+    "input: resize (stretch) or pad (keep the aspect ratio, centre, pad "
+    "with black).",
+    choices=FITS,
+  )
   test_split: float = setting(
-      0.2, "For dir: targets without train/ and test/ folders: the fraction of each class held "
-      "out for testing (seeded).", allowed=Range(0, 1, real=True, low_open=True, high_open=True))
-  train_per_class: Optional[int] = setting(
-      None, "Use only this many training images per target class (a seeded, stratified "
-      "subset).", allowed=Range(1, 10_000_000))
+    0.2,
+    "For dir: targets without train/ and test/ folders: the fraction of each class held "
+    "out for testing (seeded).",
+    allowed=Range(0, 1, real=True, low_open=True, high_open=True),
+  )
+  train_per_class: int | None = setting(
+    None,
+    "Use only this many training images per target class (a seeded, stratified subset).",
+    allowed=Range(1, 10_000_000),
+  )
 
 
 @dataclasses.dataclass
 class HeadSettings:
   """The new head: where it sits, an optional hidden Dense layer, dropout, L2 weight decay on
   its kernels, and how its classifier starts."""
-  features_layer: Optional[str] = _features_layer()
-  head_units: int = setting(0, "Units of a hidden ReLU Dense layer in the new head; 0: the "
-                            "classifier sits directly on the source features.",
-                            allowed=Range(0, MAX_HEAD_UNITS))
-  head_dropout: float = setting(0.0, "Dropout rate in the new head.",
-                                allowed=Range(0, 1, real=True, high_open=True))
-  head_l2: float = setting(0.0, "L2 weight decay on the new head's kernels.",
-                           allowed=Range(0, 1, real=True))
-  head_init: str = setting("random", "How the new classifier starts: random, or probe (a linear "
-                           "probe fitted on the frozen source features; best with few target "
-                           "labels).", choices=HEAD_INITS, report=100)
+
+  features_layer: str | None = _features_layer()
+  head_units: int = setting(
+    0,
+    "Units of a hidden ReLU Dense layer in the new head; 0: the "
+    "classifier sits directly on the source features.",
+    allowed=Range(0, MAX_HEAD_UNITS),
+  )
+  head_dropout: float = setting(
+    0.0, "Dropout rate in the new head.", allowed=Range(0, 1, real=True, high_open=True)
+  )
+  head_l2: float = setting(
+    0.0, "L2 weight decay on the new head's kernels.", allowed=Range(0, 1, real=True)
+  )
+  head_init: str = setting(
+    "random",
+    "How the new classifier starts: random, or probe (a linear "
+    "probe fitted on the frozen source features; best with few target "
+    "labels).",
+    choices=HEAD_INITS,
+    report=100,
+  )
 
 
 @dataclasses.dataclass
 class SourceSettings:
   """The source CNN pretrain builds and the MNIST digits it learns."""
-  source_classes: str = setting("0-4", "MNIST digits to pretrain on: 'all', or digits and "
-                                "ranges such as '0-4' or '0,2,4-6'.")
+
+  source_classes: str = setting(
+    "0-4", "MNIST digits to pretrain on: 'all', or digits and ranges such as '0-4' or '0,2,4-6'."
+  )
   conv_filters: str = setting(
-      ",".join(str(f) for f in DEFAULT_CONV_FILTERS),
-      "Filters of each convolution of the source CNN, e.g. 16,32 (fast) or 32,64 (transfers "
-      f"better to a few target labels); one to three, each {CONV_FILTERS}.", report=10)
+    ",".join(str(f) for f in DEFAULT_CONV_FILTERS),
+    "Filters of each convolution of the source CNN, e.g. 16,32 (fast) or 32,64 (transfers "
+    f"better to a few target labels); one to three, each {CONV_FILTERS}.",
+    report=10,
+  )
 
 
 @dataclasses.dataclass
 class ModelSettings:
   """The source model file and the limits of loading it."""
-  model: str = setting(os.path.join(artifacts.DEFAULT_OUTPUT_DIR, artifacts.SOURCE_MODEL),
-                       "Source model: an .h5 or .keras file, a SavedModel folder or a TF Hub "
-                       "handle.")
+
+  model: str = setting(
+    os.path.join(artifacts.DEFAULT_OUTPUT_DIR, artifacts.SOURCE_MODEL),
+    "Source model: an .h5 or .keras file, a SavedModel folder or a TF Hub handle.",
+  )
   allow_unsafe_deserialization: bool = setting(
-      False, "Load models holding Lambda layers, custom classes or graph ops outside the "
-      "allowlist. This runs code from the file: only for files you trust.")
+    False,
+    "Load models holding Lambda layers, custom classes or graph ops outside the "
+    "allowlist. This runs code from the file: only for files you trust.",
+  )
   max_model_mb: int = setting(  # see loading.load_model
-      limits.MAX_MODEL_BYTES // limits.MIB, "Refuse model files that declare more tensor data "
-      "(weights, constants) than this many MiB.", allowed=Range(1, 1 << 20))
+    limits.MAX_MODEL_BYTES // limits.MIB,
+    "Refuse model files that declare more tensor data (weights, constants) than this many MiB.",
+    allowed=Range(1, 1 << 20),
+  )
 
 
 @dataclasses.dataclass
 class FinetuneSettings:
   """Which source layers train and when: with `warmup_epochs`, only the new head trains first;
   then the `unfreeze`d layers join it at `finetune_learning_rate`."""
+
   unfreeze: str = setting(
-      "all", "Source layers that train besides the new head: none, all, last:N (the last N "
-      "layers with weights) or comma-separated layer names. BatchNormalization layers always "
-      "stay frozen, in inference mode.", report=80)
-  warmup_epochs: int = setting(0, "Epochs that train only the new head before the --unfreeze'd "
-                               "layers join it.", allowed=Range(0, MAX_EPOCHS), report=50)
-  finetune_learning_rate: Optional[float] = setting(
-      None, "Learning rate after the warmup epochs (default: a tenth of --learning_rate).",
-      allowed=LEARNING_RATE)
-  compare_scratch: bool = setting(False, "Also train the same model from random weights for as "
-                                  "many epochs and report the transfer gain.")
+    "all",
+    "Source layers that train besides the new head: none, all, last:N (the last N "
+    "layers with weights) or comma-separated layer names. BatchNormalization layers always "
+    "stay frozen, in inference mode.",
+    report=80,
+  )
+  warmup_epochs: int = setting(
+    0,
+    "Epochs that train only the new head before the --unfreeze'd layers join it.",
+    allowed=Range(0, MAX_EPOCHS),
+    report=50,
+  )
+  finetune_learning_rate: float | None = setting(
+    None,
+    "Learning rate after the warmup epochs (default: a tenth of --learning_rate).",
+    allowed=LEARNING_RATE,
+  )
+  compare_scratch: bool = setting(
+    False,
+    "Also train the same model from random weights for as "
+    "many epochs and report the transfer gain.",
+  )
 
 
 @dataclasses.dataclass
 class TrainingConfig:
   """What every training stage has: paths, runtime, training settings and epochs."""
+
   paths: PathSettings = group(PathSettings)
   runtime: RuntimeSettings = group(RuntimeSettings)
   train: TrainSettings = group(TrainSettings)
@@ -217,6 +321,7 @@ class TrainingConfig:
 @dataclasses.dataclass
 class PretrainConfig(TrainingConfig):
   """tl-pretrain: the source CNN on MNIST digits."""
+
   epochs: int = _epochs(4, "Training epochs.")
   source: SourceSettings = group(SourceSettings)
 
@@ -224,17 +329,19 @@ class PretrainConfig(TrainingConfig):
 @dataclasses.dataclass
 class TransferConfig:
   """tl-transfer: predictions of a saved model on the target, before any training."""
+
   paths: PathSettings = group(PathSettings)
   load: ModelSettings = group(ModelSettings)
   target: TargetSettings = group(TargetSettings)
   seed: int = _seed("Random seed for --train_per_class and --test_split.")
-  features_layer: Optional[str] = _features_layer()
+  features_layer: str | None = _features_layer()
   batch_size: int = setting(1024, flag=None, allowed=BATCH_SIZE)  # of prediction
 
 
 @dataclasses.dataclass
 class FinetuneConfig(TrainingConfig):
   """tl-finetune: a new head on the source model, trained on the target."""
+
   epochs: int = _epochs(4, "Training epochs.")
   load: ModelSettings = group(ModelSettings)
   target: TargetSettings = group(TargetSettings)
@@ -245,6 +352,7 @@ class FinetuneConfig(TrainingConfig):
 @dataclasses.dataclass
 class PipelineConfig:
   """tl-pipeline: pretrain, transfer and finetune into one output folder (see `stages`)."""
+
   paths: PathSettings = group(PathSettings)
   runtime: RuntimeSettings = group(RuntimeSettings)
   train: TrainSettings = group(TrainSettings)
@@ -255,20 +363,36 @@ class PipelineConfig:
   head: HeadSettings = group(HeadSettings)
   finetune: FinetuneSettings = group(FinetuneSettings)
 
-  def stages(self) -> Tuple[PretrainConfig, TransferConfig, FinetuneConfig]:
+  def stages(self) -> tuple[PretrainConfig, TransferConfig, FinetuneConfig]:
     """The three stages' configs; transfer and finetune read the model pretrain writes."""
     config = copy.deepcopy(self)
     model = ModelSettings(model=os.path.join(config.paths.output_dir, artifacts.SOURCE_MODEL))
     return (
-        PretrainConfig(paths=copy.deepcopy(config.paths), runtime=copy.deepcopy(config.runtime),
-                       train=copy.deepcopy(config.train), epochs=config.pretrain_epochs,
-                       source=config.source),
-        TransferConfig(paths=copy.deepcopy(config.paths), load=copy.deepcopy(model),
-                       target=copy.deepcopy(config.target), seed=config.runtime.seed,
-                       features_layer=config.head.features_layer),
-        FinetuneConfig(paths=config.paths, runtime=config.runtime, train=config.train,
-                       epochs=config.finetune_epochs, load=model, target=config.target,
-                       head=config.head, finetune=config.finetune))
+      PretrainConfig(
+        paths=copy.deepcopy(config.paths),
+        runtime=copy.deepcopy(config.runtime),
+        train=copy.deepcopy(config.train),
+        epochs=config.pretrain_epochs,
+        source=config.source,
+      ),
+      TransferConfig(
+        paths=copy.deepcopy(config.paths),
+        load=copy.deepcopy(model),
+        target=copy.deepcopy(config.target),
+        seed=config.runtime.seed,
+        features_layer=config.head.features_layer,
+      ),
+      FinetuneConfig(
+        paths=config.paths,
+        runtime=config.runtime,
+        train=config.train,
+        epochs=config.finetune_epochs,
+        load=model,
+        target=config.target,
+        head=config.head,
+        finetune=config.finetune,
+      ),
+    )
 
 
 COMMAND_CONFIGS = (PretrainConfig, TransferConfig, FinetuneConfig, PipelineConfig)
@@ -278,7 +402,7 @@ def _is_group(field: dataclasses.Field) -> bool:
   return dataclasses.is_dataclass(field.type)
 
 
-def leaves(config) -> Iterator[Tuple[Any, dataclasses.Field]]:
+def leaves(config) -> Iterator[tuple[Any, dataclasses.Field]]:
   """(owner, field) of every setting of `config` (a config or a settings dataclass), depth
   first in field order."""
   for field in dataclasses.fields(config):
@@ -288,7 +412,7 @@ def leaves(config) -> Iterator[Tuple[Any, dataclasses.Field]]:
       yield config, field
 
 
-def flag_name(field: dataclasses.Field) -> Optional[str]:
+def flag_name(field: dataclasses.Field) -> str | None:
   """The flag that sets `field`: its name unless its metadata says otherwise; None: no flag."""
   flag = field.metadata.get("flag", "")
   return field.name if flag == "" else flag
@@ -297,7 +421,7 @@ def flag_name(field: dataclasses.Field) -> Optional[str]:
 def value_type(field: dataclasses.Field) -> type:
   """bool, int, float or str: the type of the field's values, Optional removed."""
   kind = field.type
-  if typing.get_origin(kind) is typing.Union:
+  if typing.get_origin(kind) in (typing.Union, types.UnionType):
     kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
   return kind
 
@@ -312,19 +436,22 @@ def flag_help(field: dataclasses.Field) -> str:
   return f"{text} {allowed[0].upper()}{allowed[1:]}."
 
 
-def as_dict(config) -> Dict[str, Any]:
+def as_dict(config) -> dict[str, Any]:
   """{setting name: value} over every leaf of `config`."""
   return {field.name: getattr(owner, field.name) for owner, field in leaves(config)}
 
 
-def recorded_on_resume(config) -> Dict[str, Any]:
+def recorded_on_resume(config) -> dict[str, Any]:
   """The settings a resumed run must share with the interrupted one (all but those marked
   free_on_resume)."""
-  return {field.name: getattr(owner, field.name) for owner, field in leaves(config)
-          if not field.metadata.get("free_on_resume")}
+  return {
+    field.name: getattr(owner, field.name)
+    for owner, field in leaves(config)
+    if not field.metadata.get("free_on_resume")
+  }
 
 
-def _set(config, values: Dict[str, Any]) -> None:
+def _set(config, values: dict[str, Any]) -> None:
   owners = {field.name: owner for owner, field in leaves(config)}
   unknown = sorted(set(values) - set(owners))
   if unknown:
@@ -360,11 +487,12 @@ def validate(config) -> None:
     check_value(name, value, field.metadata.get("allowed"))
   head = getattr(config, "head", config)
   if isinstance(head, HeadSettings) and head.head_init == "probe" and head.head_units:
-    raise UserError("--head_init=probe fits the classifier on the source features, so it "
-                    "needs --head_units=0")
+    raise UserError(
+      "--head_init=probe fits the classifier on the source features, so it needs --head_units=0"
+    )
 
 
-def report_keys() -> List[str]:
+def report_keys() -> list[str]:
   """The settings report.md lists, in its order."""
   positions = {}
   for config_class in COMMAND_CONFIGS:

@@ -1,7 +1,7 @@
 """Target specs: 'mnist:CLASSES', 'npz:PATH' or 'dir:PATH', loaded, fitted and checked."""
 
 import dataclasses
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,9 +16,14 @@ from tl_keras.errors import warn
 from tl_keras.preprocessing import fit_images
 
 
-def load_target(spec: str, data_dir: Optional[str] = None,
-                input_shape: Optional[Sequence[int]] = None, fit: str = "resize",
-                test_split: float = 0.2, seed: int = 42) -> LabeledData:
+def load_target(
+  spec: str,
+  data_dir: str | None = None,
+  input_shape: Sequence[int] | None = None,
+  fit: str = "resize",
+  test_split: float = 0.2,
+  seed: int = 42,
+) -> LabeledData:
   """Loads a target from 'mnist:CLASSES', 'npz:PATH' or 'dir:PATH' (a folder of class folders).
 
   With `input_shape`, images of another size or channel count are fitted to it now (float32
@@ -37,20 +42,27 @@ def load_target(spec: str, data_dir: Optional[str] = None,
       raise ValueError("'dir:' targets need input_shape: their images differ in size")
     return folders.load_image_folder(arg, input_shape, fit, test_split, seed)
   else:
-    raise UserError(f"unknown --target {spec!r}: use 'mnist:CLASSES' (e.g. mnist:5-9), "
-                    "'npz:PATH' (keys x_train y_train x_test y_test) or 'dir:PATH' (one "
-                    "subfolder of images per class)")
+    raise UserError(
+      f"unknown --target {spec!r}: use 'mnist:CLASSES' (e.g. mnist:5-9), "
+      "'npz:PATH' (keys x_train y_train x_test y_test) or 'dir:PATH' (one "
+      "subfolder of images per class)"
+    )
   if input_shape:
     target.x_train = fit_images(target.x_train, input_shape, fit)
     target.x_test = fit_images(target.x_test, input_shape, fit)
   return target
 
 
-def prepare_target(options: settings.TargetSettings, input_shape: Sequence[int],
-                   data_dir: Optional[str] = None, seed: int = 42) -> LabeledData:
+def prepare_target(
+  options: settings.TargetSettings,
+  input_shape: Sequence[int],
+  data_dir: str | None = None,
+  seed: int = 42,
+) -> LabeledData:
   """The target `options` describe, fitted to `input_shape`, with its training subset."""
-  target = load_target(options.target, data_dir, input_shape, options.target_fit,
-                       options.test_split, seed)
+  target = load_target(
+    options.target, data_dir, input_shape, options.target_fit, options.test_split, seed
+  )
   if options.train_per_class is not None:
     target = subset_per_class(target, options.train_per_class, seed)
   check_target(target)
@@ -63,8 +75,10 @@ def check_target(target: LabeledData) -> None:
   check_class_names(target.class_names, target.description or "target")
   present = len(np.unique(target.y_train))
   if target.num_classes < 2 or present < 2:
-    raise UserError(f"{target.description or 'target'} has {min(present, target.num_classes)} "
-                    "class(es) with training images; a target needs at least two")
+    raise UserError(
+      f"{target.description or 'target'} has {min(present, target.num_classes)} "
+      "class(es) with training images; a target needs at least two"
+    )
 
 
 def subset_per_class(dataset: LabeledData, per_class: int, seed: int) -> LabeledData:
@@ -79,9 +93,13 @@ def subset_per_class(dataset: LabeledData, per_class: int, seed: int) -> Labeled
       short.append(f"{name} ({len(members)})")
     keep.append(rng.permutation(members)[:per_class])
   if short:
-    warn(f"fewer than {per_class} training images in class(es) {', '.join(short)}: "
-         "using all of theirs")
+    warn(
+      f"fewer than {per_class} training images in class(es) {', '.join(short)}: using all of theirs"
+    )
   keep = np.sort(np.concatenate(keep))
   return dataclasses.replace(
-      dataset, x_train=dataset.x_train[keep], y_train=dataset.y_train[keep],
-      description=f"{dataset.description} ({per_class} per class)")
+    dataset,
+    x_train=dataset.x_train[keep],
+    y_train=dataset.y_train[keep],
+    description=f"{dataset.description} ({per_class} per class)",
+  )

@@ -4,7 +4,9 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
 
 import tensorflow as tf
 
@@ -33,17 +35,21 @@ def tensorboard_dir(output_dir: str, stage: str) -> str:
 @dataclasses.dataclass
 class Phase:
   """One part of a training schedule: which layers train, for how many epochs, at what rate."""
+
   name: str
   epochs: int
-  learning_rate: Optional[float] = None  # None: the optimizer's default
-  trainable: Optional[Sequence[str]] = None  # layer names; None: as the model was built
+  learning_rate: float | None = None  # None: the optimizer's default
+  trainable: Sequence[str] | None = None  # layer names; None: as the model was built
 
 
-def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: LabeledData,
-                     config: settings.TrainingConfig, strategy: tf.distribute.Strategy,
-                     stage: Optional[str] = None,
-                     phases: Optional[Sequence[Phase]] = None) -> Tuple[keras.Model,
-                                                                        Dict[str, Any]]:
+def fit_and_evaluate(
+  build_model: Callable[[], keras.Model],
+  dataset: LabeledData,
+  config: settings.TrainingConfig,
+  strategy: tf.distribute.Strategy,
+  stage: str | None = None,
+  phases: Sequence[Phase] | None = None,
+) -> tuple[keras.Model, dict[str, Any]]:
   """Builds the model inside `strategy`'s scope, trains it phase by phase, evaluates on test.
 
   `phases` default to one phase of `config.epochs` at `config.train.learning_rate`; each
@@ -68,8 +74,9 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: LabeledDat
     # Before building the model: creating its variables syncs the workers, so none restores
     # a backup the chief is about to delete.
     for index, phase in enumerate(phases):
-      path = resume.backup_dir(config.paths.output_dir, stage if index == len(phases) - 1
-                               else f"{stage}_{phase.name}")
+      path = resume.backup_dir(
+        config.paths.output_dir, stage if index == len(phases) - 1 else f"{stage}_{phase.name}"
+      )
       backups.append((path, resume.prepare_backup(config, path, chief)))
   if config.runtime.mixed_precision:
     # Float16 compute on GPUs; models.py keeps every classifier layer in float32.
@@ -77,8 +84,9 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: LabeledDat
   with strategy.scope():
     model = build_model()
   input_shape = model.input_shape[1:]
-  batch_size = distribute.global_batch_size(strategy, config.train.batch_size,
-                                            config.train.per_replica_batch_size)
+  batch_size = distribute.global_batch_size(
+    strategy, config.train.batch_size, config.train.per_replica_batch_size
+  )
   train, validation, num_train = _training_datasets(dataset, config, batch_size, input_shape)
   test = pipelines.make_dataset(dataset.x_test, dataset.y_test, batch_size, input_shape)
 
@@ -87,43 +95,58 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: LabeledDat
     callbacks = []
     if backups:
       backup_path, recorded_settings = backups[index]
-      if config.runtime.resume and any(resume.has_backup(path) for path, _ in backups[index + 1:]):
+      if config.runtime.resume and any(resume.has_backup(path) for path, _ in backups[index + 1 :]):
         if chief:
-          print(f"{phase.name} finished before the interruption; resuming a later phase",
-                flush=True)
+          print(
+            f"{phase.name} finished before the interruption; resuming a later phase", flush=True
+          )
         resumed_from_epoch += phase.epochs
         continue
       tracker = resume.BackupTracker(backup_path, recorded_settings, phase.epochs, chief)
       callbacks = [tracker, resume.BackupAndRestore(backup_path)]
       if config.runtime.tensorboard and chief:
-        callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir(config.paths.output_dir,
-                                                                     stage)))
+        callbacks.append(
+          keras.callbacks.TensorBoard(tensorboard_dir(config.paths.output_dir, stage))
+        )
     early_stopping = None
     if validation is not None:
-      early_stopping = keras.callbacks.EarlyStopping(patience=config.train.patience,
-                                                     restore_best_weights=True)
+      early_stopping = keras.callbacks.EarlyStopping(
+        patience=config.train.patience, restore_best_weights=True
+      )
       callbacks.append(early_stopping)
     if phase.trainable is not None:
       models.set_trainable(model.layers, phase.trainable)
     with strategy.scope():
       models.compile_classifier(
-          model, models.make_optimizer(config.train.optimizer, phase.learning_rate),
-          jit_compile=config.runtime.jit_compile)
+        model,
+        models.make_optimizer(config.train.optimizer, phase.learning_rate),
+        jit_compile=config.runtime.jit_compile,
+      )
     if len(phases) > 1 and chief:
-      print(f"{phase.name}: training {', '.join(models.trainable_layer_names(model))} for "
-            f"{phase.epochs} epoch(s) at learning rate "
-            f"{models.learning_rate_for(config.train.optimizer, phase.learning_rate):g}",
-            flush=True)
+      print(
+        f"{phase.name}: training {', '.join(models.trainable_layer_names(model))} for "
+        f"{phase.epochs} epoch(s) at learning rate "
+        f"{models.learning_rate_for(config.train.optimizer, phase.learning_rate):g}",
+        flush=True,
+      )
     start = time.perf_counter()
-    phase_history = model.fit(train, epochs=phase.epochs, validation_data=validation,
-                              verbose=progress_verbosity(), callbacks=callbacks)
+    phase_history = model.fit(
+      train,
+      epochs=phase.epochs,
+      validation_data=validation,
+      verbose=progress_verbosity(),
+      callbacks=callbacks,
+    )
     train_seconds += time.perf_counter() - start
     if backups:
       resume.remove_backup(backup_path, chief)  # Keras has deleted the checkpoint itself
       resumed_from_epoch += tracker.start_epoch
-    record = {"name": phase.name, "epochs_run": len(phase_history.epoch),
-              "learning_rate": float(model.optimizer.learning_rate.numpy()),
-              "trainable_layers": models.trainable_layer_names(model)}
+    record = {
+      "name": phase.name,
+      "epochs_run": len(phase_history.epoch),
+      "learning_rate": float(model.optimizer.learning_rate.numpy()),
+      "trainable_layers": models.trainable_layer_names(model),
+    }
     if early_stopping and early_stopping.best_weights is not None:
       # Keras restores the best weights only when it stops early; keep them in any case.
       model.set_weights(early_stopping.best_weights)
@@ -135,33 +158,34 @@ def fit_and_evaluate(build_model: Callable[[], keras.Model], dataset: LabeledDat
   _, test_accuracy = model.evaluate(test, verbose=0)
   epochs_run = sum(record["epochs_run"] for record in phase_records)
   return model, {
-      "test_accuracy": float(test_accuracy),
-      "train_seconds": round(train_seconds, 2),
-      "train_images_per_second": round(epochs_run * num_train / train_seconds, 1)
-                                 if train_seconds else None,
-      "epochs": sum(phase.epochs for phase in phases),
-      # Epochs done by an interrupted run before this one; `history` and the timings cover the
-      # epochs after it only.
-      "resumed_from_epoch": resumed_from_epoch,
-      "phases": phase_records,
-      "num_train": num_train,
-      "num_validation": len(dataset.x_train) - num_train,
-      "num_test": int(len(dataset.x_test)),
-      "classes": dataset.class_names,
-      "history": history,
-      "optimizer": config.train.optimizer,
-      "learning_rate": float(model.optimizer.learning_rate.numpy()),
-      "batch_size": batch_size,
-      "per_replica_batch_size": batch_size / strategy.num_replicas_in_sync,
-      "augment": config.train.augment,
-      "validation_split": config.train.validation_split,
-      "mixed_precision": config.runtime.mixed_precision,
-      "jit_compile": config.runtime.jit_compile,
-      "seed": config.runtime.seed,
-      "deterministic": config.runtime.deterministic,
-      "strategy": distribute.strategy_name(strategy),
-      "num_replicas": strategy.num_replicas_in_sync,
-      "weights_sha256": models.weights_fingerprint(model),
+    "test_accuracy": float(test_accuracy),
+    "train_seconds": round(train_seconds, 2),
+    "train_images_per_second": round(epochs_run * num_train / train_seconds, 1)
+    if train_seconds
+    else None,
+    "epochs": sum(phase.epochs for phase in phases),
+    # Epochs done by an interrupted run before this one; `history` and the timings cover the
+    # epochs after it only.
+    "resumed_from_epoch": resumed_from_epoch,
+    "phases": phase_records,
+    "num_train": num_train,
+    "num_validation": len(dataset.x_train) - num_train,
+    "num_test": int(len(dataset.x_test)),
+    "classes": dataset.class_names,
+    "history": history,
+    "optimizer": config.train.optimizer,
+    "learning_rate": float(model.optimizer.learning_rate.numpy()),
+    "batch_size": batch_size,
+    "per_replica_batch_size": batch_size / strategy.num_replicas_in_sync,
+    "augment": config.train.augment,
+    "validation_split": config.train.validation_split,
+    "mixed_precision": config.runtime.mixed_precision,
+    "jit_compile": config.runtime.jit_compile,
+    "seed": config.runtime.seed,
+    "deterministic": config.runtime.deterministic,
+    "strategy": distribute.strategy_name(strategy),
+    "num_replicas": strategy.num_replicas_in_sync,
+    "weights_sha256": models.weights_fingerprint(model),
   }
 
 
@@ -172,21 +196,34 @@ def training_split(dataset: LabeledData, config: settings.TrainingConfig):
   x_train, y_train = dataset.x_train, dataset.y_train
   if not config.train.validation_split:
     return x_train, y_train, None
-  train_index, validation_index = split_per_class(y_train, config.train.validation_split,
-                                                  config.runtime.seed)
+  train_index, validation_index = split_per_class(
+    y_train, config.train.validation_split, config.runtime.seed
+  )
   if not len(validation_index):
-    raise UserError(f"--validation_split={config.train.validation_split} holds out no image of "
-                    f"the {len(y_train)} training images; raise it or drop it")
-  return (x_train[train_index], y_train[train_index],
-          (x_train[validation_index], y_train[validation_index]))
+    raise UserError(
+      f"--validation_split={config.train.validation_split} holds out no image of "
+      f"the {len(y_train)} training images; raise it or drop it"
+    )
+  return (
+    x_train[train_index],
+    y_train[train_index],
+    (x_train[validation_index], y_train[validation_index]),
+  )
 
 
-def _training_datasets(dataset: LabeledData, config: settings.TrainingConfig, batch_size: int,
-                       input_shape) -> Tuple[tf.data.Dataset, Optional[tf.data.Dataset], int]:
+def _training_datasets(
+  dataset: LabeledData, config: settings.TrainingConfig, batch_size: int, input_shape
+) -> tuple[tf.data.Dataset, tf.data.Dataset | None, int]:
   """(train, validation or None, number of training images) of `training_split`; only the
   training images are shuffled and augmented."""
   x_train, y_train, held_out = training_split(dataset, config)
   validation = pipelines.make_dataset(*held_out, batch_size, input_shape) if held_out else None
-  train = pipelines.make_dataset(x_train, y_train, batch_size, input_shape,
-                                 shuffle_seed=config.runtime.seed, augment=config.train.augment)
+  train = pipelines.make_dataset(
+    x_train,
+    y_train,
+    batch_size,
+    input_shape,
+    shuffle_seed=config.runtime.seed,
+    augment=config.train.augment,
+  )
   return train, validation, len(x_train)

@@ -7,8 +7,6 @@ linear model on them (You et al., "LogME: Practical Assessment of Pre-trained Mo
 Transfer Learning", ICML 2021). Higher is better for both; LogME needs no training and no test data.
 """
 
-from typing import Optional, Tuple
-
 import numpy as np
 import tensorflow as tf
 
@@ -16,8 +14,9 @@ from tl_keras import models
 from tl_keras.keras_api import keras
 
 
-def features_of(model: keras.Model, images: np.ndarray,
-                features_layer: Optional[str] = None) -> np.ndarray:
+def features_of(
+  model: keras.Model, images: np.ndarray, features_layer: str | None = None
+) -> np.ndarray:
   """The features a new head would sit on (see `models.feature_tensor`) for raw images,
   flattened, float64."""
   extractor = keras.Model(model.inputs, models.feature_tensor(model, features_layer))
@@ -25,8 +24,9 @@ def features_of(model: keras.Model, images: np.ndarray,
   return features.reshape(len(features), -1).astype(np.float64)
 
 
-def fit_linear_probe(train_features: np.ndarray, train_labels: np.ndarray, num_classes: int,
-                     steps: int = 300) -> Tuple[np.ndarray, np.ndarray]:
+def fit_linear_probe(
+  train_features: np.ndarray, train_labels: np.ndarray, num_classes: int, steps: int = 300
+) -> tuple[np.ndarray, np.ndarray]:
   """Multinomial logistic regression on frozen features: (kernel [d, k], bias [k]) such that
   `features @ kernel + bias` are the logits.
 
@@ -57,9 +57,13 @@ def fit_linear_probe(train_features: np.ndarray, train_labels: np.ndarray, num_c
   return kernel, bias.numpy() - mean @ kernel
 
 
-def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray,
-                          test_features: np.ndarray, test_labels: np.ndarray,
-                          steps: int = 300) -> float:
+def linear_probe_accuracy(
+  train_features: np.ndarray,
+  train_labels: np.ndarray,
+  test_features: np.ndarray,
+  test_labels: np.ndarray,
+  steps: int = 300,
+) -> float:
   """Test accuracy of `fit_linear_probe` trained on the training features."""
   num_classes = int(max(train_labels.max(), test_labels.max())) + 1
   kernel, bias = fit_linear_probe(train_features, train_labels, num_classes, steps)
@@ -98,8 +102,13 @@ def logme(features: np.ndarray, labels: np.ndarray, max_iterations: int = 100) -
     m = v @ (beta * projected / (alpha + beta * sigma))
     weight_norm = float(m @ m)
     residual = float(((y - f @ m) ** 2).sum())
-    evidence = (d / 2 * np.log(alpha) + n / 2 * np.log(beta)
-                - 0.5 * np.sum(np.log(alpha + beta * sigma))
-                - beta / 2 * residual - alpha / 2 * weight_norm - n / 2 * np.log(2 * np.pi))
+    evidence = (
+      d / 2 * np.log(alpha)
+      + n / 2 * np.log(beta)
+      - 0.5 * np.sum(np.log(alpha + beta * sigma))
+      - beta / 2 * residual
+      - alpha / 2 * weight_norm
+      - n / 2 * np.log(2 * np.pi)
+    )
     evidences.append(evidence / n)
   return float(np.mean(evidences))

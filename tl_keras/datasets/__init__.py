@@ -9,7 +9,7 @@ import dataclasses
 import os
 import stat
 import unicodedata
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -19,21 +19,25 @@ from tl_keras.errors import UserError
 @dataclasses.dataclass
 class LabeledData:
   """Train/test images (uint8 0-255 or float 0-1) with labels 0..k-1 named by `class_names`."""
+
   x_train: np.ndarray
   y_train: np.ndarray
   x_test: np.ndarray
   y_test: np.ndarray
-  class_names: List[str]
+  class_names: list[str]
   description: str = ""
 
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
 
-  def metadata(self) -> Dict[str, object]:
+  def metadata(self) -> dict[str, object]:
     """What a model trained on this data records: class names and the label each maps to."""
-    return {"class_names": self.class_names, "dataset": self.description,
-            "label_map": {name: index for index, name in enumerate(self.class_names)}}
+    return {
+      "class_names": self.class_names,
+      "dataset": self.description,
+      "label_map": {name: index for index, name in enumerate(self.class_names)},
+    }
 
 
 def shown(text: str) -> str:
@@ -43,26 +47,27 @@ def shown(text: str) -> str:
   return repr(text) if any(unicodedata.category(c).startswith("C") for c in text) else text
 
 
-def check_class_names(names, origin: str) -> List[str]:
+def check_class_names(names, origin: str) -> list[str]:
   """`names` as a list of strings; refuses anything but non-empty strings without control or
   format characters (Unicode category C*: newline, tab, bidi overrides, ...), which would
   break class_names.txt, CSV rows and one-line messages. `origin` names where they come from.
   """
   if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)):
-    raise UserError(f"{origin}: class names must be a list of strings, not "
-                    f"{type(names).__name__}")
+    raise UserError(f"{origin}: class names must be a list of strings, not {type(names).__name__}")
   for name in names:
     if not isinstance(name, str) or not name:
       raise UserError(f"{origin}: class name {repr(name)[:80]} is not a non-empty string")
     bad = sorted({f"U+{ord(c):04X}" for c in name if unicodedata.category(c).startswith("C")})
     if bad:
       short = repr(name if len(name) <= 60 else name[:60] + "...")
-      raise UserError(f"{origin}: class name {short} contains control character(s) "
-                      f"{', '.join(bad[:5])}; rename it")
+      raise UserError(
+        f"{origin}: class name {short} contains control character(s) "
+        f"{', '.join(bad[:5])}; rename it"
+      )
   return list(names)
 
 
-def read_regular_file(path: str, max_bytes: int, what: str = "file") -> Optional[bytes]:
+def read_regular_file(path: str, max_bytes: int, what: str = "file") -> bytes | None:
   """The contents of `path` if it is a regular file, else None (FIFOs, sockets, devices and
   folders are never read). Does not follow a symlink at `path`: resolve it first. Opens
   non-blocking, checks the open file, and refuses one over `max_bytes` before reading it.
@@ -77,8 +82,9 @@ def read_regular_file(path: str, max_bytes: int, what: str = "file") -> Optional
     if not stat.S_ISREG(info.st_mode):
       return None
     if info.st_size > max_bytes:
-      raise UserError(f"{what} {shown(path)} has {info.st_size:,} bytes, more than the limit of "
-                      f"{max_bytes:,}")
+      raise UserError(
+        f"{what} {shown(path)} has {info.st_size:,} bytes, more than the limit of {max_bytes:,}"
+      )
     with os.fdopen(os.dup(fd), "rb") as f:
       contents = f.read(max_bytes + 1)
     if len(contents) > max_bytes:
@@ -94,8 +100,9 @@ def remap_labels(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
   return lookup[labels]
 
 
-def split_per_class(labels: np.ndarray, fraction: float,
-                    seed: int) -> Tuple[np.ndarray, np.ndarray]:
+def split_per_class(
+  labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Seeded stratified split: (kept indices, held-out indices), `fraction` of each class held.
 
   Each class keeps at least one example; both index arrays are sorted.

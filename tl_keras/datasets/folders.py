@@ -16,7 +16,7 @@ import os
 import stat
 import struct
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -33,15 +33,16 @@ _LISTED_UNREADABLE = 10
 _FORMATS = ("PNG", "JPEG", "BMP", "GIF")
 
 
-def _visible_entries(folder: str) -> List[str]:
+def _visible_entries(folder: str) -> list[str]:
   return sorted(name for name in os.listdir(folder) if not name.startswith("."))
 
 
-def _class_dirs(folder: str) -> List[str]:
+def _class_dirs(folder: str) -> list[str]:
   names = [name for name in _visible_entries(folder) if os.path.isdir(os.path.join(folder, name))]
   if not names:
-    raise UserError(f"{folder} has no class subfolders: put each class's images in a folder "
-                    "named after the class")
+    raise UserError(
+      f"{folder} has no class subfolders: put each class's images in a folder named after the class"
+    )
   return datasets.check_class_names(names, f"class folder in {datasets.shown(folder)}")
 
 
@@ -49,7 +50,7 @@ def _inside(path: str, root: str) -> bool:
   return os.path.commonpath([path, root]) == root
 
 
-def _read_file(path: str, root: str) -> Optional[bytes]:
+def _read_file(path: str, root: str) -> bytes | None:
   """The bytes of `path` if it resolves to a regular file inside `root` (a real path), else
   None; refuses one over limits.MAX_IMAGE_FILE_BYTES."""
   real = os.path.realpath(path)
@@ -86,10 +87,11 @@ def _gif_frame_pixels(contents: bytes) -> int:
   return total
 
 
-def _declared_pixels(contents: bytes, path: str) -> Optional[int]:
+def _declared_pixels(contents: bytes, path: str) -> int | None:
   """The pixel count the image's header declares (Pillow reads headers only), None if it is
   not an image in one of _FORMATS; refuses more than limits.MAX_IMAGE_PIXELS."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top (Pillow comes with matplotlib)
+  from PIL import Image  # Pillow comes with matplotlib
+
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     try:
@@ -103,16 +105,18 @@ def _declared_pixels(contents: bytes, path: str) -> Optional[int]:
     except Image.DecompressionBombError:  # Pillow's own limit, higher than ours
       pixels = limits.MAX_IMAGE_PIXELS + 1
       declared = f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels"
-    except Exception:  # pylint: disable=broad-except (any plugin error: not an image we read)
+    except Exception:  # any plugin error: not an image we read
       return None
   if pixels > limits.MAX_IMAGE_PIXELS:
-    raise UserError(f"image {datasets.shown(path)} declares {declared}, more than "
-                    f"the limit of {limits.MAX_IMAGE_PIXELS:,} (tl_keras.limits.MAX_IMAGE_PIXELS);"
-                    " shrink or remove it")
+    raise UserError(
+      f"image {datasets.shown(path)} declares {declared}, more than "
+      f"the limit of {limits.MAX_IMAGE_PIXELS:,} (tl_keras.limits.MAX_IMAGE_PIXELS);"
+      " shrink or remove it"
+    )
   return pixels
 
 
-def _decode(path: str, root: str) -> Optional[np.ndarray]:
+def _decode(path: str, root: str) -> np.ndarray | None:
   """The image at `path` as uint8 [H,W,3], None if it is not a readable, non-empty image."""
   contents = _read_file(path, root)
   if contents is None or not _declared_pixels(contents, path):
@@ -124,9 +128,15 @@ def _decode(path: str, root: str) -> Optional[np.ndarray]:
   return pixels if pixels.ndim == 3 and pixels.size else None
 
 
-def _read_classes(folder: str, class_names: Sequence[str], labels: Sequence[int],
-                  input_shape: Sequence[int], fit: str, root: str,
-                  unreadable: List[str]) -> Tuple[np.ndarray, np.ndarray]:
+def _read_classes(
+  folder: str,
+  class_names: Sequence[str],
+  labels: Sequence[int],
+  input_shape: Sequence[int],
+  fit: str,
+  root: str,
+  unreadable: list[str],
+) -> tuple[np.ndarray, np.ndarray]:
   """Reads the images of each class subfolder, fitted to `input_shape`; labels as given.
 
   `root` is the real path of the target folder: files must resolve to inside it.
@@ -148,7 +158,8 @@ def _read_classes(folder: str, class_names: Sequence[str], labels: Sequence[int]
         continue
       try:
         images.append(
-            preprocessing.preprocess_images(pixels[np.newaxis], input_shape, fit).numpy()[0])
+          preprocessing.preprocess_images(pixels[np.newaxis], input_shape, fit).numpy()[0]
+        )
       except tf.errors.InvalidArgumentError:  # so thin that padding scales it to nothing
         unreadable.append(datasets.shown(path))
         continue
@@ -159,8 +170,13 @@ def _read_classes(folder: str, class_names: Sequence[str], labels: Sequence[int]
   return np.stack(images), np.asarray(image_labels, np.int64)
 
 
-def load_image_folder(path: str, input_shape: Sequence[int], fit: str = "resize",
-                      test_split: float = 0.2, seed: int = 42) -> datasets.LabeledData:
+def load_image_folder(
+  path: str,
+  input_shape: Sequence[int],
+  fit: str = "resize",
+  test_split: float = 0.2,
+  seed: int = 42,
+) -> datasets.LabeledData:
   """Reads a class-per-subfolder image target, fitted to `input_shape` (float32 in [0, 1]).
 
   With `train/` and `test/` subfolders they are the splits (test classes must occur in
@@ -170,8 +186,10 @@ def load_image_folder(path: str, input_shape: Sequence[int], fit: str = "resize"
     raise UserError(f"target folder not found: {path}")
   present = [name for name in SPLIT_DIRNAMES if os.path.isdir(os.path.join(path, name))]
   if len(present) == 1:
-    raise UserError(f"{path} has {present[0]}/ but no {({'train', 'test'} - set(present)).pop()}/:"
-                    " give both, or class folders directly and --test_split")
+    raise UserError(
+      f"{path} has {present[0]}/ but no {({'train', 'test'} - set(present)).pop()}/:"
+      " give both, or class folders directly and --test_split"
+    )
   root = os.path.realpath(path)
   unreadable = []
   if present:
@@ -180,30 +198,53 @@ def load_image_folder(path: str, input_shape: Sequence[int], fit: str = "resize"
     test_names = _class_dirs(test_dir)
     unknown = sorted(set(test_names) - set(class_names))
     if unknown:
-      raise UserError(f"{test_dir} has class folder(s) {', '.join(unknown)} that {train_dir} "
-                      "lacks, so no model could learn them")
-    x_train, y_train = _read_classes(train_dir, class_names, range(len(class_names)),
-                                     input_shape, fit, root, unreadable)
-    x_test, y_test = _read_classes(test_dir, test_names,
-                                   [class_names.index(name) for name in test_names],
-                                   input_shape, fit, root, unreadable)
+      raise UserError(
+        f"{test_dir} has class folder(s) {', '.join(unknown)} that {train_dir} "
+        "lacks, so no model could learn them"
+      )
+    x_train, y_train = _read_classes(
+      train_dir, class_names, range(len(class_names)), input_shape, fit, root, unreadable
+    )
+    x_test, y_test = _read_classes(
+      test_dir,
+      test_names,
+      [class_names.index(name) for name in test_names],
+      input_shape,
+      fit,
+      root,
+      unreadable,
+    )
   else:
     if not 0 < test_split < 1:
       raise UserError(f"--test_split must lie between 0 and 1, got {test_split}")
     class_names = _class_dirs(path)
-    images, labels = _read_classes(path, class_names, range(len(class_names)), input_shape,
-                                   fit, root, unreadable)
+    images, labels = _read_classes(
+      path, class_names, range(len(class_names)), input_shape, fit, root, unreadable
+    )
     train_index, test_index = datasets.split_per_class(labels, test_split, seed)
     if not len(test_index):
-      raise UserError(f"{path}: too few images for a test split of {test_split}; add images or "
-                      "use train/ and test/ subfolders")
-    x_train, y_train, x_test, y_test = (images[train_index], labels[train_index],
-                                        images[test_index], labels[test_index])
+      raise UserError(
+        f"{path}: too few images for a test split of {test_split}; add images or "
+        "use train/ and test/ subfolders"
+      )
+    x_train, y_train, x_test, y_test = (
+      images[train_index],
+      labels[train_index],
+      images[test_index],
+      labels[test_index],
+    )
   if unreadable:
     listed = ", ".join(unreadable[:_LISTED_UNREADABLE])
     more = len(unreadable) - _LISTED_UNREADABLE
-    warn(f"skipped {len(unreadable)} file(s) that are not readable images inside the folder: "
-         f"{listed}"
-         + (f" and {more} more" if more > 0 else ""))
-  return datasets.LabeledData(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-                          class_names=class_names, description=f"dir:{path}")
+    warn(
+      f"skipped {len(unreadable)} file(s) that are not readable images inside the folder: "
+      f"{listed}" + (f" and {more} more" if more > 0 else "")
+    )
+  return datasets.LabeledData(
+    x_train=x_train,
+    y_train=y_train,
+    x_test=x_test,
+    y_test=y_test,
+    class_names=class_names,
+    description=f"dir:{path}",
+  )

@@ -2,7 +2,7 @@
 
 import os
 import re
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,7 +16,7 @@ MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.n
 DATA_DIR_ENV = "TL_KERAS_DATA_DIR"
 
 
-def parse_classes(spec: str) -> List[int]:
+def parse_classes(spec: str) -> list[int]:
   """Parses '0-4', 'all', or '0,2,4-6' into a sorted list of MNIST digits."""
   spec = spec.strip().lower()
   if spec == "all":
@@ -25,8 +25,9 @@ def parse_classes(spec: str) -> List[int]:
   for part in spec.split(","):
     match = re.fullmatch(r"\s*(\d)\s*(?:-\s*(\d)\s*)?", part)
     if not match:
-      raise UserError(f"invalid class list {spec!r}: use 'all', or digits and ranges "
-                      "such as '0-4' or '0,2,4-6'")
+      raise UserError(
+        f"invalid class list {spec!r}: use 'all', or digits and ranges such as '0-4' or '0,2,4-6'"
+      )
     low = int(match.group(1))
     high = int(match.group(2)) if match.group(2) else low
     if high < low:
@@ -35,7 +36,7 @@ def parse_classes(spec: str) -> List[int]:
   return sorted(digits)
 
 
-def find_mnist_file(data_dir: Optional[str] = None) -> str:
+def find_mnist_file(data_dir: str | None = None) -> str:
   """Returns a path to mnist.npz: `data_dir`, else $TL_KERAS_DATA_DIR, else the Keras cache.
 
   Downloads into the Keras cache only when neither a folder nor the env var is given.
@@ -45,29 +46,37 @@ def find_mnist_file(data_dir: Optional[str] = None) -> str:
     path = folder if folder.endswith(".npz") else os.path.join(folder, MNIST_FILENAME)
     if not os.path.isfile(path):
       origin = "--data_dir" if data_dir else f"${DATA_DIR_ENV}"
-      raise UserError(f"MNIST file not found: {path} (from {origin}); download {MNIST_URL} "
-                      "into that folder or point --data_dir at the folder that holds it")
+      raise UserError(
+        f"MNIST file not found: {path} (from {origin}); download {MNIST_URL} "
+        "into that folder or point --data_dir at the folder that holds it"
+      )
     return path
   try:
-    from tl_keras.keras_api import keras  # pylint: disable=g-import-not-at-top
+    from tl_keras.keras_api import keras
+
     return keras.utils.get_file(MNIST_FILENAME, origin=MNIST_URL, cache_subdir="datasets")
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserError("MNIST is not in the Keras cache and could not be downloaded "
-                    f"({type(e).__name__}); "
-                    f"if offline, download {MNIST_URL} elsewhere and pass --data_dir=FOLDER "
-                    f"or set {DATA_DIR_ENV}=FOLDER") from e
+  except Exception as e:
+    raise UserError(
+      "MNIST is not in the Keras cache and could not be downloaded "
+      f"({type(e).__name__}); "
+      f"if offline, download {MNIST_URL} elsewhere and pass --data_dir=FOLDER "
+      f"or set {DATA_DIR_ENV}=FOLDER"
+    ) from e
 
 
-def mnist_subset(classes: Sequence[int], data_dir: Optional[str] = None) -> LabeledData:
+def mnist_subset(classes: Sequence[int], data_dir: str | None = None) -> LabeledData:
   """MNIST restricted to `classes`, labels remapped to 0..k-1 in the order given."""
   x_train, y_train, x_test, y_test = load_npz(find_mnist_file(data_dir))
   classes = list(classes)
   train_mask, test_mask = np.isin(y_train, classes), np.isin(y_test, classes)
   return LabeledData(
-      x_train=x_train[train_mask], y_train=remap_labels(y_train[train_mask], classes),
-      x_test=x_test[test_mask], y_test=remap_labels(y_test[test_mask], classes),
-      class_names=[str(c) for c in classes],
-      description=f"mnist:{format_classes(classes)}")
+    x_train=x_train[train_mask],
+    y_train=remap_labels(y_train[train_mask], classes),
+    x_test=x_test[test_mask],
+    y_test=remap_labels(y_test[test_mask], classes),
+    class_names=[str(c) for c in classes],
+    description=f"mnist:{format_classes(classes)}",
+  )
 
 
 def format_classes(classes: Sequence[int]) -> str:

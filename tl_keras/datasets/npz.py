@@ -4,7 +4,6 @@ import io
 import os
 import stat
 import zipfile
-from typing import Tuple
 
 import numpy as np
 
@@ -25,7 +24,8 @@ _NPZ_DTYPE_KINDS = "biuf"
 def _npy_header(member, name: str, path: str):
   """(shape, dtype) from the .npy header at the start of zip member `member`, read with a
   bounded length; refuses anything that is not a plain numeric array."""
-  from numpy.lib import format as npy_format  # pylint: disable=g-import-not-at-top
+  from numpy.lib import format as npy_format
+
   try:
     version = npy_format.read_magic(member)
   except ValueError as e:
@@ -36,18 +36,23 @@ def _npy_header(member, name: str, path: str):
   length_field = member.read(length_bytes)
   length = int.from_bytes(length_field, "little")
   if len(length_field) != length_bytes or length > _MAX_NPY_HEADER_BYTES:
-    raise UserError(f"{path}: {name} has a .npy header of {length:,} bytes; at most "
-                    f"{_MAX_NPY_HEADER_BYTES:,} are allowed")
+    raise UserError(
+      f"{path}: {name} has a .npy header of {length:,} bytes; at most "
+      f"{_MAX_NPY_HEADER_BYTES:,} are allowed"
+    )
   header = io.BytesIO(length_field + member.read(length))
-  read_header = (npy_format.read_array_header_1_0 if version == (1, 0)
-                 else npy_format.read_array_header_2_0)
+  read_header = (
+    npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+  )
   try:
     shape, _, dtype = read_header(header)
   except ValueError as e:
     raise UserError(f"{path}: {name} has an unreadable .npy header ({e})") from e
   if dtype.hasobject or dtype.fields or dtype.subdtype or dtype.kind not in _NPZ_DTYPE_KINDS:
-    raise UserError(f"{path}: {name} has dtype {dtype}; an .npz target holds numeric arrays only "
-                    "(no objects, strings or records)")
+    raise UserError(
+      f"{path}: {name} has dtype {dtype}; an .npz target holds numeric arrays only "
+      "(no objects, strings or records)"
+    )
   if any(dim < 0 for dim in shape):
     raise UserError(f"{path}: {name} declares a negative shape {shape}")
   return shape, dtype
@@ -64,20 +69,24 @@ def _check_npz_members(archive: zipfile.ZipFile, path: str) -> None:
       continue  # reported as a missing key below
     info = archive.getinfo(member_name)
     if info.file_size > limits.MAX_DATA_BYTES + _MAX_NPY_HEADER_BYTES + 16:
-      raise UserError(f"{path}: zip entry {shown(member_name)} declares {info.file_size:,} "
-                      f"bytes uncompressed, more than the limit of {limits.MAX_DATA_BYTES:,} "
-                      "(tl_keras.limits.MAX_DATA_BYTES)")
+      raise UserError(
+        f"{path}: zip entry {shown(member_name)} declares {info.file_size:,} "
+        f"bytes uncompressed, more than the limit of {limits.MAX_DATA_BYTES:,} "
+        "(tl_keras.limits.MAX_DATA_BYTES)"
+      )
     with archive.open(info) as member:
       shape, dtype = _npy_header(member, key, path)
     nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize  # Python ints: no overflow
     total += nbytes
     if total > limits.MAX_DATA_BYTES:
-      raise UserError(f"{path}: {key} declares shape {shape} of {dtype} ({nbytes:,} bytes); the "
-                      f"arrays may hold at most {limits.MAX_DATA_BYTES:,} bytes "
-                      "(tl_keras.limits.MAX_DATA_BYTES)")
+      raise UserError(
+        f"{path}: {key} declares shape {shape} of {dtype} ({nbytes:,} bytes); the "
+        f"arrays may hold at most {limits.MAX_DATA_BYTES:,} bytes "
+        "(tl_keras.limits.MAX_DATA_BYTES)"
+      )
 
 
-def load_npz(path: str) -> Tuple[np.ndarray, ...]:
+def load_npz(path: str) -> tuple[np.ndarray, ...]:
   """Loads (x_train, y_train, x_test, y_test) from an .npz file, checking keys and shapes.
 
   The zip directory and each array's .npy header are checked against limits.MAX_DATA_BYTES
@@ -95,20 +104,23 @@ def load_npz(path: str) -> Tuple[np.ndarray, ...]:
       with np.load(f, allow_pickle=False) as npz:
         missing = [k for k in NPZ_KEYS if k not in npz.files]
         if missing:
-          raise UserError(f"{path} lacks key(s) {', '.join(missing)}: an .npz target needs "
-                          f"{', '.join(NPZ_KEYS)}")
+          raise UserError(
+            f"{path} lacks key(s) {', '.join(missing)}: an .npz target needs {', '.join(NPZ_KEYS)}"
+          )
         arrays = tuple(npz[k] for k in NPZ_KEYS)
   except UserError:
     raise
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise UserError(f"cannot read {path} as .npz ({type(e).__name__}: {e})") from e
   for split, x, y in (("train", arrays[0], arrays[1]), ("test", arrays[2], arrays[3])):
     if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
-      raise UserError(f"{path}: x_{split} has shape {x.shape}; expected [N,H,W] or [N,H,W,C] "
-                      "with 1 or 3 channels")
+      raise UserError(
+        f"{path}: x_{split} has shape {x.shape}; expected [N,H,W] or [N,H,W,C] with 1 or 3 channels"
+      )
     if 0 in x.shape[1:3]:
-      raise UserError(f"{path}: x_{split} has shape {x.shape}: images need a height and width "
-                      "of at least 1")
+      raise UserError(
+        f"{path}: x_{split} has shape {x.shape}: images need a height and width of at least 1"
+      )
     if len(x) != len(y) or y.ndim != 1:
       raise UserError(f"{path}: x_{split} has {len(x)} images but y_{split} has shape {y.shape}")
   return arrays
@@ -124,8 +136,7 @@ def load_npz_target(path: str) -> LabeledData:
       if not np.isfinite(x).all():
         raise UserError(f"{path}: {name} holds NaN or infinite pixels")
       if x.min() < 0 or x.max() > 1:
-        raise UserError(f"{path}: float pixels in {name} must lie in [0, 1] "
-                        "(or store uint8 0-255)")
+        raise UserError(f"{path}: float pixels in {name} must lie in [0, 1] (or store uint8 0-255)")
     elif x.dtype != np.uint8:
       raise UserError(f"{path}: {name} has dtype {x.dtype}; use uint8 0-255 or float 0-1")
   for name, y in (("y_train", y_train), ("y_test", y_test)):
@@ -136,9 +147,15 @@ def load_npz_target(path: str) -> LabeledData:
     raise UserError(f"{path}: labels must be non-negative integers, found {labels[0]}")
   unseen = sorted(set(np.unique(y_test).tolist()) - set(labels))
   if unseen:
-    raise UserError(f"{path}: y_test has label(s) {unseen} that never occur in y_train, so no "
-                    "model could learn them")
+    raise UserError(
+      f"{path}: y_test has label(s) {unseen} that never occur in y_train, so no "
+      "model could learn them"
+    )
   return LabeledData(
-      x_train=x_train, y_train=remap_labels(y_train, labels),
-      x_test=x_test, y_test=remap_labels(y_test, labels),
-      class_names=[str(label) for label in labels], description=f"npz:{path}")
+    x_train=x_train,
+    y_train=remap_labels(y_train, labels),
+    x_test=x_test,
+    y_test=remap_labels(y_test, labels),
+    class_names=[str(label) for label in labels],
+    description=f"npz:{path}",
+  )

@@ -9,7 +9,8 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from tl_keras import interrupts
 from tl_keras.errors import UserError
@@ -28,8 +29,9 @@ def atomic_path(path: str, is_dir: bool = False) -> Iterator[str]:
     if is_dir:
       temp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
     else:
-      handle, temp = tempfile.mkstemp(prefix=f".{base}.",
-                                      suffix=f".tmp{os.path.splitext(base)[1]}", dir=folder)
+      handle, temp = tempfile.mkstemp(
+        prefix=f".{base}.", suffix=f".tmp{os.path.splitext(base)[1]}", dir=folder
+      )
       os.close(handle)
     interrupts.track(temp)
   try:
@@ -58,7 +60,7 @@ def atomic_path(path: str, is_dir: bool = False) -> Iterator[str]:
     raise
 
 
-def write_json(path: str, payload: Dict[str, Any]) -> None:
+def write_json(path: str, payload: dict[str, Any]) -> None:
   with atomic_path(path) as temp, open(temp, "w") as f:
     json.dump(payload, f, indent=2, sort_keys=True)
     f.write("\n")
@@ -71,6 +73,7 @@ def prepare_output_dir(output_dir: str) -> str:
     with tempfile.TemporaryFile(dir=output_dir):
       pass
   except OSError as e:
-    raise UserError(f"cannot write to output folder {output_dir} ({e.strerror}); "
-                    "choose another --output_dir") from e
+    raise UserError(
+      f"cannot write to output folder {output_dir} ({e.strerror}); choose another --output_dir"
+    ) from e
   return output_dir

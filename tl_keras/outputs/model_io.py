@@ -6,7 +6,8 @@ Every model is written through `files.atomic_path` (a temporary name, then renam
 import json
 import os
 import warnings
-from typing import Any, Dict, List, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import h5py
 import tensorflow as tf
@@ -20,7 +21,7 @@ from tl_keras.outputs.files import atomic_path
 from tl_keras.preprocessing import preprocess_images
 
 
-def save_h5(model: keras.Model, path: str, metadata: Dict[str, Any]) -> None:
+def save_h5(model: keras.Model, path: str, metadata: dict[str, Any]) -> None:
   """Saves `model` as HDF5 with `metadata` (class names etc.) as a JSON file attribute."""
   with atomic_path(path) as temp, warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy", category=UserWarning)
@@ -29,7 +30,7 @@ def save_h5(model: keras.Model, path: str, metadata: Dict[str, Any]) -> None:
       f.attrs[artifacts.METADATA_ATTR] = json.dumps(metadata)
 
 
-def read_metadata(source: str) -> Dict[str, Any]:
+def read_metadata(source: str) -> dict[str, Any]:
   """The tl_keras metadata of an .h5 file or SavedModel folder; {} where there is none.
 
   A model file may come from anyone: metadata over limits.MAX_METADATA_BYTES, that is not a
@@ -41,16 +42,19 @@ def read_metadata(source: str) -> Dict[str, Any]:
       path = os.path.join(source, "assets", artifacts.METADATA_ASSET)
       if not os.path.lexists(path):
         return {}
-      text = datasets.read_regular_file(os.path.realpath(path), limits.MAX_METADATA_BYTES,
-                                    f"{origin}: metadata")
+      text = datasets.read_regular_file(
+        os.path.realpath(path), limits.MAX_METADATA_BYTES, f"{origin}: metadata"
+      )
       if text is None:
         raise UserError(f"{origin}: assets/{artifacts.METADATA_ASSET} is not a regular file")
     else:
       with h5py.File(source, "r") as f:
         text = f.attrs[artifacts.METADATA_ATTR]
     if len(text) > limits.MAX_METADATA_BYTES:
-      raise UserError(f"{origin}: its metadata has {len(text):,} bytes, more than the limit of "
-                      f"{limits.MAX_METADATA_BYTES:,}")
+      raise UserError(
+        f"{origin}: its metadata has {len(text):,} bytes, more than the limit of "
+        f"{limits.MAX_METADATA_BYTES:,}"
+      )
     metadata = json.loads(text)
   except (OSError, KeyError, TypeError, ValueError):
     return {}
@@ -62,8 +66,9 @@ def read_metadata(source: str) -> Dict[str, Any]:
   return metadata
 
 
-def class_names_of(model: keras.Model, metadata: Dict[str, Any],
-                   source: str = "the model") -> List[str]:
+def class_names_of(
+  model: keras.Model, metadata: dict[str, Any], source: str = "the model"
+) -> list[str]:
   """The model's output class names: from metadata, else '0'..'k-1'.
 
   Refuses names `datasets.check_class_names` refuses, and a count other than the model's outputs.
@@ -75,13 +80,15 @@ def class_names_of(model: keras.Model, metadata: Dict[str, Any],
   origin = f"model {datasets.shown(source)}"
   names = datasets.check_class_names(names, f"{origin}, class_names in its metadata")
   if isinstance(units, int) and len(names) != units:
-    raise UserError(f"{origin}: its metadata names {len(names)} classes but the model has "
-                    f"{units} outputs")
+    raise UserError(
+      f"{origin}: its metadata names {len(names)} classes but the model has {units} outputs"
+    )
   return names
 
 
-def export_saved_model(model: keras.Model, export_dir: str, class_names: Sequence[str],
-                       metadata: Dict[str, Any]) -> None:
+def export_saved_model(
+  model: keras.Model, export_dir: str, class_names: Sequence[str], metadata: dict[str, Any]
+) -> None:
   """Exports a SavedModel whose `serving_default` signature takes raw uint8 images.
 
   The signature's input `images` is a uint8 batch at the model's input size, [N,H,W,C] (or
@@ -100,12 +107,15 @@ def export_saved_model(model: keras.Model, export_dir: str, class_names: Sequenc
     # Convolutions fail on an empty batch (oneDNN): run one blank image then and keep none.
     batch = tf.cond(count > 0, lambda: images, lambda: tf.zeros([1, *input_shape], tf.uint8))
     probabilities = model(preprocess_images(batch, input_shape), training=False)[:count]
-    return {"probabilities": probabilities,
-            "class_id": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
+    return {
+      "probabilities": probabilities,
+      "class_id": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+    }
 
   with atomic_path(export_dir, is_dir=True) as temp:
-    model.save(temp, save_format="tf", signatures={"serving_default": serve},
-               include_optimizer=False)
+    model.save(
+      temp, save_format="tf", signatures={"serving_default": serve}, include_optimizer=False
+    )
     assets = os.path.join(temp, "assets")
     os.makedirs(assets, exist_ok=True)
     with open(os.path.join(assets, artifacts.CLASS_NAMES_ASSET), "w") as f:

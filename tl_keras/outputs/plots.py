@@ -7,7 +7,8 @@ each function returns. Every PNG is written under a temporary name and renamed i
 
 import math
 import os
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib import ticker
@@ -31,8 +32,9 @@ def _save(figure: Figure, path: str) -> str:
   return os.fspath(path)
 
 
-def plot_training_curves(history: Mapping[str, Sequence[float]], path: str, title: str,
-                         first_epoch: int = 1) -> str:
+def plot_training_curves(
+  history: Mapping[str, Sequence[float]], path: str, title: str, first_epoch: int = 1
+) -> str:
   """Plots per-epoch loss and accuracy (and any val_* or other metrics) into a PNG at `path`.
 
   `history` maps metric names to per-epoch values, as in the metrics files. Names ending in
@@ -46,13 +48,20 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str, titl
   metric_names = [name for name in names if not name.endswith("loss")]
   all_accuracy = all("acc" in name for name in metric_names)
   for axes, panel_names, label in (
-      (loss_axes, loss_names, "loss"),
-      (metric_axes, metric_names, "accuracy" if all_accuracy else "metric")):
+    (loss_axes, loss_names, "loss"),
+    (metric_axes, metric_names, "accuracy" if all_accuracy else "metric"),
+  ):
     for name in panel_names:
       values = list(history[name])
       epochs = range(first_epoch, first_epoch + len(values))
-      axes.plot(epochs, values, marker="o", markersize=3,
-                linestyle="--" if name.startswith("val_") else "-", label=name)
+      axes.plot(
+        epochs,
+        values,
+        marker="o",
+        markersize=3,
+        linestyle="--" if name.startswith("val_") else "-",
+        label=name,
+      )
     if not any(len(history[name]) for name in panel_names):
       axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
     else:
@@ -71,8 +80,9 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str, titl
   return _save(figure, path)
 
 
-def confusion_matrix(y_true, y_pred, num_classes: int,
-                     num_pred_classes: Optional[int] = None) -> np.ndarray:
+def confusion_matrix(
+  y_true, y_pred, num_classes: int, num_pred_classes: int | None = None
+) -> np.ndarray:
   """Counts of (true, predicted) label pairs: int64 [num_classes, num_pred_classes].
 
   Row i, column j counts the samples of true class i predicted as class j.
@@ -84,17 +94,24 @@ def confusion_matrix(y_true, y_pred, num_classes: int,
   y_pred = np.asarray(y_pred, dtype=np.int64).reshape(-1)
   if len(y_true) != len(y_pred):
     raise ValueError(f"y_true has {len(y_true)} labels but y_pred has {len(y_pred)}")
-  for name, labels, limit in (("y_true", y_true, num_classes),
-                              ("y_pred", y_pred, num_pred_classes)):
+  for name, labels, limit in (
+    ("y_true", y_true, num_classes),
+    ("y_pred", y_pred, num_pred_classes),
+  ):
     if len(labels) and (labels.min() < 0 or labels.max() >= limit):
       raise ValueError(f"{name} holds labels outside 0..{limit - 1}")
-  counts = np.bincount(y_true * num_pred_classes + y_pred,
-                       minlength=num_classes * num_pred_classes)
+  counts = np.bincount(y_true * num_pred_classes + y_pred, minlength=num_classes * num_pred_classes)
   return counts.reshape(num_classes, num_pred_classes)
 
 
-def plot_confusion_matrix(y_true, y_pred, class_names: Sequence[str], path: str, title: str,
-                          pred_class_names: Optional[Sequence[str]] = None) -> str:
+def plot_confusion_matrix(
+  y_true,
+  y_pred,
+  class_names: Sequence[str],
+  path: str,
+  title: str,
+  pred_class_names: Sequence[str] | None = None,
+) -> str:
   """Plots the confusion matrix into a PNG at `path`: rows true, columns predicted.
 
   Each cell shows its count; its colour is the count as a fraction of its row (the true
@@ -109,14 +126,20 @@ def plot_confusion_matrix(y_true, y_pred, class_names: Sequence[str], path: str,
 
   rows, columns = counts.shape
   longest = max(len(name) for name in true_names + pred_names)
-  figure = Figure(figsize=(min(2.2 + 0.5 * columns, 16), min(1.6 + 0.45 * rows, 16)),
-                  layout="constrained")
+  figure = Figure(
+    figsize=(min(2.2 + 0.5 * columns, 16), min(1.6 + 0.45 * rows, 16)), layout="constrained"
+  )
   axes = figure.subplots()
   image = axes.imshow(fractions, cmap="Blues", vmin=0, vmax=1, aspect="auto")
-  figure.colorbar(image, ax=axes, label="fraction of true class",
-                  format=ticker.PercentFormatter(xmax=1))
-  axes.set_xticks(range(columns), pred_names, rotation=45 if longest > 3 else 0,
-                  ha="right" if longest > 3 else "center")
+  figure.colorbar(
+    image, ax=axes, label="fraction of true class", format=ticker.PercentFormatter(xmax=1)
+  )
+  axes.set_xticks(
+    range(columns),
+    pred_names,
+    rotation=45 if longest > 3 else 0,
+    ha="right" if longest > 3 else "center",
+  )
   axes.set_yticks(range(rows), true_names)
   axes.set_xlabel("predicted")
   axes.set_ylabel("true")
@@ -125,8 +148,15 @@ def plot_confusion_matrix(y_true, y_pred, class_names: Sequence[str], path: str,
     font_size = 9 if max(rows, columns) <= 12 else 6
     for i in range(rows):
       for j in range(columns):
-        axes.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=font_size,
-                  color="white" if fractions[i, j] > 0.5 else "black")
+        axes.text(
+          j,
+          i,
+          str(counts[i, j]),
+          ha="center",
+          va="center",
+          fontsize=font_size,
+          color="white" if fractions[i, j] > 0.5 else "black",
+        )
   return _save(figure, path)
 
 
@@ -139,9 +169,17 @@ def _displayable(image: np.ndarray) -> np.ndarray:
   return np.clip(image.astype(np.float32), 0.0, 1.0)
 
 
-def plot_misclassified(images, y_true, y_pred, class_names: Sequence[str], path: str,
-                       title: str, max_images: int = 25, confidences=None,
-                       pred_class_names: Optional[Sequence[str]] = None) -> str:
+def plot_misclassified(
+  images,
+  y_true,
+  y_pred,
+  class_names: Sequence[str],
+  path: str,
+  title: str,
+  max_images: int = 25,
+  confidences=None,
+  pred_class_names: Sequence[str] | None = None,
+) -> str:
   """Plots a grid of the first `max_images` misclassified images into a PNG at `path`.
 
   `images` are uint8 (0-255) or float (0-1), [N,H,W] or [N,H,W,C] with C of 1 or 3; labels
@@ -152,18 +190,19 @@ def plot_misclassified(images, y_true, y_pred, class_names: Sequence[str], path:
   """
   images = np.asarray(images)
   true_names = np.asarray([str(name) for name in class_names])
-  pred_names = (true_names if pred_class_names is None
-                else np.asarray([str(name) for name in pred_class_names]))
+  pred_names = (
+    true_names if pred_class_names is None else np.asarray([str(name) for name in pred_class_names])
+  )
   true_labels = true_names[np.asarray(y_true, dtype=np.int64).reshape(-1)]
   pred_labels = pred_names[np.asarray(y_pred, dtype=np.int64).reshape(-1)]
   if not len(images) == len(true_labels) == len(pred_labels):
-    raise ValueError(f"got {len(images)} images, {len(true_labels)} true labels and "
-                     f"{len(pred_labels)} predictions")
+    raise ValueError(
+      f"got {len(images)} images, {len(true_labels)} true labels and {len(pred_labels)} predictions"
+    )
   if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
-    raise ValueError(f"images must be [N,H,W] or [N,H,W,C] with C of 1 or 3, got "
-                     f"{images.shape}")
+    raise ValueError(f"images must be [N,H,W] or [N,H,W,C] with C of 1 or 3, got {images.shape}")
   wrong = np.flatnonzero(true_labels != pred_labels)
-  shown = wrong[:max(max_images, 0)]
+  shown = wrong[: max(max_images, 0)]
 
   if not len(shown):
     figure = Figure(figsize=(4, 1.2), layout="constrained")
@@ -174,14 +213,14 @@ def plot_misclassified(images, y_true, y_pred, class_names: Sequence[str], path:
   columns = min(_GRID_COLUMNS, len(shown))
   rows = math.ceil(len(shown) / columns)
   figure = Figure(figsize=(max(1.5 * columns, 3.5), 1.7 * rows + 0.6), layout="constrained")
-  figure.suptitle(f"{title}\n{len(wrong)} of {len(images)} misclassified, showing {len(shown)}",
-                  fontsize="medium")
+  figure.suptitle(
+    f"{title}\n{len(wrong)} of {len(images)} misclassified, showing {len(shown)}", fontsize="medium"
+  )
   grid = figure.subplots(rows, columns, squeeze=False).ravel()
   for axes in grid:
     axes.set_axis_off()
   for axes, index in zip(grid, shown):
-    axes.imshow(_displayable(images[index]), cmap="gray", vmin=0, vmax=1,
-                interpolation="nearest")
+    axes.imshow(_displayable(images[index]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     label = f"pred {pred_labels[index]} / true {true_labels[index]}"
     if len(label) > 24:  # wider than its image at this font size
       label = label.replace(" / ", " /\n")

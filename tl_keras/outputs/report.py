@@ -4,7 +4,9 @@ import json
 import os
 import unicodedata
 import urllib.parse
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
 
 from tl_keras import artifacts
 from tl_keras import settings
@@ -12,23 +14,24 @@ from tl_keras.outputs.files import atomic_path
 
 # Metrics listed with the settings (they are none), each after the setting it belongs to.
 _LISTED_AFTER = {"strategy": "num_replicas", "target": "classes"}
-_SETTINGS = tuple(key for setting in settings.report_keys()
-                  for key in (setting, _LISTED_AFTER.get(setting)) if key)
+_SETTINGS = tuple(
+  key for setting in settings.report_keys() for key in (setting, _LISTED_AFTER.get(setting)) if key
+)
 # (metrics key, label, format); training stages time images/s while training, transfer while
 # predicting.
 _RESULTS = (
-    ("test_accuracy", "test accuracy", "percent"),
-    ("linear_probe_accuracy", "linear-probe accuracy (frozen source features)", "percent"),
-    ("logme", "LogME (higher: features suit the target better)", "plain"),
-    ("scratch_test_accuracy", "test accuracy from scratch (same model and epochs)", "percent"),
-    ("transfer_gain", "transfer gain (finetuned minus scratch)", "points"),
-    ("wall_seconds", "wall time", "seconds"),
-    ("train_seconds", "training time", "seconds"),
-    ("train_images_per_second", "training images/s", "rate"),
-    ("images_per_second", "inference images/s", "rate"),
-    ("mean_confidence", "mean confidence", "percent"),
-    ("num_train", "train images", "plain"),
-    ("num_test", "test images", "plain"),
+  ("test_accuracy", "test accuracy", "percent"),
+  ("linear_probe_accuracy", "linear-probe accuracy (frozen source features)", "percent"),
+  ("logme", "LogME (higher: features suit the target better)", "plain"),
+  ("scratch_test_accuracy", "test accuracy from scratch (same model and epochs)", "percent"),
+  ("transfer_gain", "transfer gain (finetuned minus scratch)", "points"),
+  ("wall_seconds", "wall time", "seconds"),
+  ("train_seconds", "training time", "seconds"),
+  ("train_images_per_second", "training images/s", "rate"),
+  ("images_per_second", "inference images/s", "rate"),
+  ("mean_confidence", "mean confidence", "percent"),
+  ("num_train", "train images", "plain"),
+  ("num_test", "test images", "plain"),
 )
 # Characters that could make a value a link, image, HTML tag, table cell, code or emphasis.
 _MARKDOWN_SPECIALS = frozenset("\\`*_[]()!<>|~#")
@@ -37,11 +40,17 @@ _MARKDOWN_SPECIALS = frozenset("\\`*_[]()!<>|~#")
 def escape_markdown(text: str) -> str:
   """`text` as literal Markdown: a backslash before each of _MARKDOWN_SPECIALS, control
   characters as \\uXXXX. For every string from data or model files (class names, paths)."""
-  return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c).startswith("C")
-                 else "\\" + c if c in _MARKDOWN_SPECIALS else c for c in str(text))
+  return "".join(
+    f"\\u{ord(c):04x}"
+    if unicodedata.category(c).startswith("C")
+    else "\\" + c
+    if c in _MARKDOWN_SPECIALS
+    else c
+    for c in str(text)
+  )
 
 
-def load_stage_metrics(output_dir: str) -> Dict[str, Dict[str, Any]]:
+def load_stage_metrics(output_dir: str) -> dict[str, dict[str, Any]]:
   """Reads the metrics files present in `output_dir`: {"pretrain": {...}, ...}."""
   stages = {}
   for stage, filename in artifacts.METRICS.items():
@@ -77,15 +86,18 @@ def _image_link(path: str, output_dir: str) -> str:
   return f"![{escape_markdown(title)}]({urllib.parse.quote(relative)})"
 
 
-def _stage_section(stage: str, metrics: Mapping[str, Any], plot_paths: Sequence[str],
-                   output_dir: str) -> List[str]:
+def _stage_section(
+  stage: str, metrics: Mapping[str, Any], plot_paths: Sequence[str], output_dir: str
+) -> list[str]:
   lines = [f"## {escape_markdown(stage)}", ""]
-  settings = [f"- {key.replace('_', ' ')}: {_format(metrics[key])}"
-              for key in _SETTINGS if key in metrics]
+  settings = [
+    f"- {key.replace('_', ' ')}: {_format(metrics[key])}" for key in _SETTINGS if key in metrics
+  ]
   if settings:
     lines += ["Settings:", "", *settings, ""]
-  results = [f"- {label}: {_format(metrics[key], kind)}"
-             for key, label, kind in _RESULTS if key in metrics]
+  results = [
+    f"- {label}: {_format(metrics[key], kind)}" for key, label, kind in _RESULTS if key in metrics
+  ]
   if results:
     lines += ["Results:", "", *results, ""]
   for path in plot_paths:
@@ -93,8 +105,11 @@ def _stage_section(stage: str, metrics: Mapping[str, Any], plot_paths: Sequence[
   return lines
 
 
-def write_report(output_dir: str, stages: Mapping[str, Mapping[str, Any]],
-                 plots: Optional[Mapping[str, Sequence[str]]] = None) -> str:
+def write_report(
+  output_dir: str,
+  stages: Mapping[str, Mapping[str, Any]],
+  plots: Mapping[str, Sequence[str]] | None = None,
+) -> str:
   """Writes `output_dir`/report.md summarising the run; returns its path.
 
   `stages` maps stage names ("pretrain", "transfer", "finetune") to their metrics dicts, as in
@@ -112,9 +127,11 @@ def write_report(output_dir: str, stages: Mapping[str, Mapping[str, Any]],
       if stage in stages:
         metrics = stages[stage]
         wall = metrics.get("wall_seconds")
-        lines.append(f"| {escape_markdown(stage)} | "
-                     f"{_format(metrics.get('test_accuracy'), 'percent')} | "
-                     f"{'n/a' if wall is None else f'{wall:.1f}'} |")
+        lines.append(
+          f"| {escape_markdown(stage)} | "
+          f"{_format(metrics.get('test_accuracy'), 'percent')} | "
+          f"{'n/a' if wall is None else f'{wall:.1f}'} |"
+        )
     lines.append("")
   for stage in names:
     lines += _stage_section(stage, stages.get(stage, {}), plots.get(stage, ()), output_dir)
@@ -128,6 +145,8 @@ def write_report(output_dir: str, stages: Mapping[str, Mapping[str, Any]],
 def update_report(output_dir: str) -> str:
   """Rewrites report.md from the metrics files in `output_dir` and the plots they list."""
   stages = load_stage_metrics(output_dir)
-  plots = {stage: [os.path.join(output_dir, name) for name in metrics.get("plots", [])]
-           for stage, metrics in stages.items()}
+  plots = {
+    stage: [os.path.join(output_dir, name) for name in metrics.get("plots", [])]
+    for stage, metrics in stages.items()
+  }
   return write_report(output_dir, stages, plots)

@@ -2,7 +2,7 @@
 
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any
 
 import tensorflow as tf
 
@@ -11,8 +11,9 @@ from tl_keras.outputs import files
 from tl_keras.outputs import report
 
 
-def write_metrics(metrics: Dict[str, Any], path: str, start: float,
-                  chief: bool = True) -> Optional[str]:
+def write_metrics(
+  metrics: dict[str, Any], path: str, start: float, chief: bool = True
+) -> str | None:
   """Adds `wall_seconds` since `start`, writes the metrics file, and on the chief rewrites the
   folder's report.md; returns the report's path (None elsewhere)."""
   metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
@@ -20,15 +21,20 @@ def write_metrics(metrics: Dict[str, Any], path: str, start: float,
   return report.update_report(os.path.dirname(path)) if chief else None
 
 
-def print_summary(stage: str, metrics: Dict[str, Any], artifacts: Dict[str, str],
-                  strategy: Optional[tf.distribute.Strategy] = None) -> None:
+def print_summary(
+  stage: str,
+  metrics: dict[str, Any],
+  artifacts: dict[str, str],
+  strategy: tf.distribute.Strategy | None = None,
+) -> None:
   """Prints a short end-of-stage summary: key metrics and where the files went.
 
   Prints nothing on the non-chief workers of a multi-worker `strategy`.
   """
   if strategy is not None and not distribute.is_chief(strategy):
-    print(f"{stage} done on this worker: weights sha256 {metrics.get('weights_sha256')}",
-          flush=True)
+    print(
+      f"{stage} done on this worker: weights sha256 {metrics.get('weights_sha256')}", flush=True
+    )
     return
   lines = [f"== {stage} done in {metrics['wall_seconds']:.1f} s =="]
   accuracy = metrics.get("test_accuracy")
@@ -38,19 +44,27 @@ def print_summary(stage: str, metrics: Dict[str, Any], artifacts: Dict[str, str]
     epochs = f"{metrics['epochs']} epochs"
     if metrics.get("resumed_from_epoch"):
       epochs += f" (resumed after epoch {metrics['resumed_from_epoch']})"
-    lines.append(f"  training        {epochs} on {metrics['num_train']} images, "
-                 f"{metrics['train_seconds']:.1f} s ({metrics['strategy']}, "
-                 f"{metrics['num_replicas']} replica(s))")
+    lines.append(
+      f"  training        {epochs} on {metrics['num_train']} images, "
+      f"{metrics['train_seconds']:.1f} s ({metrics['strategy']}, "
+      f"{metrics['num_replicas']} replica(s))"
+    )
   if "linear_probe_accuracy" in metrics:
-    lines.append(f"  transferability linear probe {metrics['linear_probe_accuracy']:.2%}, "
-                 f"LogME {metrics['logme']:.3f} (source features on the target's "
-                 f"{metrics['num_train']} training images)")
+    lines.append(
+      f"  transferability linear probe {metrics['linear_probe_accuracy']:.2%}, "
+      f"LogME {metrics['logme']:.3f} (source features on the target's "
+      f"{metrics['num_train']} training images)"
+    )
   if "transfer_gain" in metrics:
-    lines.append(f"  from scratch    {metrics['scratch_test_accuracy']:.2%}: transfer gain "
-                 f"{metrics['transfer_gain'] * 100:+.2f} points")
+    lines.append(
+      f"  from scratch    {metrics['scratch_test_accuracy']:.2%}: transfer gain "
+      f"{metrics['transfer_gain'] * 100:+.2f} points"
+    )
   if "images_per_second" in metrics:
-    lines.append(f"  inference       {metrics['images_per_second']:.0f} images/s, mean confidence "
-                 f"{metrics['mean_confidence']:.2%}")
+    lines.append(
+      f"  inference       {metrics['images_per_second']:.0f} images/s, mean confidence "
+      f"{metrics['mean_confidence']:.2%}"
+    )
   lines.append(f"  classes         {', '.join(metrics['classes'])}")
   for name, path in artifacts.items():
     lines.append(f"  {name:<15} {path}")

@@ -2,7 +2,7 @@
 
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -24,8 +24,11 @@ from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
 
 
-def run(config: settings.FinetuneConfig, datasets_override: Optional[LabeledData] = None,
-        strategy_override: Optional[tf.distribute.Strategy] = None) -> Dict[str, Any]:
+def run(
+  config: settings.FinetuneConfig,
+  datasets_override: LabeledData | None = None,
+  strategy_override: tf.distribute.Strategy | None = None,
+) -> dict[str, Any]:
   """Fine-tunes the source model on the target; writes target_model.h5, target_savedmodel/
   and finetune_metrics.json. Returns the metrics.
   """
@@ -38,13 +41,17 @@ def run(config: settings.FinetuneConfig, datasets_override: Optional[LabeledData
   # Loaded here, outside the strategy's scope, only to read its input and layers.
   source = _load_source(config)
   input_shape = models.image_input_shape(source, config.load.model)
-  target = datasets_override or targets.prepare_target(config.target, input_shape,
-                                                       config.paths.data_dir, config.runtime.seed)
+  target = datasets_override or targets.prepare_target(
+    config.target, input_shape, config.paths.data_dir, config.runtime.seed
+  )
   unfreeze = config.finetune.unfreeze
 
   template = models.build_target_model(source, target.num_classes, unfreeze, config.head)
-  classifier_weights = (_probe_classifier_weights(config, template, target, strategy)
-                        if config.head.head_init == "probe" else None)
+  classifier_weights = (
+    _probe_classifier_weights(config, template, target, strategy)
+    if config.head.head_init == "probe"
+    else None
+  )
 
   def build_model():
     source = _load_source(config)
@@ -56,9 +63,11 @@ def run(config: settings.FinetuneConfig, datasets_override: Optional[LabeledData
     return model
 
   phases = _phases(config, template)
-  model, metrics = training.fit_and_evaluate(build_model, target, config, strategy,
-                                             stage="finetune", phases=phases)
-  metrics.update({
+  model, metrics = training.fit_and_evaluate(
+    build_model, target, config, strategy, stage="finetune", phases=phases
+  )
+  metrics.update(
+    {
       "source_model": config.load.model,
       "source_classes": source_metadata.get("class_names"),
       "target": target.description,
@@ -67,96 +76,146 @@ def run(config: settings.FinetuneConfig, datasets_override: Optional[LabeledData
       "head_init": config.head.head_init,
       "warmup_epochs": config.finetune.warmup_epochs,
       "trainable_layers": models.trainable_layer_names(model),
-  })
-  metadata = {**target.metadata(), "stage": "finetune",
-              "source_class_names": source_metadata.get("class_names"),
-              "source_model": config.load.model, "tl_keras_version": tl_keras.__version__}
+    }
+  )
+  metadata = {
+    **target.metadata(),
+    "stage": "finetune",
+    "source_class_names": source_metadata.get("class_names"),
+    "source_model": config.load.model,
+    "tl_keras_version": tl_keras.__version__,
+  }
   with distribute.worker_output_dir(strategy, output_dir) as save_dir:
-    artifact_paths = {"model": os.path.join(save_dir, artifacts.TARGET_MODEL),
-                      "savedmodel": os.path.join(save_dir, artifacts.SAVED_MODEL_DIR),
-                      "metrics": os.path.join(save_dir, artifacts.METRICS["finetune"])}
+    artifact_paths = {
+      "model": os.path.join(save_dir, artifacts.TARGET_MODEL),
+      "savedmodel": os.path.join(save_dir, artifacts.SAVED_MODEL_DIR),
+      "metrics": os.path.join(save_dir, artifacts.METRICS["finetune"]),
+    }
     model_io.save_h5(model, artifact_paths["model"], metadata)
-    model_io.export_saved_model(model, artifact_paths["savedmodel"], target.class_names,
-                                metadata)
+    model_io.export_saved_model(model, artifact_paths["savedmodel"], target.class_names, metadata)
     if config.finetune.compare_scratch:
       metrics.update(_compare_scratch(config, target, metrics, strategy))
     if distribute.is_chief(strategy):
       metrics["plots"] = _plot(model, target, metrics, save_dir)
-    artifact_paths["report"] = summary.write_metrics(metrics, artifact_paths["metrics"], start,
-                                                     distribute.is_chief(strategy))
+    artifact_paths["report"] = summary.write_metrics(
+      metrics, artifact_paths["metrics"], start, distribute.is_chief(strategy)
+    )
   summary.print_summary("finetune", metrics, artifact_paths, strategy)
   if metrics.get("transfer_gain", 0) < 0 and distribute.is_chief(strategy):
-    warn(f"transfer hurt: the model trained from scratch scored "
-         f"{metrics['scratch_test_accuracy']:.2%}, {-metrics['transfer_gain']:.2%} above the "
-         "finetuned source model")
+    warn(
+      f"transfer hurt: the model trained from scratch scored "
+      f"{metrics['scratch_test_accuracy']:.2%}, {-metrics['transfer_gain']:.2%} above the "
+      "finetuned source model"
+    )
   return metrics
 
 
 def _load_source(config: settings.FinetuneConfig):
-  return loading.load_model(config.load.model, config.load.allow_unsafe_deserialization,
-                            config.load.max_model_mb * limits.MIB)
+  return loading.load_model(
+    config.load.model,
+    config.load.allow_unsafe_deserialization,
+    config.load.max_model_mb * limits.MIB,
+  )
 
 
-def _probe_classifier_weights(config: settings.FinetuneConfig, template, target: LabeledData,
-                              strategy: tf.distribute.Strategy) -> List[np.ndarray]:
+def _probe_classifier_weights(
+  config: settings.FinetuneConfig, template, target: LabeledData, strategy: tf.distribute.Strategy
+) -> list[np.ndarray]:
   """Classifier weights from a linear probe on the frozen source features of the training
   images, so finetuning starts from a good head and changes the features less (LP-FT: Kumar et
   al., "Fine-Tuning can Distort Pretrained Features", ICLR 2022)."""
   x_train, y_train, _ = training.training_split(target, config)
   if distribute.is_chief(strategy):
-    print(f"head_init: fitting a linear probe on the features of {len(x_train)} training images",
-          flush=True)
+    print(
+      f"head_init: fitting a linear probe on the features of {len(x_train)} training images",
+      flush=True,
+    )
   features = transferability.features_of(template, x_train)
   kernel, bias = transferability.fit_linear_probe(features, y_train, target.num_classes)
   return [kernel.astype(np.float32), bias.astype(np.float32)]
 
 
-def _phases(config: settings.FinetuneConfig, target_model) -> List[training.Phase]:
+def _phases(config: settings.FinetuneConfig, target_model) -> list[training.Phase]:
   """One phase, or with warmup epochs: the head alone, then the unfrozen layers at a lower rate."""
   if not config.finetune.warmup_epochs:
     return [training.Phase("finetune", config.epochs, config.train.learning_rate)]
   warmup_rate = models.learning_rate_for(config.train.optimizer, config.train.learning_rate)
   finetune_rate = config.finetune.finetune_learning_rate or warmup_rate / 10
-  return [training.Phase("warmup", config.finetune.warmup_epochs, warmup_rate,
-                         trainable=models.head_layer_names(target_model)),
-          training.Phase("finetune", config.epochs, finetune_rate,
-                         trainable=models.trainable_layer_names(target_model))]
+  return [
+    training.Phase(
+      "warmup",
+      config.finetune.warmup_epochs,
+      warmup_rate,
+      trainable=models.head_layer_names(target_model),
+    ),
+    training.Phase(
+      "finetune", config.epochs, finetune_rate, trainable=models.trainable_layer_names(target_model)
+    ),
+  ]
 
 
-def _compare_scratch(config: settings.FinetuneConfig, target: LabeledData, metrics: Dict[str, Any],
-                     strategy: tf.distribute.Strategy) -> Dict[str, Any]:
+def _compare_scratch(
+  config: settings.FinetuneConfig,
+  target: LabeledData,
+  metrics: dict[str, Any],
+  strategy: tf.distribute.Strategy,
+) -> dict[str, Any]:
   """Trains the same architecture from random weights for the same number of epochs at the
   first phase's rate, all layers training; returns its accuracy and the transfer gain."""
+
   def build_scratch_model():
     source = _load_source(config)
-    return models.reinitialized(models.build_target_model(source, target.num_classes,
-                                                          "all", config.head))
+    return models.reinitialized(
+      models.build_target_model(source, target.num_classes, "all", config.head)
+    )
 
   if distribute.is_chief(strategy):
     print("compare_scratch: training the same model from random weights", flush=True)
   _, scratch = training.fit_and_evaluate(
-      build_scratch_model, target, config, strategy, stage="finetune_scratch",
-      phases=[training.Phase("scratch", metrics["epochs"], config.train.learning_rate)])
-  return {"scratch_test_accuracy": scratch["test_accuracy"],
-          "transfer_gain": metrics["test_accuracy"] - scratch["test_accuracy"],
-          "scratch_history": scratch["history"]}
+    build_scratch_model,
+    target,
+    config,
+    strategy,
+    stage="finetune_scratch",
+    phases=[training.Phase("scratch", metrics["epochs"], config.train.learning_rate)],
+  )
+  return {
+    "scratch_test_accuracy": scratch["test_accuracy"],
+    "transfer_gain": metrics["test_accuracy"] - scratch["test_accuracy"],
+    "scratch_history": scratch["history"],
+  }
 
 
-def _plot(model, target: LabeledData, metrics: Dict[str, Any], output_dir: str) -> List[str]:
+def _plot(model, target: LabeledData, metrics: dict[str, Any], output_dir: str) -> list[str]:
   """Training curves, confusion matrix and misclassified test images; returns the file names."""
-  from tl_keras.outputs import plots  # pylint: disable=g-import-not-at-top (matplotlib)
+  from tl_keras.outputs import plots  # matplotlib
+
   probabilities = models.predict(model, target.x_test)
   predicted = probabilities.argmax(axis=1)
-  history = {**metrics["history"], **{f"scratch_{name}": values for name, values
-                                      in metrics.get("scratch_history", {}).items()}}
-  plots.plot_training_curves(history, os.path.join(output_dir, artifacts.FINETUNE_CURVES),
-                             f"finetune on {target.description}",
-                             first_epoch=metrics["resumed_from_epoch"] + 1)
-  plots.plot_confusion_matrix(target.y_test, predicted, target.class_names,
-                              os.path.join(output_dir, artifacts.CONFUSION),
-                              "Target test set after finetuning")
-  plots.plot_misclassified(target.x_test, target.y_test, predicted, target.class_names,
-                           os.path.join(output_dir, artifacts.MISCLASSIFIED),
-                           "Misclassified target test images",
-                           confidences=probabilities.max(axis=1))
+  history = {
+    **metrics["history"],
+    **{f"scratch_{name}": values for name, values in metrics.get("scratch_history", {}).items()},
+  }
+  plots.plot_training_curves(
+    history,
+    os.path.join(output_dir, artifacts.FINETUNE_CURVES),
+    f"finetune on {target.description}",
+    first_epoch=metrics["resumed_from_epoch"] + 1,
+  )
+  plots.plot_confusion_matrix(
+    target.y_test,
+    predicted,
+    target.class_names,
+    os.path.join(output_dir, artifacts.CONFUSION),
+    "Target test set after finetuning",
+  )
+  plots.plot_misclassified(
+    target.x_test,
+    target.y_test,
+    predicted,
+    target.class_names,
+    os.path.join(output_dir, artifacts.MISCLASSIFIED),
+    "Misclassified target test images",
+    confidences=probabilities.max(axis=1),
+  )
   return [artifacts.FINETUNE_CURVES, artifacts.CONFUSION, artifacts.MISCLASSIFIED]

@@ -2,7 +2,7 @@
 
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any
 
 import tensorflow as tf
 
@@ -14,8 +14,9 @@ from tl_keras.stages import pretrain
 from tl_keras.stages import transfer
 
 
-def run(config: settings.PipelineConfig,
-        strategy_override: Optional[tf.distribute.Strategy] = None) -> Dict[str, Any]:
+def run(
+  config: settings.PipelineConfig, strategy_override: tf.distribute.Strategy | None = None
+) -> dict[str, Any]:
   """Runs the three stages of `config.stages()` in order; returns {'pretrain': ...,
   'transfer': ..., 'finetune': ...}.
 
@@ -33,16 +34,24 @@ def run(config: settings.PipelineConfig,
   strategy = strategy_override or distribute.get_distribution_strategy(config.runtime.strategy)
   with distribute.worker_output_dir(strategy, config.paths.output_dir) as output_dir:
     source_model = os.path.join(output_dir, artifacts.SOURCE_MODEL)
-    results = {"pretrain": pretrain.run(
-        settings.replace(pretrain_config, output_dir=output_dir), strategy_override=strategy)}
+    results = {
+      "pretrain": pretrain.run(
+        settings.replace(pretrain_config, output_dir=output_dir), strategy_override=strategy
+      )
+    }
     if distribute.is_chief(strategy):
       results["transfer"] = transfer.run(
-          settings.replace(transfer_config, output_dir=output_dir, model=source_model))
+        settings.replace(transfer_config, output_dir=output_dir, model=source_model)
+      )
     results["finetune"] = finetune.run(
-        settings.replace(finetune_config, output_dir=output_dir, model=source_model),
-        strategy_override=strategy)
+      settings.replace(finetune_config, output_dir=output_dir, model=source_model),
+      strategy_override=strategy,
+    )
   if distribute.is_chief(strategy):
-    print(f"== pipeline done in {time.perf_counter() - start:.1f} s: source accuracy "
-          f"{results['pretrain']['test_accuracy']:.2%}, target accuracy after finetune "
-          f"{results['finetune']['test_accuracy']:.2%} ==", flush=True)
+    print(
+      f"== pipeline done in {time.perf_counter() - start:.1f} s: source accuracy "
+      f"{results['pretrain']['test_accuracy']:.2%}, target accuracy after finetune "
+      f"{results['finetune']['test_accuracy']:.2%} ==",
+      flush=True,
+    )
   return results

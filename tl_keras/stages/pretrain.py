@@ -2,7 +2,7 @@
 
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any
 
 import tensorflow as tf
 
@@ -21,8 +21,11 @@ from tl_keras.outputs import summary
 MNIST_INPUT_SHAPE = (28, 28, 1)
 
 
-def run(config: settings.PretrainConfig, datasets_override: Optional[LabeledData] = None,
-        strategy_override: Optional[tf.distribute.Strategy] = None) -> Dict[str, Any]:
+def run(
+  config: settings.PretrainConfig,
+  datasets_override: LabeledData | None = None,
+  strategy_override: tf.distribute.Strategy | None = None,
+) -> dict[str, Any]:
   """Trains the source model; writes source_model.h5 and source_metrics.json. Returns metrics.
 
   `datasets_override` replaces the MNIST subset (tests pass small data); `strategy_override`
@@ -38,24 +41,38 @@ def run(config: settings.PretrainConfig, datasets_override: Optional[LabeledData
   dataset = datasets_override or mnist.mnist_subset(classes, config.paths.data_dir)
 
   model, metrics = training.fit_and_evaluate(
-      lambda: models.build_source_model(MNIST_INPUT_SHAPE, dataset.num_classes,
-                                         conv_filters),
-      dataset, config, strategy, stage="pretrain")
+    lambda: models.build_source_model(MNIST_INPUT_SHAPE, dataset.num_classes, conv_filters),
+    dataset,
+    config,
+    strategy,
+    stage="pretrain",
+  )
   metrics["conv_filters"] = list(conv_filters)
 
-  metadata = {**dataset.metadata(), "stage": "pretrain",
-              "source_class_names": dataset.class_names, "tl_keras_version": tl_keras.__version__}
+  metadata = {
+    **dataset.metadata(),
+    "stage": "pretrain",
+    "source_class_names": dataset.class_names,
+    "tl_keras_version": tl_keras.__version__,
+  }
   with distribute.worker_output_dir(strategy, output_dir) as save_dir:
-    artifact_paths = {"model": os.path.join(save_dir, artifacts.SOURCE_MODEL),
-                      "metrics": os.path.join(save_dir, artifacts.METRICS["pretrain"])}
+    artifact_paths = {
+      "model": os.path.join(save_dir, artifacts.SOURCE_MODEL),
+      "metrics": os.path.join(save_dir, artifacts.METRICS["pretrain"]),
+    }
     model_io.save_h5(model, artifact_paths["model"], metadata)
     if distribute.is_chief(strategy):
-      from tl_keras.outputs import plots  # pylint: disable=g-import-not-at-top (matplotlib)
+      from tl_keras.outputs import plots  # matplotlib
+
       artifact_paths["plot"] = plots.plot_training_curves(
-          metrics["history"], os.path.join(save_dir, artifacts.PRETRAIN_CURVES),
-          f"pretrain on {dataset.description}", first_epoch=metrics["resumed_from_epoch"] + 1)
+        metrics["history"],
+        os.path.join(save_dir, artifacts.PRETRAIN_CURVES),
+        f"pretrain on {dataset.description}",
+        first_epoch=metrics["resumed_from_epoch"] + 1,
+      )
       metrics["plots"] = [artifacts.PRETRAIN_CURVES]
-    artifact_paths["report"] = summary.write_metrics(metrics, artifact_paths["metrics"], start,
-                                                     distribute.is_chief(strategy))
+    artifact_paths["report"] = summary.write_metrics(
+      metrics, artifact_paths["metrics"], start, distribute.is_chief(strategy)
+    )
   summary.print_summary("pretrain", metrics, artifact_paths, strategy)
   return metrics

@@ -9,7 +9,7 @@ suit the target classes (`linear_probe_accuracy`, `logme`; see `transferability`
 import csv
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 
@@ -35,19 +35,22 @@ def csv_cell(text: str) -> str:
   return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-def run(config: settings.TransferConfig,
-        datasets_override: Optional[LabeledData] = None) -> Dict[str, Any]:
+def run(
+  config: settings.TransferConfig, datasets_override: LabeledData | None = None
+) -> dict[str, Any]:
   """Predicts on the target test split; writes predictions.csv and transfer_metrics.json."""
   start = time.perf_counter()
   settings.validate(config)
   output_dir = files.prepare_output_dir(config.paths.output_dir)
   source = config.load.model
-  model = loading.load_model(source, config.load.allow_unsafe_deserialization,
-                             config.load.max_model_mb * limits.MIB)
+  model = loading.load_model(
+    source, config.load.allow_unsafe_deserialization, config.load.max_model_mb * limits.MIB
+  )
   input_shape = models.image_input_shape(model, source)  # refuses non-image models
   source_names = model_io.class_names_of(model, model_io.read_metadata(source), source)
-  target = datasets_override or targets.prepare_target(config.target, input_shape,
-                                                       config.paths.data_dir, config.seed)
+  target = datasets_override or targets.prepare_target(
+    config.target, input_shape, config.paths.data_dir, config.seed
+  )
 
   predict_start = time.perf_counter()
   probabilities = models.predict(model, target.x_test, config.batch_size)
@@ -58,8 +61,9 @@ def run(config: settings.TransferConfig,
   predicted_names = np.asarray(source_names)[predicted]
   true_names = np.asarray(target.class_names)[target.y_test]
   matched = np.isin(true_names, source_names)
-  test_accuracy = (float((predicted_names[matched] == true_names[matched]).mean())
-                   if matched.any() else None)
+  test_accuracy = (
+    float((predicted_names[matched] == true_names[matched]).mean()) if matched.any() else None
+  )
 
   predictions_path = os.path.join(output_dir, artifacts.PREDICTIONS)
   with files.atomic_path(predictions_path) as temp, open(temp, "w", newline="") as f:
@@ -70,41 +74,59 @@ def run(config: settings.TransferConfig,
 
   train_features = transferability.features_of(model, target.x_train, config.features_layer)
   metrics = {
-      "test_accuracy": test_accuracy,
-      "linear_probe_accuracy": transferability.linear_probe_accuracy(
-          train_features, target.y_train,
-          transferability.features_of(model, target.x_test, config.features_layer),
-          target.y_test),
-      "logme": transferability.logme(train_features, target.y_train),
-      "num_matched_by_name": int(matched.sum()),
-      "mean_confidence": float(confidence.mean()),
-      "images_per_second": round(len(target.x_test) / predict_seconds, 1),
-      "predicted_source_classes": {
-          true: {name: int(count) for name, count in
-                 zip(*np.unique(predicted_names[true_names == true], return_counts=True))}
-          for true in target.class_names},
-      "epochs": 0,
-      "num_train": int(len(target.x_train)),
-      "num_test": int(len(target.x_test)),
-      "classes": target.class_names,
-      "source_classes": source_names,
-      "model": source,
-      "target": target.description,
-      "features_layer": config.features_layer,
+    "test_accuracy": test_accuracy,
+    "linear_probe_accuracy": transferability.linear_probe_accuracy(
+      train_features,
+      target.y_train,
+      transferability.features_of(model, target.x_test, config.features_layer),
+      target.y_test,
+    ),
+    "logme": transferability.logme(train_features, target.y_train),
+    "num_matched_by_name": int(matched.sum()),
+    "mean_confidence": float(confidence.mean()),
+    "images_per_second": round(len(target.x_test) / predict_seconds, 1),
+    "predicted_source_classes": {
+      true: {
+        name: int(count)
+        for name, count in zip(*np.unique(predicted_names[true_names == true], return_counts=True))
+      }
+      for true in target.class_names
+    },
+    "epochs": 0,
+    "num_train": int(len(target.x_train)),
+    "num_test": int(len(target.x_test)),
+    "classes": target.class_names,
+    "source_classes": source_names,
+    "model": source,
+    "target": target.description,
+    "features_layer": config.features_layer,
   }
-  from tl_keras.outputs import plots  # pylint: disable=g-import-not-at-top (matplotlib)
+  from tl_keras.outputs import plots  # matplotlib
+
   confusion_path = plots.plot_confusion_matrix(
-      target.y_test, predicted, target.class_names,
-      os.path.join(output_dir, artifacts.TRANSFER_CONFUSION),
-      "Before training: target classes as source classes",
-      pred_class_names=source_names)
+    target.y_test,
+    predicted,
+    target.class_names,
+    os.path.join(output_dir, artifacts.TRANSFER_CONFUSION),
+    "Before training: target classes as source classes",
+    pred_class_names=source_names,
+  )
   metrics["plots"] = [os.path.basename(confusion_path)]
   metrics_path = os.path.join(output_dir, artifacts.METRICS["transfer"])
   report_path = summary.write_metrics(metrics, metrics_path, start)
-  summary.print_summary("transfer", metrics, {"predictions": predictions_path,
-                                              "metrics": metrics_path, "plot": confusion_path,
-                                              "report": report_path})
+  summary.print_summary(
+    "transfer",
+    metrics,
+    {
+      "predictions": predictions_path,
+      "metrics": metrics_path,
+      "plot": confusion_path,
+      "report": report_path,
+    },
+  )
   if test_accuracy is None:
-    print("  (no target class is a source class, so accuracy before training is undefined; "
-          "see predicted_source_classes in the metrics)")
+    print(
+      "  (no target class is a source class, so accuracy before training is undefined; "
+      "see predicted_source_classes in the metrics)"
+    )
   return metrics
