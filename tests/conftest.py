@@ -1,12 +1,17 @@
 """Shared fixtures: small real-MNIST subsets, and two logical CPU devices for strategies."""
 
 import os
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+
+# A shell starts background jobs with SIGINT ignored, and child processes inherit that; the
+# commands under test should see Ctrl-C as at a terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Two logical CPUs let MirroredStrategy run with two replicas on one CPU. Must happen before
 # TensorFlow's runtime starts, hence at import.
@@ -108,3 +113,14 @@ def write_image_folder(
       image = image.convert("RGB")
     image.save(os.path.join(class_dir, f"{index}.{extensions[index % len(extensions)]}"))
   return str(folder)
+
+
+# Fixtures that train a model: tests using them belong to the slow tier.
+_TRAINING_FIXTURES = {"source_model", "target_model"}
+
+
+def pytest_collection_modifyitems(items):
+  """The fast tier (`-m "not slow"`) leaves out tests that use a trained model."""
+  for item in items:
+    if _TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.slow)

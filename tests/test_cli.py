@@ -10,6 +10,9 @@ from conftest import run_command
 
 from tl_keras.outputs import model_io
 
+# Every test here starts processes or trains: the full suite only.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize(
   "script, flag",

@@ -18,6 +18,9 @@ from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 from tl_keras.stages import finetune
 
+# Every test here starts processes or trains: the full suite only.
+pytestmark = pytest.mark.slow
+
 
 def test_strategy_choice_on_cpu():
   assert distribute.strategy_name(distribute.get_distribution_strategy("auto")) == "default"

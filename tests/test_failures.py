@@ -10,6 +10,9 @@ from conftest import run_command
 from tl_keras.keras_api import keras
 from tl_keras.outputs import model_io
 
+# Every test here starts processes or trains: the full suite only.
+pytestmark = pytest.mark.slow
+
 
 def _npz(folder, **changes):
   x = np.zeros((6, 28, 28), np.uint8)

@@ -14,6 +14,9 @@ from conftest import REPO_ROOT
 
 from tl_keras import resume
 
+# Every test here starts processes or trains: the full suite only.
+pytestmark = pytest.mark.slow
+
 # A shell reports a process killed by signal N as exit status 128 + N: 130 and 143.
 _STOP_SECONDS = 5
 

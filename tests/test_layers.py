@@ -18,9 +18,10 @@ LAYERS = (
   ("datasets",),
   ("targets",),
   ("pipelines",),
-  ("models", "loading", "transferability", "distribute", "interrupts"),
+  ("models", "loading", "probes", "distribute", "interrupts"),
   ("training", "resume"),
   ("outputs",),
+  ("api",),
   ("stages",),
   ("cli",),
 )

@@ -111,6 +111,7 @@ def test_weights_only_h5_is_refused(tmp_path):
     assert "model_config" not in f.attrs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keras_module", ["keras", "tf_keras"])
 def test_h5_loads_in_plain_keras_without_tl_keras(tmp_path, keras_module):
   model = models.build_source_model((28, 28, 1), 3)

@@ -20,6 +20,9 @@ from tl_keras import resume
 from tl_keras import settings
 from tl_keras import training
 
+# Every test here starts processes or trains: the full suite only.
+pytestmark = pytest.mark.slow
+
 PRETRAIN_FILES = ["pretrain_curves.png", "report.md", "source_metrics.json", "source_model.h5"]
 
 
@@ -146,14 +149,14 @@ def test_backup_accepts_one_device_strategy(tmp_path):
   y = np.repeat([0, 1], 32)
   dataset = datasets.LabeledData(x.astype(np.uint8), y, x.astype(np.uint8), y, ["dark", "bright"])
   config = settings.make(settings.TrainingConfig, output_dir=str(tmp_path), epochs=2, batch_size=16)
-  _, metrics = training.fit_and_evaluate(
+  _, result = training.fit_and_evaluate(
     lambda: models.build_source_model((28, 28, 1), 2),
     dataset,
     config,
     distribute.get_distribution_strategy("one_device"),
     stage="test",
   )
-  assert metrics["resumed_from_epoch"] == 0 and len(metrics["history"]["loss"]) == 2
+  assert result.resumed_from_epoch == 0 and len(result.history["loss"]) == 2
   assert not os.listdir(tmp_path)
 
 

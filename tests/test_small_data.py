@@ -4,6 +4,7 @@ early stopping, the comparison with training from scratch, and image-folder targ
 import json
 
 import numpy as np
+import pytest
 from conftest import run_command
 from conftest import write_image_folder
 
@@ -12,12 +13,15 @@ from tl_keras import datasets
 from tl_keras import loading
 from tl_keras import models
 from tl_keras import pipelines
+from tl_keras import probes
 from tl_keras import settings
 from tl_keras import targets
-from tl_keras import transferability
 from tl_keras.keras_api import keras
 from tl_keras.outputs import model_io
 from tl_keras.stages import finetune
+
+# Every test here trains: the full suite only.
+pytestmark = pytest.mark.slow
 
 
 def _config(source_path, small_mnist_dir, tmp_path, **changes):
@@ -204,10 +208,10 @@ def test_probe_head_init_starts_finetuning_from_the_linear_probe(
   metrics = finetune.run(config)
   target = targets.prepare_target(config.target, (28, 28, 1), small_mnist_dir, config.runtime.seed)
   source = loading.load_model(source_model[0])
-  probe = transferability.linear_probe_accuracy(
-    transferability.features_of(source, target.x_train),
+  probe = probes.linear_probe_accuracy(
+    probes.features_of(source, target.x_train),
     target.y_train,
-    transferability.features_of(source, target.x_test),
+    probes.features_of(source, target.x_test),
     target.y_test,
   )
   assert metrics["head_init"] == "probe" and probe > 0.6  # chance is 0.2

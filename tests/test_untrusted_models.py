@@ -145,6 +145,7 @@ def test_keras_config_with_code_or_foreign_names_is_refused(tmp_path, edit, mess
   _refused(_keras_file(tmp_path, edit), message)
 
 
+@pytest.mark.slow
 def test_lookup_layer_with_a_vocabulary_path_reads_nothing(tmp_path):
   secret = tmp_path / "secret.txt"
   secret.write_text(f"{SECRET}\n")
@@ -229,6 +230,7 @@ def test_h5_external_storage_or_links_read_no_other_file(tmp_path):
     _refused(path, message)
 
 
+@pytest.mark.slow
 def test_h5_declaring_a_huge_tensor_is_refused_with_little_memory(tmp_path):
   def huge(f):  # 10 GB declared, nothing stored: HDF5 fills unwritten chunks on read
     f.create_dataset(
@@ -243,6 +245,7 @@ def test_h5_declaring_a_huge_tensor_is_refused_with_little_memory(tmp_path):
   _assert_refused_in_small_process(path, "declares")
 
 
+@pytest.mark.slow
 def test_config_that_builds_huge_weights_is_refused_with_little_memory(tmp_path):
   # 5408 x 10^6 float32 kernel: 21 GB from a config edit, no weights in the file back it.
   path = _h5_file(
@@ -251,6 +254,7 @@ def test_config_that_builds_huge_weights_is_refused_with_little_memory(tmp_path)
   _assert_refused_in_small_process(path, "more than the file stores")
 
 
+@pytest.mark.slow
 def test_keras_archive_bomb_and_extra_members_are_refused(tmp_path):
   clean = tmp_path / "clean.keras"
   _tiny_model().save(str(clean))
@@ -292,6 +296,7 @@ def _assert_refused_in_small_process(path, message):
   assert peak_kb < 1024 * 1024, f"peak memory {peak_kb / 1024:.0f} MiB: {result.stdout}"
 
 
+@pytest.mark.slow
 def test_h5_names_pointing_many_times_at_one_large_string_are_refused(tmp_path):
   # Every element of a variable-length string attribute points at the same 10 MiB string:
   # 250 x 10 MiB when read, from a 10 MiB file.
@@ -316,6 +321,7 @@ def test_h5_names_pointing_many_times_at_one_large_string_are_refused(tmp_path):
   _assert_refused_in_small_process(path, "attributes take more than")
 
 
+@pytest.mark.slow
 def test_config_shapes_that_build_huge_arrays_are_refused(tmp_path):
   # Normalization builds numpy arrays of its input's shape, outside any variable.
   def huge_input(config):
@@ -484,6 +490,7 @@ def test_functions_hidden_behind_the_savers_node_are_still_checked(tmp_path):
   assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_oversized_graph_is_refused(tmp_path):
   path = _module_saved_model(tmp_path, "bloated", _features)
   _edit_saved_model(
@@ -538,6 +545,7 @@ def test_saved_model_with_a_symlink_inside_is_refused(tmp_path):
   _refused(path, "link or special file")
 
 
+@pytest.mark.slow
 def test_saved_model_constant_bomb_is_refused(tmp_path):
   path = _module_saved_model(
     tmp_path, "const", lambda x: _features(x) + tf.reduce_sum(tf.constant(0.5, shape=[2, 2]))
@@ -655,6 +663,7 @@ def _mutate(config, rng, module):
       node["registered_name"] = rng.choice(_REGISTERED)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
 def test_fuzzed_configs_load_built_ins_or_are_refused(tmp_path, monkeypatch, fmt):
   module, marker = _payload_module(tmp_path, monkeypatch)

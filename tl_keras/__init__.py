@@ -1,3 +1,21 @@
-"""tl_keras: source-to-target transfer learning with TensorFlow and tf_keras."""
+"""tl_keras: source-to-target transfer learning with TensorFlow and tf_keras.
+
+The Python API (see `tl_keras.api`): `load_model`, `load_target`, `TransferClassifier`,
+`FitResult`, `transferability` and `LabeledData`. They are imported on first use, so that
+`import tl_keras` stays fast and imports no TensorFlow.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
+
+_API = ("load_model", "load_target", "TransferClassifier", "FitResult", "transferability")
+__all__ = ["__version__", "LabeledData", *_API]
+
+
+def __getattr__(name: str):
+  if name in _API:
+    return getattr(importlib.import_module("tl_keras.api"), name)
+  if name == "LabeledData":
+    return importlib.import_module("tl_keras.datasets").LabeledData
+  raise AttributeError(f"module 'tl_keras' has no attribute {name!r}")

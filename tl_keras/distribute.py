@@ -1,6 +1,7 @@
 """The one place that decides how training is distributed over devices and machines."""
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -47,8 +48,17 @@ def get_distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
   if name == "one_device":
     return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
   # mirrored: all GPUs, else every logical CPU device.
-  devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
-  return tf.distribute.MirroredStrategy(devices)
+  devices = None if gpus else tuple(d.name for d in tf.config.list_logical_devices("CPU"))
+  return _mirrored(devices)
+
+
+@functools.cache
+def _mirrored(devices: tuple[str, ...] | None) -> tf.distribute.MirroredStrategy:
+  """One MirroredStrategy per device set and process: each new one numbers its collective
+  ops from the same start over the same devices, and TF then matches one run's all-reduce
+  with another's (seen here: "Shape mismatch in the collective instance 100" when a second
+  strategy trained other weights first)."""
+  return tf.distribute.MirroredStrategy(list(devices) if devices else None)
 
 
 def check_devices(runtime: settings.RuntimeSettings) -> None:

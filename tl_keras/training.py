@@ -1,14 +1,22 @@
-"""Training shared by the pretrain and finetune stages: phases, fit and evaluation."""
+"""The training engine shared by the stages and the API: phases, fit, evaluation, and a typed
+result. It prints nothing (messages go to a `log` callable) and leaves no global state behind.
+"""
 
+import contextlib
 import dataclasses
 import os
+import random
 import sys
 import time
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import context as tf_context
+from tensorflow.python.framework import config as tf_config
 
 from tl_keras import artifacts
 from tl_keras import distribute
@@ -32,6 +40,34 @@ def tensorboard_dir(output_dir: str, stage: str) -> str:
   return os.path.join(output_dir, artifacts.LOGS_DIR, stage)
 
 
+@contextlib.contextmanager
+def global_state(
+  seed: int | None = None, deterministic: bool = False, mixed_precision: bool = False
+) -> Iterator[None]:
+  """Seeds Python, NumPy and TensorFlow, and turns on op determinism and the mixed_float16
+  policy as asked, for the block only: all of it is as it was before when the block ends."""
+  python_state, numpy_state = random.getstate(), np.random.get_state()
+  tf_seed = tf_context.global_seed()
+  was_deterministic = tf_config.is_op_determinism_enabled()
+  policy = keras.mixed_precision.global_policy()
+  try:
+    if seed is not None:
+      keras.utils.set_random_seed(seed)
+    if deterministic:
+      tf.config.experimental.enable_op_determinism()
+    if mixed_precision:
+      # Float16 compute on GPUs; models.py keeps every classifier layer in float32.
+      keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+  finally:
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+    tf.random.set_seed(tf_seed)
+    if not was_deterministic:
+      tf_config.disable_op_determinism()
+    keras.mixed_precision.set_global_policy(policy)
+
+
 @dataclasses.dataclass
 class Phase:
   """One part of a training schedule: which layers train, for how many epochs, at what rate."""
@@ -42,6 +78,42 @@ class Phase:
   trainable: Sequence[str] | None = None  # layer names; None: as the model was built
 
 
+@dataclasses.dataclass
+class FitResult:
+  """What a training run did; its fields are the metrics keys every training stage writes."""
+
+  test_accuracy: float | None  # None: the data had no test split
+  train_seconds: float
+  train_images_per_second: float | None
+  epochs: int
+  # Epochs done by an interrupted run before this one; `history` and the timings cover the
+  # epochs after it only.
+  resumed_from_epoch: int
+  phases: list[dict[str, Any]]  # name, epochs_run, learning_rate, trainable_layers, best_epoch
+  num_train: int
+  num_validation: int
+  num_test: int
+  classes: list[str]
+  history: dict[str, list[float]]  # per epoch: loss, accuracy (val_loss, val_accuracy)
+  optimizer: str
+  learning_rate: float
+  batch_size: int
+  per_replica_batch_size: float
+  augment: bool
+  validation_split: float
+  mixed_precision: bool
+  jit_compile: bool
+  seed: int
+  deterministic: bool
+  strategy: str
+  num_replicas: int
+  weights_sha256: str
+
+  def as_metrics(self) -> dict[str, Any]:
+    """The fields as the metrics dict the stages write to their JSON files."""
+    return dataclasses.asdict(self)
+
+
 def fit_and_evaluate(
   build_model: Callable[[], keras.Model],
   dataset: LabeledData,
@@ -49,7 +121,9 @@ def fit_and_evaluate(
   strategy: tf.distribute.Strategy,
   stage: str | None = None,
   phases: Sequence[Phase] | None = None,
-) -> tuple[keras.Model, dict[str, Any]]:
+  log: Callable[[str], None] | None = None,
+  verbose: int = 0,
+) -> tuple[keras.Model, FitResult]:
   """Builds the model inside `strategy`'s scope, trains it phase by phase, evaluates on test.
 
   `phases` default to one phase of `config.epochs` at `config.train.learning_rate`; each
@@ -61,14 +135,19 @@ def fit_and_evaluate(
   `backup_dir(config.paths.output_dir, stage)` (STAGE_PHASE for all but the last phase) and,
   with `config.runtime.resume`, a run killed before it finished resumes from its last
   finished epoch.
-  Returns the trained model and the metrics shared by all training stages.
+  Seeds, op determinism and the precision policy are set from `config.runtime` for the run
+  only. Messages (the chief's) go to `log`, and Keras shows progress at `verbose` (see
+  `progress_verbosity`). Returns the trained model and a `FitResult`.
   """
   phases = phases or [Phase(stage or "train", config.epochs, config.train.learning_rate)]
-  if config.runtime.deterministic:
-    # Process-wide, and TF has no public call to turn it off again.
-    tf.config.experimental.enable_op_determinism()
-  keras.utils.set_random_seed(config.runtime.seed)
+  runtime = config.runtime
+  with global_state(runtime.seed, runtime.deterministic, runtime.mixed_precision):
+    return _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log, verbose)
+
+
+def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log, verbose):
   chief = distribute.is_chief(strategy)
+  say = log if log and chief else lambda message: None
   backups = []
   if stage:
     # Before building the model: creating its variables syncs the workers, so none restores
@@ -78,9 +157,6 @@ def fit_and_evaluate(
         config.paths.output_dir, stage if index == len(phases) - 1 else f"{stage}_{phase.name}"
       )
       backups.append((path, resume.prepare_backup(config, path, chief)))
-  if config.runtime.mixed_precision:
-    # Float16 compute on GPUs; models.py keeps every classifier layer in float32.
-    keras.mixed_precision.set_global_policy("mixed_float16")
   with strategy.scope():
     model = build_model()
   input_shape = model.input_shape[1:]
@@ -96,10 +172,7 @@ def fit_and_evaluate(
     if backups:
       backup_path, recorded_settings = backups[index]
       if config.runtime.resume and any(resume.has_backup(path) for path, _ in backups[index + 1 :]):
-        if chief:
-          print(
-            f"{phase.name} finished before the interruption; resuming a later phase", flush=True
-          )
+        say(f"{phase.name} finished before the interruption; resuming a later phase")
         resumed_from_epoch += phase.epochs
         continue
       tracker = resume.BackupTracker(backup_path, recorded_settings, phase.epochs, chief)
@@ -122,19 +195,18 @@ def fit_and_evaluate(
         models.make_optimizer(config.train.optimizer, phase.learning_rate),
         jit_compile=config.runtime.jit_compile,
       )
-    if len(phases) > 1 and chief:
-      print(
+    if len(phases) > 1:
+      say(
         f"{phase.name}: training {', '.join(models.trainable_layer_names(model))} for "
         f"{phase.epochs} epoch(s) at learning rate "
-        f"{models.learning_rate_for(config.train.optimizer, phase.learning_rate):g}",
-        flush=True,
+        f"{models.learning_rate_for(config.train.optimizer, phase.learning_rate):g}"
       )
     start = time.perf_counter()
     phase_history = model.fit(
       train,
       epochs=phase.epochs,
       validation_data=validation,
-      verbose=progress_verbosity(),
+      verbose=verbose,
       callbacks=callbacks,
     )
     train_seconds += time.perf_counter() - start
@@ -155,38 +227,37 @@ def fit_and_evaluate(
     for name, values in phase_history.history.items():
       history.setdefault(name, []).extend(round(float(v), 5) for v in values)
 
-  _, test_accuracy = model.evaluate(test, verbose=0)
+  # Data without a test split (the Python API's arrays) is evaluated by the caller.
+  test_accuracy = float(model.evaluate(test, verbose=0)[1]) if len(dataset.x_test) else None
   epochs_run = sum(record["epochs_run"] for record in phase_records)
-  return model, {
-    "test_accuracy": float(test_accuracy),
-    "train_seconds": round(train_seconds, 2),
-    "train_images_per_second": round(epochs_run * num_train / train_seconds, 1)
+  return model, FitResult(
+    test_accuracy=test_accuracy,
+    train_seconds=round(train_seconds, 2),
+    train_images_per_second=round(epochs_run * num_train / train_seconds, 1)
     if train_seconds
     else None,
-    "epochs": sum(phase.epochs for phase in phases),
-    # Epochs done by an interrupted run before this one; `history` and the timings cover the
-    # epochs after it only.
-    "resumed_from_epoch": resumed_from_epoch,
-    "phases": phase_records,
-    "num_train": num_train,
-    "num_validation": len(dataset.x_train) - num_train,
-    "num_test": int(len(dataset.x_test)),
-    "classes": dataset.class_names,
-    "history": history,
-    "optimizer": config.train.optimizer,
-    "learning_rate": float(model.optimizer.learning_rate.numpy()),
-    "batch_size": batch_size,
-    "per_replica_batch_size": batch_size / strategy.num_replicas_in_sync,
-    "augment": config.train.augment,
-    "validation_split": config.train.validation_split,
-    "mixed_precision": config.runtime.mixed_precision,
-    "jit_compile": config.runtime.jit_compile,
-    "seed": config.runtime.seed,
-    "deterministic": config.runtime.deterministic,
-    "strategy": distribute.strategy_name(strategy),
-    "num_replicas": strategy.num_replicas_in_sync,
-    "weights_sha256": models.weights_fingerprint(model),
-  }
+    epochs=sum(phase.epochs for phase in phases),
+    resumed_from_epoch=resumed_from_epoch,
+    phases=phase_records,
+    num_train=num_train,
+    num_validation=len(dataset.x_train) - num_train,
+    num_test=int(len(dataset.x_test)),
+    classes=list(dataset.class_names),
+    history=history,
+    optimizer=config.train.optimizer,
+    learning_rate=float(model.optimizer.learning_rate.numpy()),
+    batch_size=batch_size,
+    per_replica_batch_size=batch_size / strategy.num_replicas_in_sync,
+    augment=config.train.augment,
+    validation_split=config.train.validation_split,
+    mixed_precision=config.runtime.mixed_precision,
+    jit_compile=config.runtime.jit_compile,
+    seed=config.runtime.seed,
+    deterministic=config.runtime.deterministic,
+    strategy=distribute.strategy_name(strategy),
+    num_replicas=strategy.num_replicas_in_sync,
+    weights_sha256=models.weights_fingerprint(model),
+  )
 
 
 def training_split(dataset: LabeledData, config: settings.TrainingConfig):

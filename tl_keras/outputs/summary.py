@@ -21,6 +21,11 @@ def write_metrics(
   return report.update_report(os.path.dirname(path)) if chief else None
 
 
+def say(message: str) -> None:
+  """Prints a progress message at once (the stages' `log`)."""
+  print(message, flush=True)
+
+
 def print_summary(
   stage: str,
   metrics: dict[str, Any],

@@ -4,10 +4,9 @@ import os
 import time
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
-import tl_keras
+from tl_keras import api
 from tl_keras import artifacts
 from tl_keras import distribute
 from tl_keras import limits
@@ -16,7 +15,6 @@ from tl_keras import models
 from tl_keras import settings
 from tl_keras import targets
 from tl_keras import training
-from tl_keras import transferability
 from tl_keras.datasets import LabeledData
 from tl_keras.errors import warn
 from tl_keras.outputs import files
@@ -38,34 +36,35 @@ def run(
   strategy = strategy_override or distribute.get_distribution_strategy(config.runtime.strategy)
   output_dir = files.prepare_output_dir(config.paths.output_dir)
   source_metadata = model_io.read_metadata(config.load.model)
-  # Loaded here, outside the strategy's scope, only to read its input and layers.
+  # Loaded outside the strategy's scope: the classifier is rebuilt inside it for training.
   source = _load_source(config)
   input_shape = models.image_input_shape(source, config.load.model)
   target = datasets_override or targets.prepare_target(
     config.target, input_shape, config.paths.data_dir, config.runtime.seed
   )
   unfreeze = config.finetune.unfreeze
-
-  template = models.build_target_model(source, target.num_classes, unfreeze, config.head)
-  classifier_weights = (
-    _probe_classifier_weights(config, template, target, strategy)
-    if config.head.head_init == "probe"
-    else None
+  clf = api.TransferClassifier.from_source(
+    source,
+    target.class_names,
+    unfreeze=unfreeze,
+    seed=config.runtime.seed,
+    features_layer=config.head.features_layer,
+    head_units=config.head.head_units,
+    head_dropout=config.head.head_dropout,
+    head_l2=config.head.head_l2,
+    allow_unsafe=config.load.allow_unsafe_deserialization,
+    max_model_mb=config.load.max_model_mb,
+    source_path=config.load.model,
   )
-
-  def build_model():
-    source = _load_source(config)
-    if config.runtime.mixed_precision:
-      source = models.with_global_dtype_policy(source)
-    model = models.build_target_model(source, target.num_classes, unfreeze, config.head)
-    if classifier_weights:
-      model.get_layer(models.TARGET_CLASSIFIER).set_weights(classifier_weights)
-    return model
-
-  phases = _phases(config, template)
-  model, metrics = training.fit_and_evaluate(
-    build_model, target, config, strategy, stage="finetune", phases=phases
+  result = clf.fit_config(
+    target,
+    config,
+    strategy,
+    stage="finetune",
+    log=summary.say,
+    verbose=training.progress_verbosity(),
   )
+  model, metrics = clf.model, result.as_metrics()
   metrics.update(
     {
       "source_model": config.load.model,
@@ -78,21 +77,11 @@ def run(
       "trainable_layers": models.trainable_layer_names(model),
     }
   )
-  metadata = {
-    **target.metadata(),
-    "stage": "finetune",
-    "source_class_names": source_metadata.get("class_names"),
-    "source_model": config.load.model,
-    "tl_keras_version": tl_keras.__version__,
-  }
   with distribute.worker_output_dir(strategy, output_dir) as save_dir:
     artifact_paths = {
-      "model": os.path.join(save_dir, artifacts.TARGET_MODEL),
-      "savedmodel": os.path.join(save_dir, artifacts.SAVED_MODEL_DIR),
+      **clf.export(save_dir, target.metadata()),
       "metrics": os.path.join(save_dir, artifacts.METRICS["finetune"]),
     }
-    model_io.save_h5(model, artifact_paths["model"], metadata)
-    model_io.export_saved_model(model, artifact_paths["savedmodel"], target.class_names, metadata)
     if config.finetune.compare_scratch:
       metrics.update(_compare_scratch(config, target, metrics, strategy))
     if distribute.is_chief(strategy):
@@ -118,42 +107,6 @@ def _load_source(config: settings.FinetuneConfig):
   )
 
 
-def _probe_classifier_weights(
-  config: settings.FinetuneConfig, template, target: LabeledData, strategy: tf.distribute.Strategy
-) -> list[np.ndarray]:
-  """Classifier weights from a linear probe on the frozen source features of the training
-  images, so finetuning starts from a good head and changes the features less (LP-FT: Kumar et
-  al., "Fine-Tuning can Distort Pretrained Features", ICLR 2022)."""
-  x_train, y_train, _ = training.training_split(target, config)
-  if distribute.is_chief(strategy):
-    print(
-      f"head_init: fitting a linear probe on the features of {len(x_train)} training images",
-      flush=True,
-    )
-  features = transferability.features_of(template, x_train)
-  kernel, bias = transferability.fit_linear_probe(features, y_train, target.num_classes)
-  return [kernel.astype(np.float32), bias.astype(np.float32)]
-
-
-def _phases(config: settings.FinetuneConfig, target_model) -> list[training.Phase]:
-  """One phase, or with warmup epochs: the head alone, then the unfrozen layers at a lower rate."""
-  if not config.finetune.warmup_epochs:
-    return [training.Phase("finetune", config.epochs, config.train.learning_rate)]
-  warmup_rate = models.learning_rate_for(config.train.optimizer, config.train.learning_rate)
-  finetune_rate = config.finetune.finetune_learning_rate or warmup_rate / 10
-  return [
-    training.Phase(
-      "warmup",
-      config.finetune.warmup_epochs,
-      warmup_rate,
-      trainable=models.head_layer_names(target_model),
-    ),
-    training.Phase(
-      "finetune", config.epochs, finetune_rate, trainable=models.trainable_layer_names(target_model)
-    ),
-  ]
-
-
 def _compare_scratch(
   config: settings.FinetuneConfig,
   target: LabeledData,
@@ -170,7 +123,7 @@ def _compare_scratch(
     )
 
   if distribute.is_chief(strategy):
-    print("compare_scratch: training the same model from random weights", flush=True)
+    summary.say("compare_scratch: training the same model from random weights")
   _, scratch = training.fit_and_evaluate(
     build_scratch_model,
     target,
@@ -178,11 +131,13 @@ def _compare_scratch(
     strategy,
     stage="finetune_scratch",
     phases=[training.Phase("scratch", metrics["epochs"], config.train.learning_rate)],
+    log=summary.say,
+    verbose=training.progress_verbosity(),
   )
   return {
-    "scratch_test_accuracy": scratch["test_accuracy"],
-    "transfer_gain": metrics["test_accuracy"] - scratch["test_accuracy"],
-    "scratch_history": scratch["history"],
+    "scratch_test_accuracy": scratch.test_accuracy,
+    "transfer_gain": metrics["test_accuracy"] - scratch.test_accuracy,
+    "scratch_history": scratch.history,
   }
 
 

@@ -40,13 +40,16 @@ def run(
   output_dir = files.prepare_output_dir(config.paths.output_dir)
   dataset = datasets_override or mnist.mnist_subset(classes, config.paths.data_dir)
 
-  model, metrics = training.fit_and_evaluate(
+  model, result = training.fit_and_evaluate(
     lambda: models.build_source_model(MNIST_INPUT_SHAPE, dataset.num_classes, conv_filters),
     dataset,
     config,
     strategy,
     stage="pretrain",
+    log=summary.say,
+    verbose=training.progress_verbosity(),
   )
+  metrics = result.as_metrics()
   metrics["conv_filters"] = list(conv_filters)
 
   metadata = {

@@ -3,7 +3,7 @@
 Measures how well the source knowledge fits the target: where target class names are among
 the source's, predictions are matched by name (`test_accuracy`); always, the confidence,
 which source class each target class is taken for, and how well the source's features
-suit the target classes (`linear_probe_accuracy`, `logme`; see `transferability`).
+suit the target classes (`linear_probe_accuracy`, `logme`; see `tl_keras.transferability`).
 """
 
 import csv
@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from tl_keras import api
 from tl_keras import artifacts
 from tl_keras import limits
 from tl_keras import loading
 from tl_keras import models
 from tl_keras import settings
 from tl_keras import targets
-from tl_keras import transferability
 from tl_keras.datasets import LabeledData
 from tl_keras.outputs import files
 from tl_keras.outputs import model_io
@@ -72,16 +72,9 @@ def run(
     for index, (name, score, truth) in enumerate(zip(predicted_names, confidence, true_names)):
       writer.writerow([index, csv_cell(name), f"{score:.6f}", csv_cell(truth)])
 
-  train_features = transferability.features_of(model, target.x_train, config.features_layer)
   metrics = {
     "test_accuracy": test_accuracy,
-    "linear_probe_accuracy": transferability.linear_probe_accuracy(
-      train_features,
-      target.y_train,
-      transferability.features_of(model, target.x_test, config.features_layer),
-      target.y_test,
-    ),
-    "logme": transferability.logme(train_features, target.y_train),
+    **api.transferability(model, target, config.features_layer),
     "num_matched_by_name": int(matched.sum()),
     "mean_confidence": float(confidence.mean()),
     "images_per_second": round(len(target.x_test) / predict_seconds, 1),

@@ -3,8 +3,8 @@
 import numpy as np
 
 from tl_keras import models
+from tl_keras import probes
 from tl_keras import settings
-from tl_keras import transferability
 from tl_keras.keras_api import keras
 from tl_keras.outputs import model_io
 from tl_keras.stages import transfer
@@ -23,7 +23,7 @@ def _blobs(informative, seed=0, n=300, d=16):
 def test_logme_prefers_informative_features():
   informative, labels = _blobs(True)
   noise, _ = _blobs(False)
-  assert transferability.logme(informative, labels) > transferability.logme(noise, labels) + 0.1
+  assert probes.logme(informative, labels) > probes.logme(noise, labels) + 0.1
 
 
 def _log_evidence(features, y, alpha, beta):
@@ -47,7 +47,7 @@ def test_logme_is_the_maximum_evidence_of_the_bayesian_linear_model():
       for k in range(3)
     ]
   )
-  value = transferability.logme(features, labels)
+  value = probes.logme(features, labels)
   # The fixed point maximises the evidence: at least the grid's best, and not far above it.
   assert best - 1e-6 <= value < best + 0.01
 
@@ -55,18 +55,18 @@ def test_logme_is_the_maximum_evidence_of_the_bayesian_linear_model():
 def test_linear_probe_separates_informative_features_only():
   train, train_labels = _blobs(True, seed=0)
   test, test_labels = _blobs(True, seed=1)
-  assert transferability.linear_probe_accuracy(train, train_labels, test, test_labels) > 0.9
+  assert probes.linear_probe_accuracy(train, train_labels, test, test_labels) > 0.9
   noise, _ = _blobs(False, seed=2)
   noise_test, _ = _blobs(False, seed=3)
   assert (
-    transferability.linear_probe_accuracy(noise, train_labels, noise_test, test_labels) < 0.6
+    probes.linear_probe_accuracy(noise, train_labels, noise_test, test_labels) < 0.6
   )  # chance is 1/3
 
 
 def test_linear_probe_weights_apply_to_the_raw_features():
   train, labels = _blobs(True, seed=0)
   train = train * 50 + 7  # far from standardised
-  kernel, bias = transferability.fit_linear_probe(train, labels, 3)
+  kernel, bias = probes.fit_linear_probe(train, labels, 3)
   assert kernel.shape == (16, 3) and bias.shape == (3,)
   assert (np.argmax(train @ kernel + bias, axis=1) == labels).mean() > 0.95
 

@@ -1,0 +1,388 @@
+"""The Python API: load a source model and a target, fine-tune, evaluate, predict, export.
+
+    import tl_keras
+    source = tl_keras.load_model("saved_models/source_model.h5")
+    data = tl_keras.load_target("mnist:5-9", input_shape=source.input_shape[1:])
+    clf = tl_keras.TransferClassifier.from_source(source, class_names=data.class_names)
+    result = clf.fit(data, epochs=4)
+    clf.evaluate(data)            # {"accuracy": ..., "loss": ...} on the test split
+    clf.predict(raw_uint8_images) # probabilities; preprocessing included
+    clf.export("out/")            # target_model.h5 with metadata + target_savedmodel/
+
+`TransferClassifier` follows keras-hub's task models (a backbone and a head, built from
+constructor arguments, `compile()` with defaults) and Model Maker's image classifier
+(create, evaluate, export). Training runs under the strategy given to `fit` and leaves no
+global state behind. The finetune stage is this class plus files and a report.
+"""
+
+import os
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+import tl_keras
+from tl_keras import artifacts
+from tl_keras import distribute
+from tl_keras import limits
+from tl_keras import loading
+from tl_keras import models
+from tl_keras import probes
+from tl_keras import settings
+from tl_keras import targets
+from tl_keras import training
+from tl_keras.datasets import LabeledData
+from tl_keras.errors import UserError
+from tl_keras.keras_api import keras
+from tl_keras.outputs import files
+from tl_keras.outputs import model_io
+from tl_keras.training import FitResult
+
+Images = np.ndarray | tf.Tensor
+Data = LabeledData | tuple[Images, np.ndarray] | tf.data.Dataset
+__all__ = [
+  "Data",
+  "FitResult",
+  "LabeledData",
+  "TransferClassifier",
+  "load_model",
+  "load_target",
+  "transferability",
+]
+
+
+def load_model(
+  source: str, allow_unsafe: bool = False, max_model_mb: int = limits.MAX_MODEL_BYTES // limits.MIB
+) -> keras.Model:
+  """Loads an .h5 or .keras file, a SavedModel folder or a TF Hub handle, refusing files that
+  would run code, touch other files or allocate beyond `max_model_mb` (see `tl_keras.loading`)."""
+  return loading.load_model(source, allow_unsafe, max_model_mb * limits.MIB)
+
+
+def load_target(
+  spec: str,
+  input_shape: Sequence[int] | None = None,
+  *,
+  data_dir: str | None = None,
+  fit: str = "resize",
+  test_split: float = 0.2,
+  train_per_class: int | None = None,
+  seed: int = 42,
+) -> LabeledData:
+  """A target from 'mnist:CLASSES', 'npz:PATH' or 'dir:PATH', fitted to a model's
+  `input_shape` (needed for 'dir:'), with `train_per_class` seeded training images per class."""
+  options = settings.TargetSettings(
+    target=spec, target_fit=fit, test_split=test_split, train_per_class=train_per_class
+  )
+  settings.validate(options)
+  if input_shape is None:
+    target = targets.load_target(spec, data_dir, None, fit, test_split, seed)
+    if train_per_class is not None:
+      target = targets.subset_per_class(target, train_per_class, seed)
+    targets.check_target(target)
+    return target
+  return targets.prepare_target(options, tuple(input_shape), data_dir, seed)
+
+
+def transferability(
+  source: str | keras.Model, data: LabeledData, features_layer: str | None = None
+) -> dict[str, float]:
+  """How well a source model's frozen features suit the target before any training:
+  `linear_probe_accuracy` (on the test split) and `logme` (on the training split)."""
+  model = load_model(source) if isinstance(source, str) else source
+  train = probes.features_of(model, data.x_train, features_layer)
+  test = probes.features_of(model, data.x_test, features_layer)
+  return {
+    "linear_probe_accuracy": probes.linear_probe_accuracy(train, data.y_train, test, data.y_test),
+    "logme": probes.logme(train, data.y_train),
+  }
+
+
+class TransferClassifier:
+  """An image classifier on a source model's features: a new softmax head for the target's
+  classes, with the chosen source layers unfrozen.
+
+  Build one with `from_source`; `compile` sets the optimizer (Adam at 1e-3 unless told), `fit`
+  trains, `evaluate`, `predict` and `export` use the result. `model` is the Keras model.
+  """
+
+  def __init__(
+    self,
+    model: keras.Model,
+    class_names: Sequence[str],
+    *,
+    source: str | None = None,
+    source_class_names: Sequence[str] | None = None,
+  ):
+    if model.output_shape[-1] != len(class_names):
+      raise UserError(
+        f"the model has {model.output_shape[-1]} outputs but {len(class_names)} class names "
+        "were given"
+      )
+    self.model = model
+    self.class_names = [str(name) for name in class_names]
+    self.source = source
+    self.source_class_names = list(source_class_names) if source_class_names else None
+    self._fresh_model: Callable[[], keras.Model] | None = None  # see from_source
+    self.compile()
+
+  @classmethod
+  def from_source(
+    cls,
+    source: str | keras.Model,
+    class_names: Sequence[str],
+    *,
+    unfreeze: str = "all",
+    features_layer: str | None = None,
+    head_units: int = 0,
+    head_dropout: float = 0.0,
+    head_l2: float = 0.0,
+    seed: int = 42,
+    allow_unsafe: bool = False,
+    max_model_mb: int = limits.MAX_MODEL_BYTES // limits.MIB,
+    source_path: str | None = None,
+  ) -> "TransferClassifier":
+    """A classifier for `class_names` on `source` (a Keras model, or a path or handle loaded
+    safely): the source classifier is removed and a new head, initialised from `seed`, sits on
+    its penultimate features (or `features_layer`'s output). `unfreeze`: 'none', 'all',
+    'last:N' or layer names.
+
+    The first `fit` trains a fresh copy of the source (re-read from its path, or
+    `source_path` for a model loaded already), so that `fit(seed=...)` alone decides its
+    random draws and the source model object is never changed."""
+    head = settings.HeadSettings(
+      features_layer=features_layer,
+      head_units=head_units,
+      head_dropout=head_dropout,
+      head_l2=head_l2,
+    )
+    settings.validate(head)
+    path = source if isinstance(source, str) else source_path
+    source_model = load_model(source, allow_unsafe, max_model_mb) if path is source else source
+    models.image_input_shape(source_model, path or source_model.name)
+    with training.global_state(seed):
+      model = models.build_target_model(source_model, len(class_names), unfreeze, head)
+
+    def fresh_model() -> keras.Model:
+      if path:
+        copy = load_model(path, allow_unsafe, max_model_mb)
+        if keras.mixed_precision.global_policy().name != "float32":
+          copy = models.with_global_dtype_policy(copy)
+      else:
+        copy = models.with_global_dtype_policy(source_model)
+      return models.build_target_model(copy, len(class_names), unfreeze, head)
+
+    classifier = cls(
+      model,
+      class_names,
+      source=path,
+      source_class_names=model_io.read_metadata(path).get("class_names") if path else None,
+    )
+    classifier._fresh_model = fresh_model
+    return classifier
+
+  @property
+  def input_shape(self) -> tuple[int, int, int]:
+    return tuple(self.model.input_shape[1:])
+
+  def compile(
+    self, optimizer: str = "adam", learning_rate: float | None = None, jit_compile: bool = False
+  ) -> None:
+    """Sets how `fit` trains: 'adam' (default rate 1e-3) or 'adadelta' (1.0)."""
+    chosen = {"optimizer": optimizer, "learning_rate": learning_rate, "jit_compile": jit_compile}
+    settings.validate(settings.make(settings.FinetuneConfig, **chosen))
+    self._train_settings = chosen
+
+  def fit(
+    self,
+    data: Data,
+    epochs: int = 4,
+    *,
+    batch_size: int = 128,
+    validation_split: float = 0.0,
+    patience: int = 3,
+    augment: bool = False,
+    warmup_epochs: int = 0,
+    finetune_learning_rate: float | None = None,
+    head_init: str = "random",
+    seed: int = 42,
+    deterministic: bool = True,
+    mixed_precision: bool = False,
+    strategy: tf.distribute.Strategy | None = None,
+    verbose: int | None = None,
+  ) -> FitResult:
+    """Trains on `data`: a LabeledData (its training split), `(images, labels)` arrays, or a
+    tf.data.Dataset of `(images, labels)` batches. Images are raw (uint8 0-255 or float 0-1,
+    any size; fitted to the model's input); labels are 0..k-1 in `class_names` order.
+
+    With `warmup_epochs`, only the head trains first, then the unfrozen layers join it at
+    `finetune_learning_rate` (a tenth of the rate by default) for `epochs` more.
+    `head_init='probe'` starts the head from a linear probe on the frozen features.
+    `validation_split` holds out that part of each class and keeps the best epoch. Under
+    `strategy` (default: the current one) the model is rebuilt in its scope, same weights.
+    `verbose`: Keras's progress output (default: a progress bar on a terminal, a line per
+    epoch otherwise; 0 for none).
+    """
+    config = settings.make(
+      settings.FinetuneConfig,
+      **self._train_settings,
+      epochs=epochs,
+      batch_size=batch_size,
+      validation_split=validation_split,
+      patience=patience,
+      augment=augment,
+      warmup_epochs=warmup_epochs,
+      finetune_learning_rate=finetune_learning_rate,
+      head_init=head_init,
+      seed=seed,
+      deterministic=deterministic,
+      mixed_precision=mixed_precision,
+    )
+    settings.validate(config)
+    if verbose is None:
+      verbose = training.progress_verbosity()
+    return self.fit_config(self._labeled(data), config, strategy, verbose=verbose)
+
+  def fit_config(
+    self,
+    data: LabeledData,
+    config: settings.FinetuneConfig,
+    strategy: tf.distribute.Strategy | None = None,
+    stage: str | None = None,
+    log: Callable[[str], None] | None = None,
+    verbose: int = 0,
+  ) -> FitResult:
+    """`fit` with every training setting of a finetune config (its `train`, `runtime`,
+    `finetune` and `head.head_init` groups). With a `stage` name, each epoch is backed up for
+    `--resume` under `config.paths.output_dir`; messages go to `log`."""
+    current = tf.distribute.get_strategy()
+    strategy = strategy or current
+    template, fresh_model = self.model, self._fresh_model
+    classifier_weights = None
+    if config.head.head_init == "probe":
+      x_train, y_train, _ = training.training_split(data, config)
+      if log and distribute.is_chief(strategy):
+        log(f"head_init: fitting a linear probe on the features of {len(x_train)} training images")
+      classifier_weights = probe_classifier_weights(template, x_train, y_train)
+      template.get_layer(models.TARGET_CLASSIFIER).set_weights(classifier_weights)
+
+    def build_model():  # runs in `strategy`'s scope, under the run's seed and precision policy
+      if fresh_model:
+        model = fresh_model()
+        if classifier_weights:
+          model.get_layer(models.TARGET_CLASSIFIER).set_weights(classifier_weights)
+        return model
+      if strategy is current and not config.runtime.mixed_precision:
+        return template
+      return models.with_global_dtype_policy(template)
+
+    self.model, result = training.fit_and_evaluate(
+      build_model, data, config, strategy, stage, schedule(config, template), log, verbose
+    )
+    self._fresh_model = None
+    return result
+
+  def evaluate(self, data: Data, batch_size: int = 1024) -> dict[str, float]:
+    """Accuracy and mean cross-entropy loss on the test split of a LabeledData, or on
+    `(images, labels)` arrays or a dataset of batches."""
+    if isinstance(data, LabeledData):
+      images, labels = data.x_test, data.y_test
+    else:
+      images, labels = _arrays(data)
+    probabilities = self.predict(images, batch_size)
+    picked = probabilities[np.arange(len(labels)), labels]
+    return {
+      "accuracy": float((probabilities.argmax(axis=1) == labels).mean()),
+      "loss": float(-np.log(np.clip(picked, 1e-7, 1.0)).mean()),
+    }
+
+  def predict(self, images: Images, batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities [N, k] for raw images (uint8 0-255 or float 0-1, [N,H,W] or
+    [N,H,W,C], any size: preprocessed as in training and serving)."""
+    return models.predict(self.model, np.asarray(images), batch_size)
+
+  def export(self, output_dir: str, metadata: dict[str, Any] | None = None) -> dict[str, str]:
+    """Writes `target_model.h5` (class names in its metadata, plus `metadata`) and
+    `target_savedmodel/` (a serving signature on raw uint8 images) into `output_dir`;
+    returns their paths."""
+    files.prepare_output_dir(output_dir)
+    metadata = {
+      "class_names": self.class_names,
+      "label_map": {name: index for index, name in enumerate(self.class_names)},
+      **(metadata or {}),
+      "stage": "finetune",
+      "source_class_names": self.source_class_names,
+      "source_model": self.source,
+      "tl_keras_version": tl_keras.__version__,
+    }
+    paths = {
+      "model": os.path.join(output_dir, artifacts.TARGET_MODEL),
+      "savedmodel": os.path.join(output_dir, artifacts.SAVED_MODEL_DIR),
+    }
+    model_io.save_h5(self.model, paths["model"], metadata)
+    model_io.export_saved_model(self.model, paths["savedmodel"], self.class_names, metadata)
+    return paths
+
+  def _labeled(self, data: Data) -> LabeledData:
+    if isinstance(data, LabeledData):
+      dataset = data
+    else:
+      images, labels = _arrays(data)
+      dataset = LabeledData(images, labels, images[:0], labels[:0], self.class_names, "arrays")
+    if dataset.num_classes != len(self.class_names):
+      raise UserError(
+        f"the data has {dataset.num_classes} classes, the classifier {len(self.class_names)}"
+      )
+    return dataset
+
+
+def probe_classifier_weights(
+  model: keras.Model, images: np.ndarray, labels: np.ndarray
+) -> list[np.ndarray]:
+  """Weights for `model`'s new classifier from a linear probe on the frozen features of the
+  training images, so finetuning starts from a good head and changes the features less
+  (LP-FT: Kumar et al., "Fine-Tuning can Distort Pretrained Features", ICLR 2022)."""
+  features = probes.features_of(model, images)
+  kernel, bias = probes.fit_linear_probe(features, labels, model.output_shape[-1])
+  return [kernel.astype(np.float32), bias.astype(np.float32)]
+
+
+def schedule(config: settings.FinetuneConfig, model: keras.Model) -> list[training.Phase]:
+  """One phase, or with `config.finetune.warmup_epochs`: the head alone, then the unfrozen
+  layers with it at `finetune_learning_rate` (a tenth of the first rate by default)."""
+  if not config.finetune.warmup_epochs:
+    return [training.Phase("finetune", config.epochs, config.train.learning_rate)]
+  warmup_rate = models.learning_rate_for(config.train.optimizer, config.train.learning_rate)
+  finetune_rate = config.finetune.finetune_learning_rate or warmup_rate / 10
+  return [
+    training.Phase(
+      "warmup",
+      config.finetune.warmup_epochs,
+      warmup_rate,
+      trainable=models.head_layer_names(model),
+    ),
+    training.Phase(
+      "finetune", config.epochs, finetune_rate, trainable=models.trainable_layer_names(model)
+    ),
+  ]
+
+
+def _arrays(data: Data) -> tuple[np.ndarray, np.ndarray]:
+  """(images, labels) NumPy arrays of `(images, labels)` or a dataset of such batches."""
+  if isinstance(data, tf.data.Dataset):
+    batches = list(data.as_numpy_iterator())
+    if not batches:
+      raise UserError("the dataset is empty")
+    return (
+      np.concatenate([np.asarray(images) for images, _ in batches]),
+      np.concatenate([np.asarray(labels) for _, labels in batches]),
+    )
+  images, labels = data
+  images, labels = np.asarray(images), np.asarray(labels, np.int64)
+  if len(images) != len(labels) or not len(images):
+    raise UserError(
+      f"{len(images)} images and {len(labels)} labels: give as many of each, at least one"
+    )
+  return images, labels
