@@ -31,3 +31,6 @@ MAX_IMAGE_FILE_BYTES = 64 * MIB
 MAX_IMAGE_PIXELS = 40_000_000
 # The tl_keras metadata (class names etc.) of one model file or SavedModel folder.
 MAX_METADATA_BYTES = 16 * MIB
+# The fitted images of a dir: target kept in memory with --image_cache=auto; a larger folder
+# is streamed from its files (224x224 RGB: about 850 images).
+MAX_IMAGE_CACHE_BYTES = 512 * MIB

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras import settings
+from tl_keras.datasets.folders import ImageFiles
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 from tl_keras.preprocessing import preprocess_images
@@ -16,6 +17,8 @@ SOURCE_CLASSIFIER = "classifier"
 TARGET_CLASSIFIER = "target_classifier"
 FEATURE_PREFIX = "features_"
 HEAD_PREFIX = "target_head_"
+# Images per prediction batch read from files: bounded, so memory does not grow with the folder.
+_STREAMED_BATCH_BYTES = 64 << 20
 
 
 def build_source_model(
@@ -259,23 +262,30 @@ def image_input_shape(model: keras.Model, source: str) -> tuple[int, int, int]:
   return tuple(shape[1:])
 
 
-def predict(model: keras.Model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-  """The model's outputs for raw images (any form `preprocess_images` takes).
+def predict(
+  model: keras.Model, images: np.ndarray | ImageFiles, batch_size: int = 1024
+) -> np.ndarray:
+  """The model's outputs for raw images (any form `preprocess_images` takes, or `ImageFiles`).
 
   One traced function over large batches: 3.2x the throughput of `model.predict` on the
   same NumPy array in bench/ (2 CPU cores), which pays Keras's per-batch loop overhead.
+  `ImageFiles` are read batch by batch, at most `_STREAMED_BATCH_BYTES` of images at a time.
   """
   input_shape = model.input_shape[1:]
   forward = tf.function(
     lambda batch: model(preprocess_images(batch, input_shape), training=False),
     input_signature=[tf.TensorSpec([None, *images.shape[1:]], tf.as_dtype(images.dtype))],
   )
-  return np.concatenate(
-    [
+  if isinstance(images, ImageFiles):
+    per_image = max(1, images.nbytes // max(1, len(images)))
+    batches = images.dataset().batch(max(1, min(batch_size, _STREAMED_BATCH_BYTES // per_image)))
+    outputs = [forward(batch).numpy() for batch in batches.prefetch(1)]
+  else:
+    outputs = [
       forward(images[start : start + batch_size]).numpy()
       for start in range(0, len(images), batch_size)
     ]
-  )
+  return np.concatenate(outputs)
 
 
 def weights_fingerprint(model: keras.Model) -> str:

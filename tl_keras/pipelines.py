@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from tl_keras.datasets.folders import ImageFiles
 from tl_keras.keras_api import keras
 from tl_keras.preprocessing import preprocess_images
 
@@ -24,7 +25,7 @@ def augmentation(seed: int | None = None) -> keras.Sequential:
 
 
 def make_dataset(
-  x: np.ndarray,
+  x: np.ndarray | ImageFiles,
   y: np.ndarray,
   batch_size: int,
   input_shape: Sequence[int],
@@ -34,11 +35,15 @@ def make_dataset(
   """A batched tf.data pipeline of (preprocessed images, labels) for training and evaluation.
 
   Shuffles each epoch when `shuffle_seed` is given, and with `augment` applies
-  `augmentation()`; preprocessing runs per batch.
+  `augmentation()`; preprocessing runs per batch. `ImageFiles` are read from their files as
+  the batches are needed, in the same order an array of them would be.
   """
-  dataset = tf.data.Dataset.from_tensor_slices((x, y))
-  if shuffle_seed is not None:
-    dataset = dataset.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+  if isinstance(x, ImageFiles):
+    dataset = x.dataset(y, shuffle_seed)
+  else:
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle_seed is not None:
+      dataset = dataset.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
   augmenter = augmentation(shuffle_seed) if augment else None
 
   def prepare(images, labels):

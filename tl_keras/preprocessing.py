@@ -67,3 +67,16 @@ def fit_images(
       f"{input_shape[0]}x{input_shape[1]} with --target_fit={fit}; use "
       "--target_fit=resize"
     ) from e
+
+
+def decode_and_fit(contents, input_shape: Sequence[int], fit: str = "resize") -> tf.Tensor:
+  """One image file's bytes (PNG, JPEG, BMP or GIF: first frame) as float32 `input_shape` in
+  [0, 1], by `preprocess_images` (resizing to the size an image already has changes nothing).
+
+  Works eagerly and inside tf.data graphs; raises tf.errors.InvalidArgumentError for bytes
+  that do not decode, an empty image, or one that `fit='pad'` scales to nothing.
+  """
+  image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  tf.debugging.assert_positive(tf.size(image), message="empty image")
+  return preprocess_images(image[tf.newaxis], input_shape, fit)[0]

@@ -30,6 +30,7 @@ STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 # How images of another size reach the model's: stretched, or scaled into the box keeping the
 # aspect ratio, centred and padded with black (as MNIST centres its digits).
 FITS = ("resize", "pad")
+IMAGE_CACHES = ("auto", "memory", "none")
 HEAD_INITS = ("random", "probe")
 DEFAULT_CONV_FILTERS = (16, 32)
 
@@ -201,6 +202,14 @@ class TargetSettings:
     "input: resize (stretch) or pad (keep the aspect ratio, centre, pad "
     "with black).",
     choices=FITS,
+  )
+  image_cache: str = setting(
+    "auto",
+    "For dir: targets: memory keeps the fitted images in memory; none reads them from the files "
+    "on every pass (tf.data), so memory does not grow with the folder; auto: memory up to "
+    f"{limits.MAX_IMAGE_CACHE_BYTES // limits.MIB} MiB of fitted images, else none.",
+    choices=IMAGE_CACHES,
+    free_on_resume=True,  # the same images either way
   )
   test_split: float = setting(
     0.2,

@@ -23,12 +23,15 @@ def load_target(
   fit: str = "resize",
   test_split: float = 0.2,
   seed: int = 42,
+  image_cache: str = "auto",
 ) -> LabeledData:
   """Loads a target from 'mnist:CLASSES', 'npz:PATH' or 'dir:PATH' (a folder of class folders).
 
   With `input_shape`, images of another size or channel count are fitted to it now (float32
   in [0, 1]), with `fit` 'resize' or 'pad'; 'dir:' targets need it, as their images differ
-  in size. `test_split` and `seed` split 'dir:' folders that have no train/ and test/.
+  in size. `test_split` and `seed` split 'dir:' folders that have no train/ and test/;
+  `image_cache` says whether their images are kept in memory or streamed from the files
+  (see `folders.load_image_folder`).
   """
   if fit not in settings.FITS:
     raise UserError(f"unknown --target_fit={fit!r}: use {' or '.join(settings.FITS)}")
@@ -40,7 +43,7 @@ def load_target(
   elif kind == "dir" and arg:
     if not input_shape:
       raise ValueError("'dir:' targets need input_shape: their images differ in size")
-    return folders.load_image_folder(arg, input_shape, fit, test_split, seed)
+    return folders.load_image_folder(arg, input_shape, fit, test_split, seed, image_cache)
   else:
     raise UserError(
       f"unknown --target {spec!r}: use 'mnist:CLASSES' (e.g. mnist:5-9), "
@@ -61,7 +64,13 @@ def prepare_target(
 ) -> LabeledData:
   """The target `options` describe, fitted to `input_shape`, with its training subset."""
   target = load_target(
-    options.target, data_dir, input_shape, options.target_fit, options.test_split, seed
+    options.target,
+    data_dir,
+    input_shape,
+    options.target_fit,
+    options.test_split,
+    seed,
+    options.image_cache,
   )
   if options.train_per_class is not None:
     target = subset_per_class(target, options.train_per_class, seed)

@@ -1,8 +1,8 @@
 """Datasets: labelled image arrays, and the checks every loader shares.
 
-A dataset here is a `LabeledData`: NumPy train/test arrays with integer labels 0..k-1 and
-the class name of each label. The loaders: `mnist` (the source digits), `npz` (.npz targets)
-and `folders` (a folder of images per class).
+A dataset here is a `LabeledData`: train/test images (NumPy arrays, or streamed image files)
+with integer labels 0..k-1 and the class name of each label. The loaders: `mnist` (the source
+digits), `npz` (.npz targets) and `folders` (a folder of images per class).
 """
 
 import dataclasses
@@ -18,7 +18,12 @@ from tl_keras.errors import UserError
 
 @dataclasses.dataclass
 class LabeledData:
-  """Train/test images (uint8 0-255 or float 0-1) with labels 0..k-1 named by `class_names`."""
+  """Train/test images (uint8 0-255 or float 0-1) with labels 0..k-1 named by `class_names`.
+
+  The images are arrays, or for large image folders `folders.ImageFiles`, which hold paths and
+  read the files when a pass over the data needs them (`len`, `shape` and index arrays work on
+  both; `pipelines.make_dataset` and `models.predict` take both).
+  """
 
   x_train: np.ndarray
   y_train: np.ndarray

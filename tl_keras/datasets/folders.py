@@ -3,8 +3,13 @@
 The folder holds either `train/` and `test/`, each with one subfolder per class, or the class
 subfolders themselves, split into train and test per class with a seeded fraction. Any image
 TensorFlow decodes (PNG, JPEG, BMP, GIF: first frame) of any size, colour or grey, is fitted
-to the model's input by `preprocessing.preprocess_images`; files that do not decode are listed
+to the model's input by `preprocessing.decode_and_fit`; files that do not decode are listed
 in one warning and skipped.
+
+Every file is checked and decoded once when the folder is read. Small folders are then kept
+in memory as arrays; large ones (or any, with image_cache='none') as `ImageFiles`: paths only,
+decoded again by tf.data whenever a pass over the data reads them, so memory does not grow
+with the folder.
 
 The folder is untrusted input: only regular files that resolve to inside it are opened (FIFOs,
 devices, sockets and symlinks pointing elsewhere are skipped unread), and each file's size
@@ -24,6 +29,7 @@ import tensorflow as tf
 from tl_keras import datasets
 from tl_keras import limits
 from tl_keras import preprocessing
+from tl_keras import settings
 from tl_keras.errors import UserError
 from tl_keras.errors import warn
 
@@ -116,58 +122,134 @@ def _declared_pixels(contents: bytes, path: str) -> int | None:
   return pixels
 
 
-def _decode(path: str, root: str) -> np.ndarray | None:
-  """The image at `path` as uint8 [H,W,3], None if it is not a readable, non-empty image."""
+def _checked_bytes(path: str, root: str) -> bytes | None:
+  """The bytes of `path` if it is a regular file inside `root` within the size limit whose
+  header declares an image within the pixel limit, else None (a UserError over a limit)."""
   contents = _read_file(path, root)
   if contents is None or not _declared_pixels(contents, path):
     return None
-  try:
-    pixels = tf.io.decode_image(contents, channels=3, expand_animations=False).numpy()
-  except (tf.errors.OpError, ValueError):
-    return None
-  return pixels if pixels.ndim == 3 and pixels.size else None
+  return contents
 
 
-def _read_classes(
-  folder: str,
-  class_names: Sequence[str],
-  labels: Sequence[int],
-  input_shape: Sequence[int],
-  fit: str,
-  root: str,
-  unreadable: list[str],
-) -> tuple[np.ndarray, np.ndarray]:
-  """Reads the images of each class subfolder, fitted to `input_shape`; labels as given.
+class ImageFiles:
+  """Image files of a checked folder, decoded and fitted to `input_shape` when read: a
+  stand-in for an image array ([N, *input_shape] float32 in [0, 1]) that holds only paths.
 
-  `root` is the real path of the target folder: files must resolve to inside it.
+  `len`, `shape`, indexing by index arrays (a subset) and `np.asarray` (reads them all) work
+  as on an array; `dataset` streams them through tf.data, reading each file again through the
+  same checks as the folder scan (regular file inside the folder, size and pixel limits).
   """
-  images, image_labels = [], []
+
+  ndim = 4
+  dtype = np.dtype(np.float32)
+
+  def __init__(self, paths: Sequence[str], root: str, input_shape: Sequence[int], fit: str):
+    self.paths = np.asarray(paths, dtype=object)
+    self.root = root
+    self.input_shape = tuple(input_shape)
+    self.fit = fit
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return (len(self), *self.input_shape)
+
+  @property
+  def nbytes(self) -> int:
+    """What the images would take in memory as an array."""
+    return int(np.prod(self.shape)) * self.dtype.itemsize
+
+  def __getitem__(self, index) -> "ImageFiles":
+    index = np.asarray(index)
+    if index.ndim != 1:
+      raise TypeError("ImageFiles take a 1-D index array or mask; np.asarray reads them all")
+    return ImageFiles(self.paths[index], self.root, self.input_shape, self.fit)
+
+  def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    images = np.zeros(self.shape, np.float32)
+    for index, batch in enumerate(self.dataset().batch(256)):
+      images[index * 256 : index * 256 + len(batch)] = batch.numpy()
+    return images if dtype is None else images.astype(dtype)
+
+  def _read(self, index) -> bytes:
+    path = self.paths[int(index)]
+    contents = _checked_bytes(path, self.root)
+    if contents is None:
+      raise UserError(f"image {datasets.shown(path)} vanished or changed after the folder scan")
+    return contents
+
+  def dataset(
+    self, labels: np.ndarray | None = None, shuffle_seed: int | None = None
+  ) -> tf.data.Dataset:
+    """Unbatched fitted images (with `labels`, (image, label) pairs), in order or shuffled each
+    epoch with `shuffle_seed`: the order `from_tensor_slices(...).shuffle(len(self), seed)`
+    gives an array of the same length, so streamed and in-memory runs see the same batches."""
+    indices = np.arange(len(self), dtype=np.int64)
+    dataset = tf.data.Dataset.from_tensor_slices(indices if labels is None else (indices, labels))
+    if shuffle_seed is not None:
+      dataset = dataset.shuffle(len(self), seed=shuffle_seed, reshuffle_each_iteration=True)
+    input_shape, fit = self.input_shape, self.fit
+
+    def load(index, *label):
+      contents = tf.numpy_function(self._read, [index], tf.string, stateful=False)
+      image = preprocessing.decode_and_fit(tf.reshape(contents, []), input_shape, fit)
+      return (image, *label) if label else image
+
+    return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _list_classes(
+  folder: str, class_names: Sequence[str], labels: Sequence[int]
+) -> list[tuple[str, int, list[str]]]:
+  """(class folder, label, the paths in it that may be images) for each class: visible entries other
+  than folders (symlinks to folders are kept, and skipped as unreadable later)."""
+  listed = []
   for name, label in zip(class_names, labels):
     class_dir = os.path.join(folder, name)
-    count = 0
+    paths = []
     for filename in _visible_entries(class_dir):
       path = os.path.join(class_dir, filename)
       try:
         if stat.S_ISDIR(os.lstat(path).st_mode):
-          continue  # nested folders are not images (symlinks to folders are listed below)
+          continue  # nested folders are not images
       except OSError:
-        pass  # vanished: listed as unreadable below
-      pixels = _decode(path, root)
+        pass  # vanished: listed as unreadable later
+      paths.append(path)
+    listed.append((class_dir, label, paths))
+  return listed
+
+
+def _scan_classes(
+  listed, input_shape: Sequence[int], fit: str, root: str, unreadable: list[str], keep: bool
+) -> tuple[np.ndarray | list[str], np.ndarray]:
+  """Decodes and fits every listed file once, in order: (images [N, *input_shape] float32, or
+  with `keep` False the paths of the readable ones; labels). Unreadable files are added to
+  `unreadable`; a class without a readable image is a UserError."""
+  images, image_labels = [], []
+  for class_dir, label, paths in listed:
+    count = 0
+    for path in paths:
+      contents = _checked_bytes(path, root)
+      try:
+        # Eagerly: a tf.function's graph optimisations change the last bit of some pixels,
+        # while tf.data's map (the stream) gives what eager ops give.
+        pixels = (
+          None if contents is None else preprocessing.decode_and_fit(contents, input_shape, fit)
+        )
+      except tf.errors.InvalidArgumentError:  # not an image, empty, or padded to nothing
+        pixels = None
       if pixels is None:
         unreadable.append(datasets.shown(path))
         continue
-      try:
-        images.append(
-          preprocessing.preprocess_images(pixels[np.newaxis], input_shape, fit).numpy()[0]
-        )
-      except tf.errors.InvalidArgumentError:  # so thin that padding scales it to nothing
-        unreadable.append(datasets.shown(path))
-        continue
+      images.append(pixels.numpy() if keep else path)
       image_labels.append(label)
       count += 1
     if not count:
       raise UserError(f"class folder {class_dir} holds no readable images")
-  return np.stack(images), np.asarray(image_labels, np.int64)
+  labels = np.asarray(image_labels, np.int64)
+  return (np.stack(images) if keep else images), labels
 
 
 def load_image_folder(
@@ -176,12 +258,21 @@ def load_image_folder(
   fit: str = "resize",
   test_split: float = 0.2,
   seed: int = 42,
+  image_cache: str = "auto",
 ) -> datasets.LabeledData:
   """Reads a class-per-subfolder image target, fitted to `input_shape` (float32 in [0, 1]).
 
   With `train/` and `test/` subfolders they are the splits (test classes must occur in
   train); otherwise each class is split with `test_split` of its images, seeded, for test.
+  Every file is checked and decoded once here, so unreadable ones are known now.
+  `image_cache`: 'memory' keeps the fitted images as arrays; 'none' keeps only their paths
+  (`ImageFiles`, decoded again whenever read: memory does not grow with the folder); 'auto'
+  is 'memory' while the images would take at most `limits.MAX_IMAGE_CACHE_BYTES`.
   """
+  if image_cache not in settings.IMAGE_CACHES:
+    raise UserError(
+      f"unknown --image_cache={image_cache!r}: use one of {', '.join(settings.IMAGE_CACHES)}"
+    )
   if not os.path.isdir(path):
     raise UserError(f"target folder not found: {path}")
   present = [name for name in SPLIT_DIRNAMES if os.path.isdir(os.path.join(path, name))]
@@ -191,7 +282,6 @@ def load_image_folder(
       " give both, or class folders directly and --test_split"
     )
   root = os.path.realpath(path)
-  unreadable = []
   if present:
     train_dir, test_dir = (os.path.join(path, name) for name in SPLIT_DIRNAMES)
     class_names = _class_dirs(train_dir)
@@ -202,25 +292,28 @@ def load_image_folder(
         f"{test_dir} has class folder(s) {', '.join(unknown)} that {train_dir} "
         "lacks, so no model could learn them"
       )
-    x_train, y_train = _read_classes(
-      train_dir, class_names, range(len(class_names)), input_shape, fit, root, unreadable
-    )
-    x_test, y_test = _read_classes(
-      test_dir,
-      test_names,
-      [class_names.index(name) for name in test_names],
-      input_shape,
-      fit,
-      root,
-      unreadable,
-    )
+    listings = [
+      _list_classes(train_dir, class_names, range(len(class_names))),
+      _list_classes(test_dir, test_names, [class_names.index(name) for name in test_names]),
+    ]
   else:
     if not 0 < test_split < 1:
       raise UserError(f"--test_split must lie between 0 and 1, got {test_split}")
     class_names = _class_dirs(path)
-    images, labels = _read_classes(
-      path, class_names, range(len(class_names)), input_shape, fit, root, unreadable
-    )
+    listings = [_list_classes(path, class_names, range(len(class_names)))]
+  files = sum(len(paths) for listed in listings for _, _, paths in listed)
+  keep = image_cache == "memory" or (
+    image_cache == "auto" and files * int(np.prod(input_shape)) * 4 <= limits.MAX_IMAGE_CACHE_BYTES
+  )
+  unreadable = []
+  scanned = []
+  for listed in listings:
+    images, labels = _scan_classes(listed, input_shape, fit, root, unreadable, keep)
+    scanned.append((images if keep else ImageFiles(images, root, input_shape, fit), labels))
+  if present:
+    (x_train, y_train), (x_test, y_test) = scanned
+  else:
+    images, labels = scanned[0]
     train_index, test_index = datasets.split_per_class(labels, test_split, seed)
     if not len(test_index):
       raise UserError(

@@ -182,13 +182,15 @@ def plot_misclassified(
 ) -> str:
   """Plots a grid of the first `max_images` misclassified images into a PNG at `path`.
 
-  `images` are uint8 (0-255) or float (0-1), [N,H,W] or [N,H,W,C] with C of 1 or 3; labels
+  `images` are uint8 (0-255) or float (0-1), [N,H,W] or [N,H,W,C] with C of 1 or 3 (or
+  `ImageFiles`, of which only the images shown are read); labels
   index `class_names` (predictions index `pred_class_names` when given, and a prediction is a
   mistake when its class name differs from the true one). Each image is titled
   "pred X / true Y", plus the confidence when `confidences` ([N], 0-1) is given. Without any
   mistake the PNG says "no misclassified images". Returns `path`.
   """
-  images = np.asarray(images)
+  if not hasattr(images, "shape"):  # arrays and datasets.folders.ImageFiles are read lazily
+    images = np.asarray(images)
   true_names = np.asarray([str(name) for name in class_names])
   pred_names = (
     true_names if pred_class_names is None else np.asarray([str(name) for name in pred_class_names])
@@ -219,8 +221,9 @@ def plot_misclassified(
   grid = figure.subplots(rows, columns, squeeze=False).ravel()
   for axes in grid:
     axes.set_axis_off()
-  for axes, index in zip(grid, shown):
-    axes.imshow(_displayable(images[index]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+  pictures = np.asarray(images[shown])
+  for axes, index, picture in zip(grid, shown, pictures):
+    axes.imshow(_displayable(picture), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     label = f"pred {pred_labels[index]} / true {true_labels[index]}"
     if len(label) > 24:  # wider than its image at this font size
       label = label.replace(" / ", " /\n")
