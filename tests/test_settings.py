@@ -50,6 +50,7 @@ def test_resume_records_the_same_settings_as_before():
     "compare_scratch",
     "allow_unsafe_deserialization",
     "max_model_mb",
+    "input_size",
   }
 
 

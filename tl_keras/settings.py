@@ -273,7 +273,15 @@ class ModelSettings:
 
   model: str = setting(
     os.path.join(artifacts.DEFAULT_OUTPUT_DIR, artifacts.SOURCE_MODEL),
-    "Source model: an .h5 or .keras file, a SavedModel folder or a TF Hub handle.",
+    "Source model: an .h5 or .keras file, a SavedModel folder, a TF Hub handle, or "
+    "keras:NAME, an ImageNet backbone from tf_keras.applications (keras:MobileNetV2, "
+    "keras:ResNet50, keras:EfficientNetB0, ...; weights from the Keras cache, "
+    "$KERAS_HOME/models or ~/.keras/models, downloaded there when online).",
+  )
+  input_size: int | None = setting(
+    None,
+    "For --model=keras:NAME: the height and width of its input in pixels (default 224).",
+    allowed=Range(32, 1024),
   )
   allow_unsafe_deserialization: bool = setting(
     False,

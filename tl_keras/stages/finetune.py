@@ -104,6 +104,7 @@ def _load_source(config: settings.FinetuneConfig):
     config.load.model,
     config.load.allow_unsafe_deserialization,
     config.load.max_model_mb * limits.MIB,
+    config.load.input_size,
   )
 
 

@@ -44,7 +44,10 @@ def run(
   output_dir = files.prepare_output_dir(config.paths.output_dir)
   source = config.load.model
   model = loading.load_model(
-    source, config.load.allow_unsafe_deserialization, config.load.max_model_mb * limits.MIB
+    source,
+    config.load.allow_unsafe_deserialization,
+    config.load.max_model_mb * limits.MIB,
+    config.load.input_size,
   )
   input_shape = models.image_input_shape(model, source)  # refuses non-image models
   source_names = model_io.class_names_of(model, model_io.read_metadata(source), source)
