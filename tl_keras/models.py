@@ -18,7 +18,7 @@ TARGET_CLASSIFIER = "target_classifier"
 FEATURE_PREFIX = "features_"
 HEAD_PREFIX = "target_head_"
 # Images per prediction batch read from files: bounded, so memory does not grow with the folder.
-_STREAMED_BATCH_BYTES = 64 << 20
+_STREAMED_BATCH_BYTES = 16 << 20
 
 
 def build_source_model(
