@@ -34,13 +34,14 @@ from tl_keras import settings
 from tl_keras import targets
 from tl_keras import training
 from tl_keras.datasets import LabeledData
+from tl_keras.datasets.folders import ImageFiles
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 from tl_keras.outputs import files
 from tl_keras.outputs import model_io
 from tl_keras.training import FitResult
 
-Images = np.ndarray | tf.Tensor
+Images = np.ndarray | tf.Tensor | ImageFiles
 Data = LabeledData | tuple[Images, np.ndarray] | tf.data.Dataset
 __all__ = [
   "Data",
@@ -54,11 +55,16 @@ __all__ = [
 
 
 def load_model(
-  source: str, allow_unsafe: bool = False, max_model_mb: int = limits.MAX_MODEL_BYTES // limits.MIB
+  source: str,
+  allow_unsafe: bool = False,
+  max_model_mb: int = limits.MAX_MODEL_BYTES // limits.MIB,
+  input_size: int | None = None,
 ) -> keras.Model:
-  """Loads an .h5 or .keras file, a SavedModel folder or a TF Hub handle, refusing files that
-  would run code, touch other files or allocate beyond `max_model_mb` (see `tl_keras.loading`)."""
-  return loading.load_model(source, allow_unsafe, max_model_mb * limits.MIB)
+  """Loads an .h5 or .keras file, a SavedModel folder, a TF Hub handle or 'keras:NAME' (an
+  ImageNet backbone from keras.applications at `input_size` pixels, default 224), refusing
+  files that would run code, touch other files or allocate beyond `max_model_mb` (see
+  `tl_keras.loading`)."""
+  return loading.load_model(source, allow_unsafe, max_model_mb * limits.MIB, input_size)
 
 
 def load_target(
@@ -70,15 +76,22 @@ def load_target(
   test_split: float = 0.2,
   train_per_class: int | None = None,
   seed: int = 42,
+  image_cache: str = "auto",
 ) -> LabeledData:
   """A target from 'mnist:CLASSES', 'npz:PATH' or 'dir:PATH', fitted to a model's
-  `input_shape` (needed for 'dir:'), with `train_per_class` seeded training images per class."""
+  `input_shape` (needed for 'dir:'), with `train_per_class` seeded training images per class.
+  `image_cache` 'none' streams a 'dir:' folder's images from their files ('auto': when they
+  would take over 512 MiB; see `tl_keras.datasets.folders`)."""
   options = settings.TargetSettings(
-    target=spec, target_fit=fit, test_split=test_split, train_per_class=train_per_class
+    target=spec,
+    target_fit=fit,
+    test_split=test_split,
+    train_per_class=train_per_class,
+    image_cache=image_cache,
   )
   settings.validate(options)
   if input_shape is None:
-    target = targets.load_target(spec, data_dir, None, fit, test_split, seed)
+    target = targets.load_target(spec, data_dir, None, fit, test_split, seed, image_cache)
     if train_per_class is not None:
       target = targets.subset_per_class(target, train_per_class, seed)
     targets.check_target(target)
@@ -143,11 +156,12 @@ class TransferClassifier:
     allow_unsafe: bool = False,
     max_model_mb: int = limits.MAX_MODEL_BYTES // limits.MIB,
     source_path: str | None = None,
+    input_size: int | None = None,
   ) -> "TransferClassifier":
     """A classifier for `class_names` on `source` (a Keras model, or a path or handle loaded
     safely): the source classifier is removed and a new head, initialised from `seed`, sits on
     its penultimate features (or `features_layer`'s output). `unfreeze`: 'none', 'all',
-    'last:N' or layer names.
+    'last:N' or layer names. `input_size`: for a 'keras:NAME' backbone, its input size.
 
     The first `fit` trains a fresh copy of the source (re-read from its path, or
     `source_path` for a model loaded already), so that `fit(seed=...)` alone decides its
@@ -160,14 +174,16 @@ class TransferClassifier:
     )
     settings.validate(head)
     path = source if isinstance(source, str) else source_path
-    source_model = load_model(source, allow_unsafe, max_model_mb) if path is source else source
+    source_model = (
+      load_model(source, allow_unsafe, max_model_mb, input_size) if path is source else source
+    )
     models.image_input_shape(source_model, path or source_model.name)
     with training.global_state(seed):
       model = models.build_target_model(source_model, len(class_names), unfreeze, head)
 
     def fresh_model() -> keras.Model:
       if path:
-        copy = load_model(path, allow_unsafe, max_model_mb)
+        copy = load_model(path, allow_unsafe, max_model_mb, input_size)
         if keras.mixed_precision.global_policy().name != "float32":
           copy = models.with_global_dtype_policy(copy)
       else:
@@ -301,7 +317,9 @@ class TransferClassifier:
   def predict(self, images: Images, batch_size: int = 1024) -> np.ndarray:
     """Class probabilities [N, k] for raw images (uint8 0-255 or float 0-1, [N,H,W] or
     [N,H,W,C], any size: preprocessed as in training and serving)."""
-    return models.predict(self.model, np.asarray(images), batch_size)
+    if not isinstance(images, ImageFiles):  # streamed from their files, batch by batch
+      images = np.asarray(images)
+    return models.predict(self.model, images, batch_size)
 
   def export(self, output_dir: str, metadata: dict[str, Any] | None = None) -> dict[str, str]:
     """Writes `target_model.h5` (class names in its metadata, plus `metadata`) and

@@ -55,6 +55,7 @@ def run(
     allow_unsafe=config.load.allow_unsafe_deserialization,
     max_model_mb=config.load.max_model_mb,
     source_path=config.load.model,
+    input_size=config.load.input_size,
   )
   result = clf.fit_config(
     target,
