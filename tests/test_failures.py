@@ -206,6 +206,13 @@ CASES = {
   ),
   # The pipeline checks the finetune settings before its pretrain stage writes anything.
   "pipeline head": ("pipeline", lambda d: ["--head_units=-1"], "--head_units must be"),
+  "unknown class weight": ("finetune", lambda d: ["--class_weight=inverse"], "--class_weight"),
+  "label smoothing of 1": (
+    "finetune",
+    lambda d: ["--label_smoothing=1"],
+    "--label_smoothing must be a number in [0, 1), got 1.0",
+  ),
+  "NaN label smoothing": ("pipeline", lambda d: ["--label_smoothing=nan"], "--label_smoothing"),
   "TF_CONFIG not JSON": (
     "finetune",
     lambda d: ["--strategy=multi_worker"],

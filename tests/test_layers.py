@@ -18,7 +18,7 @@ LAYERS = (
   ("datasets",),
   ("targets",),
   ("pipelines",),
-  ("models", "loading", "probes", "distribute", "interrupts"),
+  ("models", "loading", "probes", "distribute", "interrupts", "evaluation"),
   ("training", "resume"),
   ("outputs",),
   ("api",),

@@ -19,6 +19,8 @@ _TRAINING = {
   "augment",
   "validation_split",
   "patience",
+  "class_weight",
+  "label_smoothing",
 }
 
 
@@ -67,6 +69,8 @@ def test_report_lists_the_same_settings_as_before():
     "features_layer",
     "head_init",
     "augment",
+    "class_weight",
+    "label_smoothing",
     "validation_split",
     "target",
   ]

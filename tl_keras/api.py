@@ -26,6 +26,7 @@ import tensorflow as tf
 import tl_keras
 from tl_keras import artifacts
 from tl_keras import distribute
+from tl_keras import evaluation
 from tl_keras import limits
 from tl_keras import loading
 from tl_keras import models
@@ -223,6 +224,8 @@ class TransferClassifier:
     warmup_epochs: int = 0,
     finetune_learning_rate: float | None = None,
     head_init: str = "random",
+    class_weight: str = "none",
+    label_smoothing: float = 0.0,
     seed: int = 42,
     deterministic: bool = True,
     mixed_precision: bool = False,
@@ -236,7 +239,9 @@ class TransferClassifier:
     With `warmup_epochs`, only the head trains first, then the unfrozen layers join it at
     `finetune_learning_rate` (a tenth of the rate by default) for `epochs` more.
     `head_init='probe'` starts the head from a linear probe on the frozen features.
-    `validation_split` holds out that part of each class and keeps the best epoch. Under
+    `validation_split` holds out that part of each class and keeps the best epoch.
+    `class_weight='balanced'` weighs each class's loss by the inverse of its share of the
+    training images; `label_smoothing` smooths the cross-entropy targets. Under
     `strategy` (default: the current one) the model is rebuilt in its scope, same weights.
     `verbose`: Keras's progress output (default: a progress bar on a terminal, a line per
     epoch otherwise; 0 for none).
@@ -252,6 +257,8 @@ class TransferClassifier:
       warmup_epochs=warmup_epochs,
       finetune_learning_rate=finetune_learning_rate,
       head_init=head_init,
+      class_weight=class_weight,
+      label_smoothing=label_smoothing,
       seed=seed,
       deterministic=deterministic,
       mixed_precision=mixed_precision,
@@ -300,18 +307,21 @@ class TransferClassifier:
     self._fresh_model = None
     return result
 
-  def evaluate(self, data: Data, batch_size: int = 1024) -> dict[str, float]:
-    """Accuracy and mean cross-entropy loss on the test split of a LabeledData, or on
-    `(images, labels)` arrays or a dataset of batches."""
+  def evaluate(self, data: Data, batch_size: int = 1024) -> dict[str, Any]:
+    """Accuracy, mean cross-entropy loss, `per_class` precision, recall, F1 and support, and
+    `macro_f1` on the test split of a LabeledData, or on `(images, labels)` arrays or a
+    dataset of batches."""
     if isinstance(data, LabeledData):
       images, labels = data.x_test, data.y_test
     else:
       images, labels = _arrays(data)
     probabilities = self.predict(images, batch_size)
     picked = probabilities[np.arange(len(labels)), labels]
+    predicted = probabilities.argmax(axis=1)
     return {
-      "accuracy": float((probabilities.argmax(axis=1) == labels).mean()),
+      "accuracy": float((predicted == labels).mean()),
       "loss": float(-np.log(np.clip(picked, 1e-7, 1.0)).mean()),
+      **evaluation.per_class_metrics(labels, predicted, self.class_names),
     }
 
   def predict(self, images: Images, batch_size: int = 1024) -> np.ndarray:

@@ -31,12 +31,14 @@ def make_dataset(
   input_shape: Sequence[int],
   shuffle_seed: int | None = None,
   augment: bool = False,
+  num_classes: int | None = None,
 ) -> tf.data.Dataset:
   """A batched tf.data pipeline of (preprocessed images, labels) for training and evaluation.
 
   Shuffles each epoch when `shuffle_seed` is given, and with `augment` applies
   `augmentation()`; preprocessing runs per batch. `ImageFiles` are read from their files as
-  the batches are needed, in the same order an array of them would be.
+  the batches are needed, in the same order an array of them would be. With `num_classes`,
+  labels are one-hot.
   """
   if isinstance(x, ImageFiles):
     dataset = x.dataset(y, shuffle_seed)
@@ -48,6 +50,8 @@ def make_dataset(
 
   def prepare(images, labels):
     images = preprocess_images(images, input_shape)
+    if num_classes:
+      labels = tf.one_hot(tf.cast(labels, tf.int32), num_classes)
     return (augmenter(images, training=True) if augmenter else images), labels
 
   dataset = dataset.batch(batch_size).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)

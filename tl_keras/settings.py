@@ -32,6 +32,7 @@ STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 FITS = ("resize", "pad")
 IMAGE_CACHES = ("auto", "memory", "none")
 HEAD_INITS = ("random", "probe")
+CLASS_WEIGHTS = ("none", "balanced")
 DEFAULT_CONV_FILTERS = (16, 32)
 
 MAX_EPOCHS = 10_000
@@ -181,6 +182,20 @@ class TrainSettings:
     3,
     "With --validation_split: epochs without a better validation loss before stopping.",
     allowed=Range(1, MAX_EPOCHS),
+  )
+  class_weight: str = setting(
+    "none",
+    "Loss weight of each class: none, or balanced (n_images / (n_classes * the class's "
+    "training images), so rare classes count as much as common ones).",
+    choices=CLASS_WEIGHTS,
+    report=112,
+  )
+  label_smoothing: float = setting(
+    0.0,
+    "Label smoothing of the cross-entropy loss: the targets become 1 - s + s/k for the true "
+    "class and s/k for the others.",
+    allowed=Range(0, 1, real=True, high_open=True),
+    report=114,
   )
 
 

@@ -20,6 +20,7 @@ from tensorflow.python.framework import config as tf_config
 
 from tl_keras import artifacts
 from tl_keras import distribute
+from tl_keras import evaluation
 from tl_keras import models
 from tl_keras import pipelines
 from tl_keras import resume
@@ -83,6 +84,9 @@ class FitResult:
   """What a training run did; its fields are the metrics keys every training stage writes."""
 
   test_accuracy: float | None  # None: the data had no test split
+  # {class name: precision, recall, f1, support} on the test split, and their mean F1
+  per_class: dict[str, dict[str, float]] | None
+  macro_f1: float | None
   train_seconds: float
   train_images_per_second: float | None
   epochs: int
@@ -101,6 +105,9 @@ class FitResult:
   per_replica_batch_size: float
   augment: bool
   validation_split: float
+  class_weight: str  # none or balanced
+  class_weights: dict[str, float] | None  # by class name, with class_weight=balanced
+  label_smoothing: float
   mixed_precision: bool
   jit_compile: bool
   seed: int
@@ -163,8 +170,16 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
   batch_size = distribute.global_batch_size(
     strategy, config.train.batch_size, config.train.per_replica_batch_size
   )
-  train, validation, num_train = _training_datasets(dataset, config, batch_size, input_shape)
-  test = pipelines.make_dataset(dataset.x_test, dataset.y_test, batch_size, input_shape)
+  # Label smoothing needs one-hot labels (see models.compile_classifier).
+  one_hot = dataset.num_classes if config.train.label_smoothing else None
+  train, validation, y_train = _training_datasets(dataset, config, batch_size, input_shape)
+  num_train = len(y_train)
+  test = pipelines.make_dataset(
+    dataset.x_test, dataset.y_test, batch_size, input_shape, num_classes=one_hot
+  )
+  class_weight = None
+  if config.train.class_weight == "balanced":
+    class_weight = evaluation.balanced_class_weights(y_train, dataset.num_classes)
 
   history, phase_records, train_seconds, resumed_from_epoch = {}, [], 0.0, 0
   for index, phase in enumerate(phases):
@@ -194,6 +209,7 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
         model,
         models.make_optimizer(config.train.optimizer, phase.learning_rate),
         jit_compile=config.runtime.jit_compile,
+        label_smoothing=config.train.label_smoothing,
       )
     if len(phases) > 1:
       say(
@@ -208,6 +224,7 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
       validation_data=validation,
       verbose=verbose,
       callbacks=callbacks,
+      class_weight=class_weight,
     )
     train_seconds += time.perf_counter() - start
     if backups:
@@ -229,9 +246,15 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
 
   # Data without a test split (the Python API's arrays) is evaluated by the caller.
   test_accuracy = float(model.evaluate(test, verbose=0)[1]) if len(dataset.x_test) else None
+  scores = {}
+  if len(dataset.x_test):
+    predicted = models.predict(model, dataset.x_test).argmax(axis=1)
+    scores = evaluation.per_class_metrics(dataset.y_test, predicted, dataset.class_names)
   epochs_run = sum(record["epochs_run"] for record in phase_records)
   return model, FitResult(
     test_accuracy=test_accuracy,
+    per_class=scores.get("per_class"),
+    macro_f1=scores.get("macro_f1"),
     train_seconds=round(train_seconds, 2),
     train_images_per_second=round(epochs_run * num_train / train_seconds, 1)
     if train_seconds
@@ -250,6 +273,11 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
     per_replica_batch_size=batch_size / strategy.num_replicas_in_sync,
     augment=config.train.augment,
     validation_split=config.train.validation_split,
+    class_weight=config.train.class_weight,
+    class_weights={dataset.class_names[k]: round(w, 6) for k, w in class_weight.items()}
+    if class_weight
+    else None,
+    label_smoothing=config.train.label_smoothing,
     mixed_precision=config.runtime.mixed_precision,
     jit_compile=config.runtime.jit_compile,
     seed=config.runtime.seed,
@@ -284,11 +312,16 @@ def training_split(dataset: LabeledData, config: settings.TrainingConfig):
 
 def _training_datasets(
   dataset: LabeledData, config: settings.TrainingConfig, batch_size: int, input_shape
-) -> tuple[tf.data.Dataset, tf.data.Dataset | None, int]:
-  """(train, validation or None, number of training images) of `training_split`; only the
-  training images are shuffled and augmented."""
+) -> tuple[tf.data.Dataset, tf.data.Dataset | None, np.ndarray]:
+  """(train, validation or None, training labels) of `training_split`; only the training
+  images are shuffled and augmented; labels are one-hot with label smoothing."""
   x_train, y_train, held_out = training_split(dataset, config)
-  validation = pipelines.make_dataset(*held_out, batch_size, input_shape) if held_out else None
+  one_hot = dataset.num_classes if config.train.label_smoothing else None
+  validation = (
+    pipelines.make_dataset(*held_out, batch_size, input_shape, num_classes=one_hot)
+    if held_out
+    else None
+  )
   train = pipelines.make_dataset(
     x_train,
     y_train,
@@ -296,5 +329,6 @@ def _training_datasets(
     input_shape,
     shuffle_seed=config.runtime.seed,
     augment=config.train.augment,
+    num_classes=one_hot,
   )
-  return train, validation, len(x_train)
+  return train, validation, y_train

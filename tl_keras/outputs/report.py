@@ -21,6 +21,7 @@ _SETTINGS = tuple(
 # predicting.
 _RESULTS = (
   ("test_accuracy", "test accuracy", "percent"),
+  ("macro_f1", "macro F1 (mean over classes)", "percent"),
   ("linear_probe_accuracy", "linear-probe accuracy (frozen source features)", "percent"),
   ("logme", "LogME (higher: features suit the target better)", "plain"),
   ("scratch_test_accuracy", "test accuracy from scratch (same model and epochs)", "percent"),
@@ -100,9 +101,27 @@ def _stage_section(
   ]
   if results:
     lines += ["Results:", "", *results, ""]
+  if metrics.get("per_class"):
+    lines += _per_class_table(metrics["per_class"])
   for path in plot_paths:
     lines += [_image_link(path, output_dir), ""]
   return lines
+
+
+def _per_class_table(per_class: Mapping[str, Mapping[str, Any]]) -> list[str]:
+  lines = [
+    "Per class (test set):",
+    "",
+    "| class | precision | recall | F1 | test images |",
+    "| --- | --- | --- | --- | --- |",
+  ]
+  for name, scores in per_class.items():
+    lines.append(
+      f"| {escape_markdown(name)} | {_format(scores.get('precision'), 'percent')} | "
+      f"{_format(scores.get('recall'), 'percent')} | {_format(scores.get('f1'), 'percent')} | "
+      f"{_format(scores.get('support'))} |"
+    )
+  return [*lines, ""]
 
 
 def write_report(
