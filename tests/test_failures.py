@@ -206,6 +206,33 @@ CASES = {
   ),
   # The pipeline checks the finetune settings before its pretrain stage writes anything.
   "pipeline head": ("pipeline", lambda d: ["--head_units=-1"], "--head_units must be"),
+  # TFLite export and imbalance (#12).
+  "unknown export format": (
+    "export",
+    lambda d: ["--formats=tflite,onnx"],
+    "unknown --formats format 'onnx': use any of tflite, tflite_dynamic",
+  ),
+  "no export format": ("export", lambda d: ["--formats=,"], "--formats is empty"),
+  "export on other classes": (
+    "export",
+    lambda d: [],  # the 0-4 source model on the default 5-9 target
+    "classifies 0, 1, 2, 3, 4, but the target mnist:5,6,7,8,9 has classes 5, 6, 7, 8, 9",
+  ),
+  "no calibration images": (
+    "export",
+    lambda d: ["--representative_images=0"],
+    "--representative_images must be a whole number from 1 to 10_000, got 0",
+  ),
+  "unknown finetune export format": (
+    "finetune",
+    lambda d: ["--export_formats=tflite_int4"],
+    "unknown --export_formats format 'tflite_int4'",
+  ),
+  "pipeline export format": (
+    "pipeline",
+    lambda d: ["--export_formats=saved_model"],
+    "unknown --export_formats format 'saved_model'",
+  ),
   "unknown class weight": ("finetune", lambda d: ["--class_weight=inverse"], "--class_weight"),
   "label smoothing of 1": (
     "finetune",

@@ -26,7 +26,7 @@ LAYERS = (
   ("cli",),
 )
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
-COMMANDS = ("pretrain", "transfer", "finetune", "pipeline")
+COMMANDS = ("pretrain", "transfer", "finetune", "pipeline", "export")
 
 
 def _modules():

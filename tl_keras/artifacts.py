@@ -10,6 +10,7 @@ METRICS = {
   "pretrain": "source_metrics.json",
   "transfer": "transfer_metrics.json",
   "finetune": "finetune_metrics.json",
+  "export": "export_metrics.json",
 }
 PRETRAIN_CURVES = "pretrain_curves.png"
 FINETUNE_CURVES = "finetune_curves.png"
@@ -18,6 +19,15 @@ CONFUSION = "confusion_matrix.png"
 MISCLASSIFIED = "misclassified.png"
 PREDICTIONS = "predictions.csv"
 REPORT = "report.md"
+# TFLite files of tl-export (and finetune's --export_formats), by format, and their class names
+# (one per line, as TFLite's label files).
+TFLITE_FILES = {
+  "tflite": "model.tflite",
+  "tflite_dynamic": "model_dynamic.tflite",
+  "tflite_float16": "model_float16.tflite",
+  "tflite_int8": "model_int8.tflite",
+}
+TFLITE_LABELS = "labels.txt"
 LOGS_DIR = "logs"  # TensorBoard's, one folder per stage
 
 # Training-state backups while a stage trains, one folder per stage, and the settings beside them.

@@ -20,10 +20,8 @@ touch signal handling and import TensorFlow, once the flags are valid: importing
 does neither.
 """
 
-import contextlib
 import os
 import sys
-import tempfile
 import traceback
 
 from absl import app
@@ -33,30 +31,7 @@ from absl import logging
 from tl_keras import interrupts
 from tl_keras import settings
 from tl_keras.errors import UserError
-
-
-@contextlib.contextmanager
-def _native_stderr_captured():
-  """Holds back what native code writes to stderr; replays it if the block raises.
-
-  TensorFlow's C++ start-up messages (oneDNN, CUDA stubs) bypass TF_CPP_MIN_LOG_LEVEL and
-  would open every command's output.
-  """
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      yield
-    except BaseException:
-      os.dup2(saved, 2)
-      captured.seek(0)
-      sys.stderr.write(captured.read().decode(errors="replace"))
-      raise
-    finally:
-      os.dup2(saved, 2)
-      os.close(saved)
-
+from tl_keras.errors import native_stderr_captured
 
 FLAGS = flags.FLAGS
 
@@ -66,7 +41,7 @@ def _start():
   inherit the blocked signals (see `interrupts`)."""
   interrupts.install()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  with _native_stderr_captured():
+  with native_stderr_captured():
     import tensorflow as tf
 
     tf.config.list_physical_devices("GPU")  # logs CUDA probing once, here
@@ -202,6 +177,12 @@ def _run_pipeline(config):
   pipeline.run(config)
 
 
+def _run_export(config):
+  from tl_keras.stages import export
+
+  export.run(config)
+
+
 def pretrain_main():
   """tl-pretrain: train the source CNN on MNIST digits, save source_model.h5."""
   _run(settings.PretrainConfig, _run_pretrain, pretrain_main.__doc__)
@@ -220,3 +201,9 @@ def finetune_main():
 def pipeline_main():
   """tl-pipeline: pretrain, transfer and finetune in sequence into one output folder."""
   _run(settings.PipelineConfig, _run_pipeline, pipeline_main.__doc__)
+
+
+def export_main():
+  """tl-export: TFLite files of a trained model (float32, dynamic-range, float16, full integer),
+  each evaluated on the target's test set with the TFLite interpreter."""
+  _run(settings.ExportConfig, _run_export, export_main.__doc__)

@@ -33,6 +33,9 @@ FITS = ("resize", "pad")
 IMAGE_CACHES = ("auto", "memory", "none")
 HEAD_INITS = ("random", "probe")
 CLASS_WEIGHTS = ("none", "balanced")
+# TFLite files: float32, dynamic-range (int8 weights), float16 weights, full integer (uint8 in
+# and out).
+EXPORT_FORMATS = ("tflite", "tflite_dynamic", "tflite_float16", "tflite_int8")
 DEFAULT_CONV_FILTERS = (16, 32)
 
 MAX_EPOCHS = 10_000
@@ -40,6 +43,7 @@ MAX_BATCH_SIZE = 65_536  # 205 MB of 28x28 float32 images in one step; far more 
 MAX_HEAD_UNITS = 4_096  # the widest classic classifier head (VGG's)
 MAX_CONV_FILTERS = 1_024
 MAX_LEARNING_RATE = 10.0  # 10x Adadelta's usual 1.0
+MAX_REPRESENTATIVE_IMAGES = 10_000  # calibration is one forward pass each, no batching
 
 EPOCHS = Range(1, MAX_EPOCHS)
 BATCH_SIZE = Range(1, MAX_BATCH_SIZE)
@@ -340,6 +344,28 @@ class FinetuneSettings:
   )
 
 
+def _representative_images() -> Any:
+  return setting(
+    300,
+    "Training images, drawn at random (--seed), that calibrate tflite_int8's value ranges.",
+    allowed=Range(1, MAX_REPRESENTATIVE_IMAGES),
+    free_on_resume=True,
+  )
+
+
+@dataclasses.dataclass
+class ExportSettings:
+  """TFLite files written after finetuning (see `ExportConfig` for tl-export)."""
+
+  export_formats: str = setting(
+    "",
+    f"TFLite files to export and evaluate after finetuning: comma-separated, any of "
+    f"{', '.join(EXPORT_FORMATS)}; default none (see tl-export).",
+    free_on_resume=True,
+  )
+  representative_images: int = _representative_images()
+
+
 @dataclasses.dataclass
 class TrainingConfig:
   """What every training stage has: paths, runtime, training settings and epochs."""
@@ -379,6 +405,25 @@ class FinetuneConfig(TrainingConfig):
   target: TargetSettings = group(TargetSettings)
   head: HeadSettings = group(HeadSettings)
   finetune: FinetuneSettings = group(FinetuneSettings)
+  export: ExportSettings = group(ExportSettings)
+
+
+@dataclasses.dataclass
+class ExportConfig:
+  """tl-export: TFLite files of a trained model, each evaluated on the target's test set."""
+
+  paths: PathSettings = group(PathSettings)
+  load: ModelSettings = group(
+    ModelSettings, model=os.path.join(artifacts.DEFAULT_OUTPUT_DIR, artifacts.TARGET_MODEL)
+  )
+  target: TargetSettings = group(TargetSettings)
+  seed: int = _seed("Random seed for --train_per_class, --test_split and the int8 calibration.")
+  formats: str = setting(
+    ",".join(EXPORT_FORMATS),
+    f"TFLite files to write, comma-separated, any of {', '.join(EXPORT_FORMATS)}: float32, "
+    "dynamic-range (int8 weights), float16 weights, full integer (uint8 input and output).",
+  )
+  representative_images: int = _representative_images()
 
 
 @dataclasses.dataclass
@@ -394,6 +439,7 @@ class PipelineConfig:
   target: TargetSettings = group(TargetSettings)
   head: HeadSettings = group(HeadSettings)
   finetune: FinetuneSettings = group(FinetuneSettings)
+  export: ExportSettings = group(ExportSettings)
 
   def stages(self) -> tuple[PretrainConfig, TransferConfig, FinetuneConfig]:
     """The three stages' configs; transfer and finetune read the model pretrain writes."""
@@ -423,11 +469,12 @@ class PipelineConfig:
         target=config.target,
         head=config.head,
         finetune=config.finetune,
+        export=config.export,
       ),
     )
 
 
-COMMAND_CONFIGS = (PretrainConfig, TransferConfig, FinetuneConfig, PipelineConfig)
+COMMAND_CONFIGS = (PretrainConfig, TransferConfig, FinetuneConfig, PipelineConfig, ExportConfig)
 
 
 def _is_group(field: dataclasses.Field) -> bool:
@@ -507,6 +554,19 @@ def replace(config, **values):
   return config
 
 
+def export_formats(spec: str, name: str = "formats") -> tuple[str, ...]:
+  """'tflite,tflite_int8' -> ('tflite', 'tflite_int8'); '' -> (). Refuses an unknown format
+  (a UserError naming flag `name`); repeats count once."""
+  formats = tuple(dict.fromkeys(part.strip() for part in spec.split(",") if part.strip()))
+  unknown = [part for part in formats if part not in EXPORT_FORMATS]
+  if unknown:
+    raise UserError(
+      f"unknown --{name} format {unknown[0]!r}: use any of {', '.join(EXPORT_FORMATS)}, "
+      "separated by commas"
+    )
+  return formats
+
+
 def validate(config) -> None:
   """Refuses bad settings with a UserError naming the flag, before anything is written: a
   value outside its choices or range, a non-finite float, then the rules across fields."""
@@ -517,6 +577,10 @@ def validate(config) -> None:
     if choices and value not in choices:
       raise UserError(f"unknown --{name}={value!r}: use one of {', '.join(choices)}")
     check_value(name, value, field.metadata.get("allowed"))
+    if field.name in ("formats", "export_formats"):
+      export_formats(value, name)
+  if isinstance(config, ExportConfig) and not export_formats(config.formats):
+    raise UserError(f"--formats is empty: use any of {', '.join(EXPORT_FORMATS)}")
   head = getattr(config, "head", config)
   if isinstance(head, HeadSettings) and head.head_init == "probe" and head.head_units:
     raise UserError(

@@ -22,6 +22,7 @@ _SETTINGS = tuple(
 _RESULTS = (
   ("test_accuracy", "test accuracy", "percent"),
   ("macro_f1", "macro F1 (mean over classes)", "percent"),
+  ("keras_test_accuracy", "Keras model's test accuracy", "percent"),
   ("linear_probe_accuracy", "linear-probe accuracy (frozen source features)", "percent"),
   ("logme", "LogME (higher: features suit the target better)", "plain"),
   ("scratch_test_accuracy", "test accuracy from scratch (same model and epochs)", "percent"),
@@ -103,6 +104,8 @@ def _stage_section(
     lines += ["Results:", "", *results, ""]
   if metrics.get("per_class"):
     lines += _per_class_table(metrics["per_class"])
+  if metrics.get("formats"):
+    lines += _formats_table(metrics["formats"])
   for path in plot_paths:
     lines += [_image_link(path, output_dir), ""]
   return lines
@@ -120,6 +123,27 @@ def _per_class_table(per_class: Mapping[str, Mapping[str, Any]]) -> list[str]:
       f"| {escape_markdown(name)} | {_format(scores.get('precision'), 'percent')} | "
       f"{_format(scores.get('recall'), 'percent')} | {_format(scores.get('f1'), 'percent')} | "
       f"{_format(scores.get('support'))} |"
+    )
+  return [*lines, ""]
+
+
+def _formats_table(formats: Mapping[str, Mapping[str, Any]]) -> list[str]:
+  lines = [
+    "TFLite files (test set, TFLite interpreter; latency: one image, one thread, median):",
+    "",
+    "| format | file | size | test accuracy | change from Keras | agreement with Keras | latency |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  for fmt, result in formats.items():
+    size = result.get("size_bytes")
+    latency = result.get("latency_ms")
+    lines.append(
+      f"| {escape_markdown(fmt)} | {_format(result.get('file'))} | "
+      f"{'n/a' if size is None else f'{size / 1024:,.0f} KiB'} | "
+      f"{_format(result.get('test_accuracy'), 'percent')} | "
+      f"{_format(result.get('accuracy_change'), 'points')} | "
+      f"{_format(result.get('agreement_with_keras'), 'percent')} | "
+      f"{'n/a' if latency is None else f'{latency:.3f} ms'} |"
     )
   return [*lines, ""]
 

@@ -20,6 +20,7 @@ from tl_keras.errors import warn
 from tl_keras.outputs import files
 from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
+from tl_keras.outputs import tflite
 
 
 def run(
@@ -32,6 +33,7 @@ def run(
   """
   start = time.perf_counter()
   settings.validate(config)
+  export_formats = settings.export_formats(config.export.export_formats, "export_formats")
   distribute.check_devices(config.runtime)
   strategy = strategy_override or distribute.get_distribution_strategy(config.runtime.strategy)
   output_dir = files.prepare_output_dir(config.paths.output_dir)
@@ -76,6 +78,7 @@ def run(
       "head_init": config.head.head_init,
       "warmup_epochs": config.finetune.warmup_epochs,
       "trainable_layers": models.trainable_layer_names(model),
+      "export_formats": list(export_formats),
     }
   )
   with distribute.worker_output_dir(strategy, output_dir) as save_dir:
@@ -83,6 +86,8 @@ def run(
       **clf.export(save_dir, target.metadata()),
       "metrics": os.path.join(save_dir, artifacts.METRICS["finetune"]),
     }
+    if export_formats and distribute.is_chief(strategy):
+      artifact_paths["export"] = _export(config, export_formats, target, artifact_paths["model"])
     if config.finetune.compare_scratch:
       metrics.update(_compare_scratch(config, target, metrics, strategy))
     if distribute.is_chief(strategy):
@@ -107,6 +112,28 @@ def _load_source(config: settings.FinetuneConfig):
     config.load.max_model_mb * limits.MIB,
     config.load.input_size,
   )
+
+
+def _export(config: settings.FinetuneConfig, formats, target: LabeledData, model_path: str) -> str:
+  """--export_formats: the TFLite files of the saved model beside it, and export_metrics.json;
+  returns that file's path."""
+  start = time.perf_counter()
+  output_dir = os.path.dirname(model_path)
+  model = loading.load_model(model_path)  # the file just written, as users will load it
+  metrics = tflite.export_and_evaluate(
+    model,
+    target,
+    formats,
+    output_dir,
+    target.class_names,
+    config.export.representative_images,
+    config.runtime.seed,
+  )
+  metrics.update({"model": model_path, "target": target.description})
+  path = os.path.join(output_dir, artifacts.METRICS["export"])
+  summary.write_metrics(metrics, path, start)
+  tflite.print_summary(metrics, {"files": output_dir, "metrics": path})
+  return path
 
 
 def _compare_scratch(
