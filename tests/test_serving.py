@@ -10,6 +10,8 @@ from conftest import run_command
 
 from tl_keras import artifacts
 from tl_keras import targets
+from tl_keras.outputs import model_io
+from tl_keras.outputs import tflite
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +96,29 @@ def test_signature_takes_grey_batches_with_or_without_channel_axis(export_dir, t
   # Wrong size: refused, not silently resized.
   with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
     serve(images=tf.zeros([1, 32, 32, 1], tf.uint8))
+
+
+@pytest.mark.slow
+def test_fixed_rank_signature_converts_to_tflite(export_dir, target_test):
+  import tensorflow as tf
+
+  loaded = tf.saved_model.load(export_dir)
+  fixed = loaded.signatures[model_io.FIXED_RANK_SIGNATURE]
+  assert fixed.structured_input_signature[1]["images"].shape.as_list() == [None, 28, 28, 1]
+  images = target_test.x_test[:16]
+  expected = loaded.signatures["serving_default"](images=tf.constant(images))
+  got = fixed(images=tf.constant(images[..., None]))
+  np.testing.assert_allclose(got["probabilities"], expected["probabilities"], atol=1e-6)
+  assert fixed(images=tf.zeros([0, 28, 28, 1], tf.uint8))["class_id"].shape == (0,)
+  # The signature the issue asks for: TFLite's converter takes it as it is.
+  converter = tf.lite.TFLiteConverter.from_saved_model(
+    export_dir, signature_keys=[model_io.FIXED_RANK_SIGNATURE]
+  )
+  content = converter.convert()
+  interpreter_class, _ = tflite.interpreter_class()
+  runner = interpreter_class(model_content=content).get_signature_runner(
+    model_io.FIXED_RANK_SIGNATURE
+  )
+  outputs = runner(images=images[..., None])
+  np.testing.assert_array_equal(outputs["class_id"], expected["class_id"].numpy())
+  assert runner(images=np.zeros([0, 28, 28, 1], np.uint8))["probabilities"].shape == (0, 5)

@@ -86,35 +86,52 @@ def class_names_of(
   return names
 
 
+# The SavedModel signature for converters (TFLite, ONNX, TF.js), which need a known rank.
+FIXED_RANK_SIGNATURE = "serving_nhwc"
+
+
 def export_saved_model(
   model: keras.Model, export_dir: str, class_names: Sequence[str], metadata: dict[str, Any]
 ) -> None:
-  """Exports a SavedModel whose `serving_default` signature takes raw uint8 images.
+  """Exports a SavedModel whose signatures take raw uint8 images.
 
-  The signature's input `images` is a uint8 batch at the model's input size, [N,H,W,C] (or
-  [N,H,W] for one channel). It applies `preprocess_images` in the graph and returns
-  `probabilities` (float32 [N,k]) and `class_id` (int64 [N]). The class names ship as
-  assets/class_names.txt, one per line, and the metadata as assets/tl_keras_metadata.json.
+  `serving_default` takes a uint8 batch `images` at the model's input size, [N,H,W,C] (or
+  [N,H,W] for one channel: its rank is unknown); `serving_nhwc` (FIXED_RANK_SIGNATURE) takes
+  [N,H,W,C] only, with that shape in its signature, for converters. Both apply
+  `preprocess_images` in the graph and return `probabilities` (float32 [N,k]) and `class_id`
+  (int64 [N]). The class names ship as assets/class_names.txt, one per line, and the metadata
+  as assets/tl_keras_metadata.json.
   """
   input_shape = tuple(model.input_shape[1:])
 
-  # Unknown rank, so that one signature takes both [N,H,W,C] and (grey) [N,H,W].
-  @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
-  def serve(images):
-    images = tf.cond(tf.rank(images) == 3, lambda: images[..., tf.newaxis], lambda: images)
-    images = tf.ensure_shape(images, [None, *input_shape])
+  def classify(images):
     count = tf.shape(images)[0]
-    # Convolutions fail on an empty batch (oneDNN): run one blank image then and keep none.
-    batch = tf.cond(count > 0, lambda: images, lambda: tf.zeros([1, *input_shape], tf.uint8))
+    # Convolutions fail on an empty batch (oneDNN): add one blank image then and keep none.
+    # Concatenated rather than in a tf.cond, which converters such as TFLite's do not take.
+    blank = tf.zeros([tf.maximum(1 - count, 0), *input_shape], tf.uint8)
+    batch = tf.concat([images, blank], axis=0)
     probabilities = model(preprocess_images(batch, input_shape), training=False)[:count]
     return {
       "probabilities": probabilities,
       "class_id": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
     }
 
+  # Unknown rank, so that one signature takes both [N,H,W,C] and (grey) [N,H,W].
+  @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
+  def serve(images):
+    images = tf.cond(tf.rank(images) == 3, lambda: images[..., tf.newaxis], lambda: images)
+    return classify(tf.ensure_shape(images, [None, *input_shape]))
+
+  @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.uint8, name="images")])
+  def serve_nhwc(images):
+    return classify(images)
+
   with atomic_path(export_dir, is_dir=True) as temp:
     model.save(
-      temp, save_format="tf", signatures={"serving_default": serve}, include_optimizer=False
+      temp,
+      save_format="tf",
+      signatures={"serving_default": serve, FIXED_RANK_SIGNATURE: serve_nhwc},
+      include_optimizer=False,
     )
     assets = os.path.join(temp, "assets")
     os.makedirs(assets, exist_ok=True)
