@@ -26,6 +26,11 @@ pytestmark = pytest.mark.slow
     ("finetune", "--[no]compare_scratch"),
     ("finetune", "--validation_split"),
     ("pipeline", "--target_fit"),
+    ("export", "--formats"),
+    ("export", "--representative_images"),
+    ("pipeline", "--export_formats"),
+    ("finetune", "--class_weight"),
+    ("pipeline", "--label_smoothing"),
   ],
 )
 def test_help_lists_the_stage_flags(script, flag):

@@ -179,3 +179,31 @@ def test_export_command_writes_only_the_formats_asked(target_model, small_mnist_
     ]
   )
   assert "tflite_dynamic" in result.stdout
+
+
+@pytest.mark.slow
+def test_finetune_exports_beside_its_model(source_model, small_mnist_dir, tmp_path):
+  from tl_keras.stages import finetune
+
+  config = settings.make(
+    settings.FinetuneConfig,
+    model=source_model[0],
+    data_dir=small_mnist_dir,
+    output_dir=str(tmp_path),
+    epochs=1,
+    train_per_class=50,
+    strategy="default",
+    export_formats="tflite_int8",
+    representative_images=20,
+  )
+  metrics = finetune.run(config)
+  assert metrics["export_formats"] == ["tflite_int8"]
+  export = json.loads((tmp_path / artifacts.METRICS["export"]).read_text())
+  assert list(export["formats"]) == ["tflite_int8"]
+  assert export["model"] == str(tmp_path / artifacts.TARGET_MODEL)
+  assert export["keras_test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+  assert export["representative_images"] == 20
+  assert (tmp_path / artifacts.TFLITE_FILES["tflite_int8"]).is_file()
+  assert not (tmp_path / artifacts.TFLITE_FILES["tflite"]).exists()
+  report = (tmp_path / artifacts.REPORT).read_text()
+  assert report.index("## finetune") < report.index("## export")
