@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 from conftest import run_command
+from conftest import write_image_folder
 
 from tl_keras import artifacts
 from tl_keras import datasets
@@ -207,3 +208,38 @@ def test_finetune_exports_beside_its_model(source_model, small_mnist_dir, tmp_pa
   assert not (tmp_path / artifacts.TFLITE_FILES["tflite"]).exists()
   report = (tmp_path / artifacts.REPORT).read_text()
   assert report.index("## finetune") < report.index("## export")
+
+
+@pytest.mark.slow
+def test_export_of_a_streamed_folder_matches_the_in_memory_one(target_model, test_images, tmp_path):
+  from tl_keras.stages import export
+
+  # RGB 32x32 files of the 5-9 test digits: fitted to the model's grey 28x28 when read.
+  keep = np.concatenate([np.flatnonzero(test_images.y_test == k)[:12] for k in range(5)])
+  folder = write_image_folder(
+    tmp_path / "digits",
+    test_images.x_test[keep],
+    test_images.y_test[keep],
+    test_images.class_names,
+    size=(32, 32),
+    rgb=True,
+  )
+  runs = {}
+  for cache in ("none", "memory"):
+    config = settings.make(
+      settings.ExportConfig,
+      model=str(target_model[0] / artifacts.TARGET_MODEL),
+      target=f"dir:{folder}",
+      image_cache=cache,
+      formats="tflite,tflite_int8",
+      representative_images=20,
+      output_dir=str(tmp_path / cache),
+    )
+    runs[cache] = export.run(config)
+  streamed, held = runs["none"], runs["memory"]
+  assert streamed["keras_test_accuracy"] == held["keras_test_accuracy"] > 0.6
+  for fmt in ("tflite", "tflite_int8"):
+    assert streamed["formats"][fmt]["test_accuracy"] == held["formats"][fmt]["test_accuracy"]
+    # The files get the fitted images rounded to uint8 pixels; the Keras model, floats.
+    assert streamed["formats"][fmt]["agreement_with_keras"] >= 0.9
+  assert (tmp_path / "none" / artifacts.TFLITE_FILES["tflite_int8"]).is_file()

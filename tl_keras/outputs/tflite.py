@@ -30,8 +30,8 @@ from tl_keras.outputs.files import atomic_path
 from tl_keras.preprocessing import preprocess_images
 
 EVALUATION_BATCH = 256
-LATENCY_IMAGES = 200  # single-image invocations timed per file, after LATENCY_WARMUP
-LATENCY_WARMUP = 10
+LATENCY_IMAGES = 200  # single-image invocations timed per file, after LATENCY_WARMUP,
+LATENCY_WARMUP = 10  # on the first EVALUATION_BATCH test images
 
 
 def interpreter_class():
@@ -123,26 +123,34 @@ def _interpreter(content: bytes, num_threads: int | None = None):
   return interpreter(model_content=content, num_threads=num_threads)
 
 
-def predict(content: bytes, pixels: np.ndarray, batch_size: int = EVALUATION_BATCH) -> np.ndarray:
-  """Class probabilities (float32 [N,k]) of a TFLite file for uint8 pixels [N,H,W,C]."""
-  interpreter = _interpreter(content)
-  input_details = interpreter.get_input_details()[0]
-  output_details = interpreter.get_output_details()[0]
-  scale, zero_point = output_details["quantization"]
-  outputs, allocated = [], None
-  for start in range(0, len(pixels), batch_size):
-    batch = pixels[start : start + batch_size].astype(input_details["dtype"])
-    if len(batch) != allocated:
-      interpreter.resize_tensor_input(input_details["index"], batch.shape)
-      interpreter.allocate_tensors()
-      allocated = len(batch)
-    interpreter.set_tensor(input_details["index"], batch)
-    interpreter.invoke()
-    output = interpreter.get_tensor(output_details["index"])
-    if scale:
-      output = (output.astype(np.float32) - zero_point) * scale
-    outputs.append(output.astype(np.float32))
-  return np.concatenate(outputs)
+class _Classifier:
+  """A TFLite file in the interpreter: class probabilities (float32 [N,k]) of uint8 pixel
+  batches [N,H,W,C], the input resized to each batch size it gets."""
+
+  def __init__(self, content: bytes):
+    self.interpreter = _interpreter(content)
+    self.input = self.interpreter.get_input_details()[0]
+    self.output = self.interpreter.get_output_details()[0]
+    self.allocated = None
+
+  def __call__(self, pixels: np.ndarray) -> np.ndarray:
+    if len(pixels) != self.allocated:
+      self.interpreter.resize_tensor_input(self.input["index"], pixels.shape)
+      self.interpreter.allocate_tensors()
+      self.allocated = len(pixels)
+    self.interpreter.set_tensor(self.input["index"], pixels.astype(self.input["dtype"]))
+    self.interpreter.invoke()
+    output = self.interpreter.get_tensor(self.output["index"]).astype(np.float32)
+    scale, zero_point = self.output["quantization"]
+    return (output - zero_point) * scale if scale else output
+
+
+def _pixel_batches(images, input_shape: Sequence[int]):
+  """uint8 pixel batches of an image array or `ImageFiles`, read a batch at a time."""
+  for start in range(0, len(images), EVALUATION_BATCH):
+    yield as_pixels(
+      images[np.arange(start, min(start + EVALUATION_BATCH, len(images)))], input_shape
+    )
 
 
 def latency_ms(content: bytes, pixels: np.ndarray) -> float:
@@ -183,33 +191,44 @@ def export_and_evaluate(
   model's test accuracy and, under `formats`, each file's test accuracy (and its change from
   the Keras model's), agreement with the Keras model's predictions, size and latency."""
   input_shape = tuple(model.input_shape[1:])
-  pixels = as_pixels(target.x_test, input_shape)
-  keras_predicted = models.predict(model, pixels).argmax(axis=1)
+  # The test images as loaded (the Keras model's accuracy as finetune reports it); the TFLite
+  # files get them as uint8 pixels, read a batch at a time (ImageFiles stream from disk).
+  keras_predicted = models.predict(model, target.x_test).argmax(axis=1)
   representative = None
   if "tflite_int8" in formats:
     representative = _representative_images(target, input_shape, representative_images, seed)
   _, interpreter_name = interpreter_class()
-  contents, results = {}, {}
+  contents, convert_seconds = {}, {}
+  # The converter's and interpreter's native messages ("fully_quantize: 0, ...", "Created
+  # TensorFlow Lite XNNPACK delegate for CPU.") are held back unless something fails.
   for fmt in formats:
-    print(f"export: converting to {fmt} and evaluating it", flush=True)
-    # The converter's and interpreter's native messages ("Created TensorFlow Lite XNNPACK
-    # delegate for CPU.", "fully_quantize: 0, ...") are held back unless something fails.
+    print(f"export: converting to {fmt}", flush=True)
+    start = time.perf_counter()
     with native_stderr_captured():
-      start = time.perf_counter()
-      content = convert(model, fmt, representative)
-      convert_seconds = time.perf_counter() - start
-      predicted = predict(content, pixels).argmax(axis=1)
-      latency = latency_ms(content, pixels)
-      types = tensor_types(content)
-    contents[fmt] = content
+      contents[fmt] = convert(model, fmt, representative)
+    convert_seconds[fmt] = round(time.perf_counter() - start, 2)
+  print(f"export: evaluating on {len(target.x_test)} test images", flush=True)
+  predicted = {fmt: [] for fmt in formats}
+  with native_stderr_captured():
+    classifiers = {fmt: _Classifier(content) for fmt, content in contents.items()}
+    first = None
+    for pixels in _pixel_batches(target.x_test, input_shape):
+      first = pixels if first is None else first
+      for fmt, classify in classifiers.items():
+        predicted[fmt].append(classify(pixels).argmax(axis=1))
+    latencies = {fmt: latency_ms(content, first) for fmt, content in contents.items()}
+    types = {fmt: tensor_types(content) for fmt, content in contents.items()}
+  results = {}
+  for fmt, content in contents.items():
+    labels = np.concatenate(predicted[fmt])
     results[fmt] = {
       "file": artifacts.TFLITE_FILES[fmt],
       "size_bytes": len(content),
-      "test_accuracy": float((predicted == target.y_test).mean()),
-      "agreement_with_keras": float((predicted == keras_predicted).mean()),
-      "latency_ms": latency,
-      "convert_seconds": round(convert_seconds, 2),
-      "tensor_types": types,
+      "test_accuracy": float((labels == target.y_test).mean()),
+      "agreement_with_keras": float((labels == keras_predicted).mean()),
+      "latency_ms": latencies[fmt],
+      "convert_seconds": convert_seconds[fmt],
+      "tensor_types": types[fmt],
     }
   for fmt, content in contents.items():
     with atomic_path(os.path.join(output_dir, artifacts.TFLITE_FILES[fmt])) as temp:
