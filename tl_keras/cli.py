@@ -202,6 +202,12 @@ def _run_pipeline(config):
   pipeline.run(config)
 
 
+def _run_fuse(config):
+  from tl_keras.stages import fuse
+
+  fuse.run(config)
+
+
 def pretrain_main():
   """tl-pretrain: train the source CNN on MNIST digits, save source_model.h5."""
   _run(settings.PretrainConfig, _run_pretrain, pretrain_main.__doc__)
@@ -220,3 +226,8 @@ def finetune_main():
 def pipeline_main():
   """tl-pipeline: pretrain, transfer and finetune in sequence into one output folder."""
   _run(settings.PipelineConfig, _run_pipeline, pipeline_main.__doc__)
+
+
+def fuse_main():
+  """tl-fuse: combine several models trained for the same classes into one."""
+  _run(settings.FuseConfig, _run_fuse, fuse_main.__doc__)
