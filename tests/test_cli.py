@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
     ("finetune", "--[no]compare_scratch"),
     ("finetune", "--validation_split"),
     ("pipeline", "--target_fit"),
+    ("fuse", "--method: <average|weighted|stacking>"),
   ],
 )
 def test_help_lists_the_stage_flags(script, flag):

@@ -18,7 +18,7 @@ LAYERS = (
   ("datasets",),
   ("targets",),
   ("pipelines",),
-  ("models", "loading", "probes", "distribute", "interrupts"),
+  ("models", "loading", "probes", "fusion", "distribute", "interrupts"),
   ("training", "resume"),
   ("outputs",),
   ("api",),
@@ -26,7 +26,7 @@ LAYERS = (
   ("cli",),
 )
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
-COMMANDS = ("pretrain", "transfer", "finetune", "pipeline")
+COMMANDS = ("pretrain", "transfer", "finetune", "pipeline", "fuse")
 
 
 def _modules():
