@@ -28,13 +28,17 @@ _EG_RATE = 0.5
 
 
 def fit_fusion(
-  method: str, probabilities: Sequence[np.ndarray], labels: np.ndarray, num_classes: int
+  method: str,
+  probabilities: Sequence[np.ndarray] | None,
+  labels: np.ndarray,
+  num_classes: int,
+  count: int | None = None,
 ) -> dict[str, Any]:
   """The fusion parameters of `method` from the members' validation `probabilities` (one
   [N,k] array each) and the validation `labels`: {"weights": [m]} for average and weighted,
-  {"kernel": [m*k, k], "bias": [k]} for stacking."""
-  count = len(probabilities)
+  {"kernel": [m*k, k], "bias": [k]} for stacking. Average needs only the `count` of members."""
   if method == "average":
+    count = count or len(probabilities)
     return {"weights": np.full(count, 1.0 / count)}
   if method == "weighted":
     return {"weights": _log_loss_weights(probabilities, labels)}

@@ -53,23 +53,28 @@ def run(
   )
   target = _in_class_order(target, class_names)
   _, validation_index = split_per_class(target.y_train, options.validation_split, config.seed)
-  if not len(validation_index):
+  if not len(validation_index) and options.method != "average":
     raise UserError(
       f"--validation_split={options.validation_split} holds out no image of the "
-      f"{len(target.y_train)} training images; raise it"
+      f"{len(target.y_train)} training images (each class keeps one at least) to fit "
+      f"--method={options.method} on; raise it or use --method=average"
     )
   x_validation = target.x_train[validation_index]
   y_validation = target.y_train[validation_index]
 
   print(
-    f"fuse: {len(members)} models by {options.method}, fitted on {len(y_validation)} "
-    "validation images",
+    f"fuse: {len(members)} models by {options.method}, validation on {len(y_validation)} "
+    "training images",
     flush=True,
   )
-  validation = [models.predict(member, x_validation) for member in members]
-  _check_probabilities(validation, paths)
-  fitted = fusion.fit_fusion(options.method, validation, y_validation, len(class_names))
   test = [models.predict(member, target.x_test) for member in members]
+  _check_probabilities(test, paths)
+  validation = (
+    [models.predict(member, x_validation) for member in members] if len(y_validation) else None
+  )
+  fitted = fusion.fit_fusion(
+    options.method, validation, y_validation, len(class_names), count=len(members)
+  )
   fused = fusion.build_fused_model(members, options.method, fitted)
   if not options.allow_unsafe_deserialization:
     _check_loadable(fused)
@@ -79,8 +84,12 @@ def run(
   predict_seconds = time.perf_counter() - predict_start
   predicted = probabilities.argmax(axis=1)
   member_test = [_accuracy(p, target.y_test) for p in test]
-  member_validation = [_accuracy(p, y_validation) for p in validation]
-  fused_validation = fusion.fused_probabilities(options.method, fitted, validation)
+  member_validation = [_accuracy(p, y_validation) for p in validation] if validation else None
+  fused_validation = (
+    _accuracy(fusion.fused_probabilities(options.method, fitted, validation), y_validation)
+    if validation
+    else None
+  )
   test_accuracy = float((predicted == target.y_test).mean())
   metrics = {
     "test_accuracy": test_accuracy,
@@ -89,7 +98,7 @@ def run(
     "worst_member_test_accuracy": min(member_test),
     "mean_member_test_accuracy": float(np.mean(member_test)),
     "fusion_gain": test_accuracy - max(member_test),
-    "validation_accuracy": _accuracy(fused_validation, y_validation),
+    "validation_accuracy": fused_validation,
     "member_validation_accuracy": member_validation,
     "method": options.method,
     # Average and weighted: one per member; stacking: the logistic regression's kernel and bias.
@@ -110,7 +119,7 @@ def run(
     "images_per_second": round(len(target.x_test) / predict_seconds, 1),
     "mean_confidence": float(probabilities.max(axis=1).mean()),
   }
-  gap = np.mean(member_validation) - np.mean(member_test)
+  gap = np.mean(member_validation) - np.mean(member_test) if validation else 0
   if options.method != "average" and gap > _SEEN_VALIDATION_GAP:
     warn(
       f"the members score {np.mean(member_validation):.1%} on the validation images but "
