@@ -72,6 +72,12 @@ def run(
   validation = (
     [models.predict(member, x_validation) for member in members] if len(y_validation) else None
   )
+  weights_to_fit = len(members) * len(class_names) ** 2
+  if options.method == "stacking" and len(y_validation) < weights_to_fit:
+    warn(
+      f"stacking fits {weights_to_fit} weights on {len(y_validation)} validation images and "
+      "may overfit them; --method=average fits nothing"
+    )
   fitted = fusion.fit_fusion(
     options.method, validation, y_validation, len(class_names), count=len(members)
   )
