@@ -6,7 +6,7 @@ the members' probabilities on held-out validation images only:
 - average: the mean of the members' probabilities;
 - weighted: a weighted mean, the weights (on the simplex) minimising the validation log loss;
 - stacking: a multinomial logistic regression on all members' probabilities, concatenated
-  (`transferability.fit_linear_probe`, L2-regularised).
+  (`probes.fit_linear_probe`, L2-regularised).
 
 `build_fused_model` puts the members, as nested models, under one input and combines their
 outputs with built-in layers only (Average, or Concatenate and a Dense), so the fused .h5
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from tl_keras import probes
 from tl_keras import settings
-from tl_keras import transferability
 from tl_keras.keras_api import keras
 
 METHODS = settings.FUSION_METHODS
@@ -43,7 +43,7 @@ def fit_fusion(
   if method == "weighted":
     return {"weights": _log_loss_weights(probabilities, labels)}
   if method == "stacking":
-    kernel, bias = transferability.fit_linear_probe(
+    kernel, bias = probes.fit_linear_probe(
       np.concatenate(probabilities, axis=1).astype(np.float64), labels, num_classes
     )
     return {"kernel": kernel, "bias": bias}

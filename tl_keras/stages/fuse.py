@@ -62,10 +62,9 @@ def run(
   x_validation = target.x_train[validation_index]
   y_validation = target.y_train[validation_index]
 
-  print(
+  summary.say(
     f"fuse: {len(members)} models by {options.method}, validation on {len(y_validation)} "
-    "training images",
-    flush=True,
+    "training images"
   )
   test = [models.predict(member, target.x_test) for member in members]
   _check_probabilities(test, paths)
