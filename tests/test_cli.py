@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
     ("pipeline", "--export_formats"),
     ("finetune", "--class_weight"),
     ("pipeline", "--label_smoothing"),
+    ("fuse", "--method: <average|weighted|stacking>"),
   ],
 )
 def test_help_lists_the_stage_flags(script, flag):

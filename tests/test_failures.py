@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import run_command
 
+from tl_keras import models
 from tl_keras.keras_api import keras
 from tl_keras.outputs import model_io
 
@@ -33,6 +34,21 @@ def _vector_model(folder):
 def _file(folder, name, content):
   (folder / name).write_bytes(content)
   return f"--model={folder / name}"
+
+
+def _classifier(folder, name, class_names, input_shape=(28, 28, 1), softmax=True):
+  """A small untrained CNN saved as FOLDER/NAME with `class_names` in its metadata."""
+  model = models.build_source_model(input_shape, len(class_names))
+  if not softmax:
+    model.get_layer(models.SOURCE_CLASSIFIER).activation = keras.activations.linear
+  model_io.save_h5(model, str(folder / name), {"class_names": class_names})
+  return str(folder / name)
+
+
+def _fuse_with(folder, name, class_names, **options):
+  """--models: the source model (digits 0-4) and a classifier named `name`."""
+  other = _classifier(folder, name, class_names, **options)
+  return [f"--models={folder / 'source.h5'},{other}", "--target=mnist:0-4"]
 
 
 def _folder_with_empty_class(folder):
@@ -106,6 +122,38 @@ CASES = {
     "holds no readable images",
   ),
   "unknown target fit": ("transfer", lambda d: ["--target_fit=crop"], "--target_fit"),
+  # tl-fuse: members must classify the same classes, take the same input and output probabilities.
+  "fuse models of other classes": (
+    "fuse",
+    lambda d: _fuse_with(d, "letters.h5", ["a", "b", "c"]),
+    "it classifies 3 classes (a, b, c), the first model 5 classes (0, 1, 2, 3, 4)",
+  ),
+  "fuse a missing model": (
+    "fuse",
+    lambda d: [f"--models={d / 'source.h5'},{d / 'none.h5'}", "--target=mnist:0-4"],
+    "model not found",
+  ),
+  "fuse by an unknown method": (
+    "fuse",
+    lambda d: [f"--models={d / 'source.h5'},{d / 'source.h5'}", "--method=vote"],
+    "--method=vote",
+  ),
+  "fuse one model": ("fuse", lambda d: [f"--models={d / 'source.h5'}"], "fuse 2 to 32"),
+  "fuse models of other input shapes": (
+    "fuse",
+    lambda d: _fuse_with(d, "big.h5", list("01234"), input_shape=(32, 32, 1)),
+    "it takes images of 32x32x1, the first model 28x28x1",
+  ),
+  "fuse models that output logits": (
+    "fuse",
+    lambda d: _fuse_with(d, "logits.h5", list("01234"), softmax=False),
+    "not class probabilities",
+  ),
+  "fuse on a target of other classes": (
+    "fuse",
+    lambda d: [f"--models={d / 'source.h5'},{d / 'source.h5'}", "--target=mnist:5-9"],
+    "but the models classify 5 classes (0, 1, 2, 3, 4)",
+  ),
   "zero train per class": (
     "finetune",
     lambda d: ["--train_per_class=0"],
@@ -278,8 +326,8 @@ def test_bad_input(case, source_model, small_mnist_dir, tmp_path):
     f"--data_dir={small_mnist_dir}",
     *make_flags(tmp_path),
   ]
-  if script in ("pretrain", "pipeline"):
-    flags = [f for f in flags if not f.startswith("--model")]
+  if script in ("pretrain", "pipeline", "fuse"):
+    flags = [f for f in flags if not f.startswith("--model=")]
   result = run_command([f"scripts/{script}.py", *flags], env=env[0] if env else {})
   assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
   lines = result.stderr.strip().splitlines()

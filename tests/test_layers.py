@@ -18,7 +18,7 @@ LAYERS = (
   ("datasets",),
   ("targets",),
   ("pipelines",),
-  ("models", "loading", "probes", "distribute", "interrupts", "evaluation"),
+  ("models", "loading", "probes", "fusion", "distribute", "interrupts", "evaluation"),
   ("training", "resume"),
   ("outputs",),
   ("api",),
@@ -26,7 +26,7 @@ LAYERS = (
   ("cli",),
 )
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
-COMMANDS = ("pretrain", "transfer", "finetune", "pipeline", "export")
+COMMANDS = ("pretrain", "transfer", "finetune", "pipeline", "export", "fuse")
 
 
 def _modules():

@@ -5,17 +5,21 @@ DEFAULT_OUTPUT_DIR = "saved_models"
 SOURCE_MODEL = "source_model.h5"
 TARGET_MODEL = "target_model.h5"
 SAVED_MODEL_DIR = "target_savedmodel"
+FUSED_MODEL = "fused_model.h5"
+FUSED_SAVED_MODEL_DIR = "fused_savedmodel"
 # The metrics file of each stage, in pipeline order (report.md lists the stages so).
 METRICS = {
   "pretrain": "source_metrics.json",
   "transfer": "transfer_metrics.json",
   "finetune": "finetune_metrics.json",
   "export": "export_metrics.json",
+  "fuse": "fuse_metrics.json",
 }
 PRETRAIN_CURVES = "pretrain_curves.png"
 FINETUNE_CURVES = "finetune_curves.png"
 TRANSFER_CONFUSION = "transfer_confusion.png"
 CONFUSION = "confusion_matrix.png"
+FUSE_CONFUSION = "fuse_confusion.png"
 MISCLASSIFIED = "misclassified.png"
 PREDICTIONS = "predictions.csv"
 REPORT = "report.md"

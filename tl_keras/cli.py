@@ -183,6 +183,12 @@ def _run_export(config):
   export.run(config)
 
 
+def _run_fuse(config):
+  from tl_keras.stages import fuse
+
+  fuse.run(config)
+
+
 def pretrain_main():
   """tl-pretrain: train the source CNN on MNIST digits, save source_model.h5."""
   _run(settings.PretrainConfig, _run_pretrain, pretrain_main.__doc__)
@@ -207,3 +213,8 @@ def export_main():
   """tl-export: TFLite files of a trained model (float32, dynamic-range, float16, full integer),
   each evaluated on the target's test set with the TFLite interpreter."""
   _run(settings.ExportConfig, _run_export, export_main.__doc__)
+
+
+def fuse_main():
+  """tl-fuse: combine several models trained for the same classes into one."""
+  _run(settings.FuseConfig, _run_fuse, fuse_main.__doc__)

@@ -36,6 +36,9 @@ CLASS_WEIGHTS = ("none", "balanced")
 # TFLite files: float32, dynamic-range (int8 weights), float16 weights, full integer (uint8 in
 # and out).
 EXPORT_FORMATS = ("tflite", "tflite_dynamic", "tflite_float16", "tflite_int8")
+# How tl-fuse combines its members' probabilities (see stages/fuse.py).
+FUSION_METHODS = ("average", "weighted", "stacking")
+MAX_FUSED_MODELS = 32
 DEFAULT_CONV_FILTERS = (16, 32)
 
 MAX_EPOCHS = 10_000
@@ -87,6 +90,22 @@ def _epochs(default: int, help_text: str) -> Any:
 
 def _seed(help_text: str) -> Any:
   return setting(42, help_text, allowed=SEED)
+
+
+def _allow_unsafe() -> Any:
+  return setting(
+    False,
+    "Load models holding Lambda layers, custom classes or graph ops outside the "
+    "allowlist. This runs code from the file: only for files you trust.",
+  )
+
+
+def _max_model_mb() -> Any:
+  return setting(  # see loading.load_model
+    limits.MAX_MODEL_BYTES // limits.MIB,
+    "Refuse model files that declare more tensor data (weights, constants) than this many MiB.",
+    allowed=Range(1, 1 << 20),
+  )
 
 
 def _features_layer() -> Any:
@@ -302,16 +321,8 @@ class ModelSettings:
     "For --model=keras:NAME: the height and width of its input in pixels (default 224).",
     allowed=Range(32, 1024),
   )
-  allow_unsafe_deserialization: bool = setting(
-    False,
-    "Load models holding Lambda layers, custom classes or graph ops outside the "
-    "allowlist. This runs code from the file: only for files you trust.",
-  )
-  max_model_mb: int = setting(  # see loading.load_model
-    limits.MAX_MODEL_BYTES // limits.MIB,
-    "Refuse model files that declare more tensor data (weights, constants) than this many MiB.",
-    allowed=Range(1, 1 << 20),
-  )
+  allow_unsafe_deserialization: bool = _allow_unsafe()
+  max_model_mb: int = _max_model_mb()
 
 
 @dataclasses.dataclass
@@ -474,7 +485,54 @@ class PipelineConfig:
     )
 
 
-COMMAND_CONFIGS = (PretrainConfig, TransferConfig, FinetuneConfig, PipelineConfig, ExportConfig)
+@dataclasses.dataclass
+class FuseSettings:
+  """The members of a fusion, how they are combined, and the limits of loading them."""
+
+  models: str = setting(
+    "",
+    "Comma-separated models to fuse (.h5 or .keras files or SavedModel folders), at least two, "
+    "trained for the same classes and taking the same input shape.",
+  )
+  method: str = setting(
+    "average",
+    "How the members' probabilities are combined: average (equal weights), weighted (one "
+    "weight per member, fitted on the validation images) or stacking (a logistic regression "
+    "on all members' probabilities, fitted on the validation images).",
+    choices=FUSION_METHODS,
+  )
+  validation_split: float = setting(
+    0.2,
+    "Fraction of each class's training images held out (seeded, as tl-finetune's "
+    "--validation_split) to fit the weights and score the members; never the test images.",
+    allowed=Range(0, 1, real=True, low_open=True, high_open=True),
+  )
+  allow_unsafe_deserialization: bool = _allow_unsafe()
+  max_model_mb: int = _max_model_mb()
+
+  def model_paths(self) -> list[str]:
+    """The member models named by `models`, in order."""
+    return [path.strip() for path in self.models.split(",")]
+
+
+@dataclasses.dataclass
+class FuseConfig:
+  """tl-fuse: several models for the same classes combined into one."""
+
+  paths: PathSettings = group(PathSettings)
+  fuse: FuseSettings = group(FuseSettings)
+  target: TargetSettings = group(TargetSettings)
+  seed: int = _seed("Random seed for --train_per_class, --test_split and --validation_split.")
+
+
+COMMAND_CONFIGS = (
+  PretrainConfig,
+  TransferConfig,
+  FinetuneConfig,
+  PipelineConfig,
+  ExportConfig,
+  FuseConfig,
+)
 
 
 def _is_group(field: dataclasses.Field) -> bool:
@@ -581,6 +639,15 @@ def validate(config) -> None:
       export_formats(value, name)
   if isinstance(config, ExportConfig) and not export_formats(config.formats):
     raise UserError(f"--formats is empty: use any of {', '.join(EXPORT_FORMATS)}")
+  fuse = getattr(config, "fuse", config)
+  if isinstance(fuse, FuseSettings):
+    paths = fuse.model_paths()
+    if not fuse.models.strip() or not all(paths):
+      raise UserError(
+        f"invalid --models={fuse.models!r}: name the model files to fuse, separated by commas"
+      )
+    if not 2 <= len(paths) <= MAX_FUSED_MODELS:
+      raise UserError(f"--models names {len(paths)} model(s); fuse 2 to {MAX_FUSED_MODELS}")
   head = getattr(config, "head", config)
   if isinstance(head, HeadSettings) and head.head_init == "probe" and head.head_units:
     raise UserError(

@@ -13,9 +13,9 @@ from tl_keras import settings
 from tl_keras.outputs.files import atomic_path
 
 # Metrics listed with the settings (they are none), each after the setting it belongs to.
-_LISTED_AFTER = {"strategy": "num_replicas", "target": "classes"}
+_LISTED_AFTER = {"strategy": ("num_replicas",), "target": ("classes", "models", "method")}
 _SETTINGS = tuple(
-  key for setting in settings.report_keys() for key in (setting, _LISTED_AFTER.get(setting)) if key
+  key for setting in settings.report_keys() for key in (setting, *_LISTED_AFTER.get(setting, ()))
 )
 # (metrics key, label, format); training stages time images/s while training, transfer while
 # predicting.
@@ -27,6 +27,10 @@ _RESULTS = (
   ("logme", "LogME (higher: features suit the target better)", "plain"),
   ("scratch_test_accuracy", "test accuracy from scratch (same model and epochs)", "percent"),
   ("transfer_gain", "transfer gain (finetuned minus scratch)", "points"),
+  ("best_member_test_accuracy", "best member's test accuracy", "percent"),
+  ("worst_member_test_accuracy", "worst member's test accuracy", "percent"),
+  ("fusion_gain", "fusion gain (fused minus best member)", "points"),
+  ("num_validation", "validation images (fit the fusion)", "plain"),
   ("wall_seconds", "wall time", "seconds"),
   ("train_seconds", "training time", "seconds"),
   ("train_images_per_second", "training images/s", "rate"),

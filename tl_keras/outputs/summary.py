@@ -65,6 +65,12 @@ def print_summary(
       f"  from scratch    {metrics['scratch_test_accuracy']:.2%}: transfer gain "
       f"{metrics['transfer_gain'] * 100:+.2f} points"
     )
+  if "member_test_accuracy" in metrics:
+    lines.append(
+      f"  members         {len(metrics['member_test_accuracy'])} models, test accuracy "
+      f"{metrics['worst_member_test_accuracy']:.2%} to {metrics['best_member_test_accuracy']:.2%}"
+      f"; fused by {metrics['method']}: {metrics['fusion_gain'] * 100:+.2f} points over the best"
+    )
   if "images_per_second" in metrics:
     lines.append(
       f"  inference       {metrics['images_per_second']:.0f} images/s, mean confidence "
