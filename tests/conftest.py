@@ -124,3 +124,14 @@ def pytest_collection_modifyitems(items):
   for item in items:
     if _TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
       item.add_marker(pytest.mark.slow)
+
+
+def assert_refused(result, output_dir, *fragments):
+  """Exit 2, exactly one stderr line `error: ...` holding `fragments`, nothing written."""
+  assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), lines
+  for fragment in fragments:
+    assert fragment in lines[0], lines[0]
+  assert not os.path.exists(output_dir) or not os.listdir(output_dir)
+  return lines[0]

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import assert_refused
 from conftest import run_command
 
 from tl_keras import loading
@@ -148,35 +149,25 @@ def test_backbone_from_the_cache_trains_one_epoch_on_a_colour_folder(keras_home,
   ]
 
 
-def _assert_refused(result, output_dir, *fragments):
-  """Exit 2, exactly one stderr line `error: ...` holding `fragments`, nothing written."""
-  assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: "), lines
-  for fragment in fragments:
-    assert fragment in lines[0], lines[0]
-  assert not os.path.exists(output_dir) or not os.listdir(output_dir)
-
-
 @pytest.mark.slow
 def test_unknown_backbone_and_missing_weights_offline_exit_2(keras_home, tmp_path):
   env = {"KERAS_HOME": str(keras_home), **OFFLINE}
   target = f"--target=dir:{_colour_folder(tmp_path / 'colours', per_class=3)}"
   output_dir = tmp_path / "out"
   finetune = ["scripts/finetune.py", f"--output_dir={output_dir}", target, "--epochs=1"]
-  _assert_refused(
+  assert_refused(
     run_command([*finetune, "--model=keras:NoSuchNet"], env=env),
     output_dir,
     "unknown backbone 'keras:NoSuchNet'",
     "MobileNetV2",
   )
-  _assert_refused(
+  assert_refused(
     run_command([*finetune, "--model=keras:MobileNetV2", f"--input_size={SIZE}"], env=env),
     output_dir,
     WEIGHT_FILES["MobileNetV2"],
     os.path.join(str(keras_home), "models"),
   )
-  _assert_refused(
+  assert_refused(
     run_command(
       [
         "scripts/transfer.py",

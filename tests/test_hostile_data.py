@@ -19,6 +19,7 @@ import zlib
 import h5py
 import numpy as np
 import pytest
+from conftest import assert_refused
 from conftest import run_command
 from conftest import write_image_folder
 
@@ -81,17 +82,6 @@ def _transfer(source_model, output_dir, *flags):
   return run_command(
     ["scripts/transfer.py", f"--model={source_model[0]}", f"--output_dir={output_dir}", *flags]
   )
-
-
-def _assert_refused(result, output_dir, *fragments):
-  """Exit 2, exactly one stderr line `error: ...` holding `fragments`, nothing written."""
-  assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: "), lines
-  for fragment in fragments:
-    assert fragment in lines[0], lines[0]
-  assert not os.path.exists(output_dir) or not os.listdir(output_dir)
-  return lines[0]
 
 
 def test_fifo_in_a_class_folder_is_skipped_unopened(digits, tmp_path, capsys):
@@ -202,7 +192,7 @@ def test_decompression_bomb_png_is_refused_before_decoding(
       f"--target=dir:{root}",
     ]
   )
-  line = _assert_refused(result, output_dir, "bomb.png", f"{limits.MAX_IMAGE_PIXELS:,}")
+  line = assert_refused(result, output_dir, "bomb.png", f"{limits.MAX_IMAGE_PIXELS:,}")
   assert "MAX_IMAGE_PIXELS" in line
   peak_kib = int(result.stdout.strip().splitlines()[-1].split()[-1])
   assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
@@ -245,7 +235,7 @@ def test_empty_zero_size_and_truncated_images_are_skipped(digits, tmp_path, caps
 def test_class_folder_name_with_a_newline_is_refused(digits, source_model, tmp_path):
   root = _folder(tmp_path / "target", digits, names=("five", "six\nseven", "eight"))
   output_dir = tmp_path / "out"
-  line = _assert_refused(
+  line = assert_refused(
     _transfer(source_model, output_dir, f"--target=dir:{root}"),
     output_dir,
     "'six\\nseven'",
@@ -282,7 +272,7 @@ def test_one_class_target_is_refused(kind, digits, source_model, small_mnist_dir
     f"--data_dir={small_mnist_dir}",
     "--train_per_class=2",
   )
-  _assert_refused(result, output_dir, "1 class(es)", "at least two")
+  assert_refused(result, output_dir, "1 class(es)", "at least two")
 
 
 def _npy(header):
@@ -324,7 +314,7 @@ def test_npz_declaring_a_huge_array_is_refused_before_loading(source_model, tmp_
   path = _npz_with(tmp_path / "huge.npz", x_train=_npy(huge) + bytes(64))
   assert path.stat().st_size < 10_000
   output_dir = tmp_path / "out"
-  _assert_refused(
+  assert_refused(
     _transfer(source_model, output_dir, f"--target=npz:{path}"),
     output_dir,
     "x_train declares shape (1000000, 100000, 100000)",
@@ -451,7 +441,7 @@ def test_model_metadata_class_names_with_control_characters_are_refused(source_m
       "--target=mnist:5-9",
     ]
   )
-  _assert_refused(result, output_dir, f"model {hostile}", "'2\\r\\n=cmd'", "control character")
+  assert_refused(result, output_dir, f"model {hostile}", "'2\\r\\n=cmd'", "control character")
   with h5py.File(hostile, "a") as f:
     f.attrs[artifacts.METADATA_ATTR] = json.dumps({"class_names": "01234"})
   with pytest.raises(UserError, match="must be a list of strings"):
