@@ -13,9 +13,10 @@ JSON report with the mean over seeds of each recipe and prints one line per run.
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
+
+from common import read  # bench/common.py: this folder is on sys.path when run as a script
+from common import run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
@@ -59,18 +60,6 @@ MEANS = (
   "transfer_gain",
   "linear_probe_accuracy",
 )
-
-
-def run(script, *flags):
-  command = [sys.executable, f"scripts/{script}.py", *flags]
-  completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
-  if completed.returncode:
-    sys.exit(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
-
-
-def read(folder, name):
-  with open(os.path.join(folder, name)) as f:
-    return json.load(f)
 
 
 def main():

@@ -19,9 +19,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
+
+from common import read  # bench/common.py: this folder is on sys.path when run as a script
+from common import run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
@@ -36,18 +37,6 @@ MEMBER_FLAGS = [
   "--batch_size=32",
   "--epochs=16",
 ]
-
-
-def run(script, *flags):
-  command = [sys.executable, f"scripts/{script}.py", *flags]
-  completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
-  if completed.returncode:
-    sys.exit(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
-
-
-def read(folder, name):
-  with open(os.path.join(folder, name)) as f:
-    return json.load(f)
 
 
 def mean(values):
