@@ -18,7 +18,6 @@ from tl_keras import training
 from tl_keras.datasets import LabeledData
 from tl_keras.errors import warn
 from tl_keras.outputs import files
-from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
 from tl_keras.outputs import tflite
 
@@ -37,7 +36,6 @@ def run(
   distribute.check_devices(config.runtime)
   strategy = strategy_override or distribute.get_distribution_strategy(config.runtime.strategy)
   output_dir = files.prepare_output_dir(config.paths.output_dir)
-  source_metadata = model_io.read_metadata(config.load.model)
   # Loaded outside the strategy's scope: the classifier is rebuilt inside it for training.
   source = _load_source(config)
   input_shape = models.image_input_shape(source, config.load.model)
@@ -71,7 +69,7 @@ def run(
   metrics.update(
     {
       "source_model": config.load.model,
-      "source_classes": source_metadata.get("class_names"),
+      "source_classes": clf.source_class_names,
       "target": target.description,
       "unfreeze": unfreeze,
       "features_layer": config.head.features_layer,
