@@ -51,6 +51,12 @@ def _fuse_with(folder, name, class_names, **options):
   return [f"--models={folder / 'source.h5'},{other}", "--target=mnist:0-4"]
 
 
+def _folder_without_images(folder):
+  (folder / "unlabeled" / "deep" / "er").mkdir(parents=True)
+  (folder / "unlabeled" / "deep" / "er" / "notes.txt").write_text("no images here")
+  return folder / "unlabeled"
+
+
 def _folder_with_empty_class(folder):
   (folder / "images" / "a").mkdir(parents=True)
   (folder / "images" / "a" / "x.png").write_bytes(b"not a png")
@@ -154,10 +160,27 @@ CASES = {
     lambda d: [f"--models={d / 'source.h5'},{d / 'source.h5'}", "--target=mnist:5-9"],
     "but the models classify 5 classes (0, 1, 2, 3, 4)",
   ),
-  "zero train per class": (
+  # Unlabelled images and adaptation (#10).
+  "zero train per class without unlabelled images": (
     "finetune",
     lambda d: ["--train_per_class=0"],
-    "--train_per_class must be a whole number from 1 to",
+    "--train_per_class=0 leaves no labelled target images: give --unlabeled",
+  ),
+  "no labels and target classes the source lacks": (
+    "finetune",
+    lambda d: ["--train_per_class=0", "--unlabeled=rest"],  # the 0-4 source on 5-9
+    "class(es) 5, 6, 7, 8, 9 are not classes of the source model",
+  ),
+  "unlabelled folder without images": (
+    "finetune",
+    lambda d: [f"--unlabeled=dir:{_folder_without_images(d)}", "--train_per_class=5"],
+    "holds no readable images",
+  ),
+  "unknown adapt": ("finetune", lambda d: ["--adapt=mixmatch"], "--adapt"),
+  "adapt without unlabelled images": (
+    "pipeline",
+    lambda d: ["--adapt=self_training"],
+    "--adapt=self_training learns from unlabelled images: give --unlabeled",
   ),
   "head dropout of 1.5": ("finetune", lambda d: ["--head_dropout=1.5"], "--head_dropout"),
   "probe head with a hidden layer": (

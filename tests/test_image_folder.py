@@ -129,8 +129,11 @@ def test_train_per_class_is_a_seeded_stratified_subset(small_mnist_dir, capsys):
   assert np.array_equal(subset.x_train, again.x_train)
   short = targets.subset_per_class(subset, 12, seed=0)
   assert len(short.x_train) == 50 and "fewer than 12" in capsys.readouterr().err
-  with pytest.raises(UserError, match="at least 1"):
-    targets.subset_per_class(subset, 0, seed=0)
+  with pytest.raises(UserError, match="at least 0"):
+    targets.subset_per_class(subset, -1, seed=0)
+  # 0 per class keeps no training image (adaptation without labels), the test images all.
+  none = targets.subset_per_class(subset, 0, seed=0)
+  assert len(none.x_train) == len(none.y_train) == 0 and len(none.x_test) == 5 * 200
 
 
 def test_split_per_class_holds_out_each_class_and_keeps_one():

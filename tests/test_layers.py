@@ -13,12 +13,12 @@ from conftest import run_command
 PACKAGE_DIR = os.path.join(REPO_ROOT, "tl_keras")
 # Bottom to top; a package stands for all its modules.
 LAYERS = (
-  ("tl_keras", "errors", "limits", "ranges", "settings", "artifacts", "keras_api"),
-  ("preprocessing",),
+  ("tl_keras", "errors", "limits", "ranges", "settings", "schedule", "artifacts", "keras_api"),
+  ("preprocessing", "augmentation"),
   ("datasets",),
   ("targets",),
   ("pipelines",),
-  ("models", "loading", "probes", "fusion", "distribute", "interrupts", "evaluation"),
+  ("models", "adaptation", "loading", "probes", "fusion", "distribute", "interrupts", "evaluation"),
   ("training", "resume"),
   ("outputs",),
   ("api",),

@@ -13,6 +13,7 @@ _TRAINING = {
   "learning_rate",
   "epochs",
   "batch_size",
+  "steps_per_epoch",
   "seed",
   "mixed_precision",
   "per_replica_batch_size",
@@ -53,6 +54,13 @@ def test_resume_records_the_same_settings_as_before():
     "allow_unsafe_deserialization",
     "max_model_mb",
     "input_size",
+    "unlabeled",
+    "adapt",
+    "source_data",
+    "unlabeled_ratio",
+    "confidence_threshold",
+    "unlabeled_weight",
+    "align_weight",
   }
 
 
@@ -64,6 +72,7 @@ def test_report_lists_the_same_settings_as_before():
     "epochs",
     "warmup_epochs",
     "batch_size",
+    "steps_per_epoch",
     "strategy",
     "unfreeze",
     "features_layer",
@@ -71,13 +80,19 @@ def test_report_lists_the_same_settings_as_before():
     "augment",
     "class_weight",
     "label_smoothing",
+    "adapt",
+    "unlabeled",
     "validation_split",
     "target",
   ]
 
 
 def test_stage_defaults():
-  assert settings.PretrainConfig().epochs == settings.FinetuneConfig().epochs == 4
+  assert settings.PretrainConfig().epochs == 4
+  # Finetune's epochs, batch and augmentation are chosen by the label count (see schedule).
+  finetune_config = settings.FinetuneConfig()
+  assert finetune_config.epochs is finetune_config.train.batch_size is None
+  assert finetune_config.train.augment is None and finetune_config.head.head_init == "auto"
   assert settings.TransferConfig().batch_size == 1024
   pretrain, transfer, finetune = settings.make(
     settings.PipelineConfig,
@@ -88,6 +103,8 @@ def test_stage_defaults():
     features_layer="features_dense",
   ).stages()
   assert (pretrain.epochs, finetune.epochs) == (2, 3)
+  assert (pretrain.train.batch_size, pretrain.train.augment) == (128, False)
+  assert finetune.train.batch_size is None and finetune.adapt.adapt == "auto"
   assert transfer.load.model == finetune.load.model == "out/source_model.h5"
   assert transfer.seed == 7 and transfer.features_layer == "features_dense"
 
@@ -100,6 +117,15 @@ def test_stage_defaults():
     ({"head_dropout": 1.0}, "--head_dropout must be a number in [0, 1), got 1.0"),
     ({"head_init": "probe", "head_units": 8}, "needs --head_units=0"),
     ({"warmup_epochs": -1}, "--warmup_epochs must be a whole number from 0 to 10_000, got -1"),
+    ({"train_per_class": 0}, "--train_per_class=0 leaves no labelled target images: give"),
+    (
+      {"train_per_class": 0, "unlabeled": "rest", "features_layer": "features_flatten"},
+      "--train_per_class=0 (no target labels) starts the classifier from the source's",
+    ),
+    ({"unlabeled": "folder/x"}, "unknown --unlabeled='folder/x': use rest, dir:PATH"),
+    ({"adapt": "align"}, "--adapt=align learns from unlabelled images: give --unlabeled"),
+    ({"adapt": "fixmatch"}, "unknown --adapt='fixmatch': use one of auto, self_training"),
+    ({"confidence_threshold": 0.0}, "--confidence_threshold must be a number in (0, 1]"),
   ],
 )
 def test_validate_names_the_flag(values, message):

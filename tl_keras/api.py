@@ -15,6 +15,7 @@ constructor arguments, `compile()` with defaults) and Model Maker's image classi
 global state behind. The finetune stage is this class plus files and a report.
 """
 
+import dataclasses
 import os
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 import tl_keras
+from tl_keras import adaptation
 from tl_keras import artifacts
 from tl_keras import distribute
 from tl_keras import evaluation
@@ -31,10 +33,12 @@ from tl_keras import limits
 from tl_keras import loading
 from tl_keras import models
 from tl_keras import probes
+from tl_keras import schedule
 from tl_keras import settings
 from tl_keras import targets
 from tl_keras import training
 from tl_keras.datasets import LabeledData
+from tl_keras.datasets import UnlabeledImages
 from tl_keras.datasets.folders import ImageFiles
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
@@ -78,11 +82,16 @@ def load_target(
   train_per_class: int | None = None,
   seed: int = 42,
   image_cache: str = "auto",
+  unlabeled: str = "",
+  framing: dict | None = None,
 ) -> LabeledData:
   """A target from 'mnist:CLASSES', 'npz:PATH' or 'dir:PATH', fitted to a model's
-  `input_shape` (needed for 'dir:'), with `train_per_class` seeded training images per class.
-  `image_cache` 'none' streams a 'dir:' folder's images from their files ('auto': when they
-  would take over 512 MiB; see `tl_keras.datasets.folders`)."""
+  `input_shape` (needed for 'dir:'), with `train_per_class` seeded training images per class
+  (0: none, for adaptation without labels). `unlabeled`: unlabelled images as `--unlabeled`
+  takes them ('rest', 'dir:PATH', 'npz:PATH', 'mnist:CLASSES'), in `.unlabeled`. `fit`:
+  'auto', 'resize', 'pad' or 'source' (framed as `framing` says, e.g. a source model's
+  `TransferClassifier.framing`). `image_cache` 'none' streams a 'dir:' folder's images from
+  their files ('auto': when they would take over 512 MiB; see `tl_keras.datasets.folders`)."""
   options = settings.TargetSettings(
     target=spec,
     target_fit=fit,
@@ -91,13 +100,18 @@ def load_target(
     image_cache=image_cache,
   )
   settings.validate(options)
+  problem = settings.unlabeled_spec_problem(unlabeled)
+  if problem:
+    raise UserError(problem)
   if input_shape is None:
+    if unlabeled:
+      raise UserError("unlabelled images need input_shape, the model's, to be fitted to")
     target = targets.load_target(spec, data_dir, None, fit, test_split, seed, image_cache)
     if train_per_class is not None:
       target = targets.subset_per_class(target, train_per_class, seed)
     targets.check_target(target)
     return target
-  return targets.prepare_target(options, tuple(input_shape), data_dir, seed)
+  return targets.prepare_target(options, tuple(input_shape), data_dir, seed, framing, unlabeled)
 
 
 def transferability(
@@ -106,6 +120,8 @@ def transferability(
   """How well a source model's frozen features suit the target before any training:
   `linear_probe_accuracy` (on the test split) and `logme` (on the training split)."""
   model = load_model(source) if isinstance(source, str) else source
+  if not len(data.y_train):  # no labelled training images (adaptation without labels)
+    return {"linear_probe_accuracy": None, "logme": None}
   train = probes.features_of(model, data.x_train, features_layer)
   test = probes.features_of(model, data.x_test, features_layer)
   return {
@@ -129,6 +145,7 @@ class TransferClassifier:
     *,
     source: str | None = None,
     source_class_names: Sequence[str] | None = None,
+    framing: dict | None = None,
   ):
     if model.output_shape[-1] != len(class_names):
       raise UserError(
@@ -139,7 +156,12 @@ class TransferClassifier:
     self.class_names = [str(name) for name in class_names]
     self.source = source
     self.source_class_names = list(source_class_names) if source_class_names else None
+    # How the source's training images were framed (its metadata), for --target_fit=source.
+    self.framing = framing
     self._fresh_model: Callable[[], keras.Model] | None = None  # see from_source
+    self._source_model: keras.Model | None = None  # with its classifier, see from_source
+    # The settings the last `fit` trained with, its data-dependent defaults filled in.
+    self.settings: settings.FinetuneConfig | None = None
     self.compile()
 
   @classmethod
@@ -191,13 +213,16 @@ class TransferClassifier:
         copy = models.with_global_dtype_policy(source_model)
       return models.build_target_model(copy, len(class_names), unfreeze, head)
 
+    metadata = model_io.read_metadata(path) if path else {}
     classifier = cls(
       model,
       class_names,
       source=path,
-      source_class_names=model_io.read_metadata(path).get("class_names") if path else None,
+      source_class_names=metadata.get("class_names"),
+      framing=metadata.get("framing"),
     )
     classifier._fresh_model = fresh_model
+    classifier._source_model = source_model
     return classifier
 
   @property
@@ -215,17 +240,25 @@ class TransferClassifier:
   def fit(
     self,
     data: Data,
-    epochs: int = 4,
+    epochs: int | None = None,
     *,
-    batch_size: int = 128,
+    batch_size: int | None = None,
+    steps_per_epoch: int | None = None,
     validation_split: float = 0.0,
     patience: int = 3,
-    augment: bool = False,
+    augment: bool | None = None,
     warmup_epochs: int = 0,
     finetune_learning_rate: float | None = None,
-    head_init: str = "random",
+    head_init: str = "auto",
     class_weight: str = "none",
     label_smoothing: float = 0.0,
+    unlabeled: UnlabeledImages | Images | None = None,
+    adapt: str = "auto",
+    source_data: LabeledData | str = "auto",
+    unlabeled_ratio: int = 3,
+    confidence_threshold: float = 0.95,
+    unlabeled_weight: float = 1.0,
+    align_weight: float = 0.1,
     seed: int = 42,
     deterministic: bool = True,
     mixed_precision: bool = False,
@@ -236,21 +269,42 @@ class TransferClassifier:
     tf.data.Dataset of `(images, labels)` batches. Images are raw (uint8 0-255 or float 0-1,
     any size; fitted to the model's input); labels are 0..k-1 in `class_names` order.
 
+    Left at None/'auto', `epochs`, `steps_per_epoch`, `batch_size`, `augment`, `head_init`
+    and `adapt` are chosen by the number of labelled and unlabelled images (`schedule`): 4
+    epochs at batch 128 for a full training set; with few labels or unlabelled images, enough
+    optimizer steps, batch 32, augmentation and a probe head.
     With `warmup_epochs`, only the head trains first, then the unfrozen layers join it at
     `finetune_learning_rate` (a tenth of the rate by default) for `epochs` more.
-    `head_init='probe'` starts the head from a linear probe on the frozen features.
+    `head_init='probe'` starts the head from a linear probe on the frozen features, 'source'
+    from the source classifier's rows for these class names.
     `validation_split` holds out that part of each class and keeps the best epoch.
     `class_weight='balanced'` weighs each class's loss by the inverse of its share of the
-    training images; `label_smoothing` smooths the cross-entropy targets. Under
-    `strategy` (default: the current one) the model is rebuilt in its scope, same weights.
-    `verbose`: Keras's progress output (default: a progress bar on a terminal, a line per
-    epoch otherwise; 0 for none).
+    training images; `label_smoothing` smooths the cross-entropy targets.
+
+    `unlabeled`: target images without labels (raw images, or `data.unlabeled` from
+    `load_target(..., unlabeled=...)`), learnt from by `adapt` 'self_training' or 'align'
+    (see `tl_keras.adaptation`; `unlabeled_ratio`, `confidence_threshold`,
+    `unlabeled_weight`, `align_weight` as the flags of those names). With no labelled images
+    (`train_per_class=0`), the source's training images of the target's classes are the
+    labelled ones: `source_data` (a LabeledData of the source's classes or a spec; 'auto': the
+    MNIST digits of the source model's classes).
+
+    Under `strategy` (default: the current one) the model is rebuilt in its scope, same
+    weights. `verbose`: Keras's progress output (default: a progress bar on a terminal, a line
+    per epoch otherwise; 0 for none).
     """
+    data = self._labeled(data)
+    if unlabeled is not None:
+      if not isinstance(unlabeled, UnlabeledImages):
+        images = unlabeled if isinstance(unlabeled, ImageFiles) else np.asarray(unlabeled)
+        unlabeled = UnlabeledImages(images, None, "unlabelled images")
+      data.unlabeled = unlabeled
     config = settings.make(
       settings.FinetuneConfig,
       **self._train_settings,
       epochs=epochs,
       batch_size=batch_size,
+      steps_per_epoch=steps_per_epoch,
       validation_split=validation_split,
       patience=patience,
       augment=augment,
@@ -259,6 +313,14 @@ class TransferClassifier:
       head_init=head_init,
       class_weight=class_weight,
       label_smoothing=label_smoothing,
+      adapt=adapt,
+      # Given as images, not as a spec: validated as --unlabeled=rest would be.
+      unlabeled="rest" if data.unlabeled is not None else "",
+      source_data=source_data if isinstance(source_data, str) else "auto",
+      unlabeled_ratio=unlabeled_ratio,
+      confidence_threshold=confidence_threshold,
+      unlabeled_weight=unlabeled_weight,
+      align_weight=align_weight,
       seed=seed,
       deterministic=deterministic,
       mixed_precision=mixed_precision,
@@ -266,7 +328,8 @@ class TransferClassifier:
     settings.validate(config)
     if verbose is None:
       verbose = training.progress_verbosity()
-    return self.fit_config(self._labeled(data), config, strategy, verbose=verbose)
+    source = source_data if isinstance(source_data, LabeledData) else None
+    return self.fit_config(data, config, strategy, verbose=verbose, source_data=source)
 
   def fit_config(
     self,
@@ -276,36 +339,132 @@ class TransferClassifier:
     stage: str | None = None,
     log: Callable[[str], None] | None = None,
     verbose: int = 0,
+    source_data: LabeledData | None = None,
   ) -> FitResult:
     """`fit` with every training setting of a finetune config (its `train`, `runtime`,
-    `finetune` and `head.head_init` groups). With a `stage` name, each epoch is backed up for
-    `--resume` under `config.paths.output_dir`; messages go to `log`."""
+    `finetune`, `adapt` and `head.head_init` groups), its data-dependent defaults filled in
+    by `schedule.choose` (said in one line to `log`). With a `stage` name, each epoch is
+    backed up for `--resume` under `config.paths.output_dir`; messages go to `log`.
+    `source_data`: the source's training images (`targets.load_source_data`), loaded from
+    `config.adapt.source_data` when adaptation needs them and none are given."""
     current = tf.distribute.get_strategy()
     strategy = strategy or current
+    say = log if log and distribute.is_chief(strategy) else lambda message: None
+    unlabeled = data.unlabeled if config.adapt.adapt != "none" else None
+    if not len(data.y_train) and not unlabeled:
+      raise UserError(
+        "no labelled training images: give unlabelled ones (--unlabeled) to adapt without labels"
+      )
+    config, plan = schedule.choose(
+      config, len(data.y_train), data.num_classes, len(unlabeled) if unlabeled else 0
+    )
+    if plan.adapt != "none" and not unlabeled:
+      raise UserError(f"--adapt={plan.adapt} learns from unlabelled images: give --unlabeled")
+    if plan.message:
+      say(plan.message)
     template, fresh_model = self.model, self._fresh_model
     classifier_weights = None
     if config.head.head_init == "probe":
       x_train, y_train, _ = training.training_split(data, config)
-      if log and distribute.is_chief(strategy):
-        log(f"head_init: fitting a linear probe on the features of {len(x_train)} training images")
+      say(f"head_init: fitting a linear probe on the features of {len(x_train)} training images")
       classifier_weights = probe_classifier_weights(template, x_train, y_train)
+    elif config.head.head_init == "source":
+      classifier_weights = self._source_classifier_weights()
+    if classifier_weights:
       template.get_layer(models.TARGET_CLASSIFIER).set_weights(classifier_weights)
+    adapt_data = None
+    if plan.adapt != "none":
+      if source_data is None and (plan.adapt == "align" or not len(data.y_train)):
+        source_data = targets.load_source_data(
+          config.adapt.source_data,
+          self.source_class_names,
+          self.class_names,
+          config.paths.data_dir,
+          self.input_shape,
+          self.framing,
+          config.runtime.seed,
+        )
+      if source_data is not None and not len(data.y_train) and not (source_data.y_train >= 0).any():
+        raise UserError(
+          f"{source_data.description} has no image of the target's classes "
+          f"({', '.join(self.class_names[:10])}) to train on without target labels"
+        )
+      adapt_data = training.AdaptData(
+        adaptation.Adaptation(
+          method=plan.adapt,
+          confidence_threshold=config.adapt.confidence_threshold,
+          unlabeled_weight=config.adapt.unlabeled_weight,
+          unlabeled_ratio=config.adapt.unlabeled_ratio,
+          align_weight=config.adapt.align_weight if plan.adapt == "align" else 0.0,
+          total_steps=(config.epochs + config.finetune.warmup_epochs)
+          * config.train.steps_per_epoch,
+          adabn=models.has_batch_norm(template),
+        ),
+        unlabeled,
+        source_data,
+      )
 
     def build_model():  # runs in `strategy`'s scope, under the run's seed and precision policy
       if fresh_model:
         model = fresh_model()
         if classifier_weights:
           model.get_layer(models.TARGET_CLASSIFIER).set_weights(classifier_weights)
-        return model
-      if strategy is current and not config.runtime.mixed_precision:
-        return template
-      return models.with_global_dtype_policy(template)
+      elif strategy is current and not config.runtime.mixed_precision:
+        model = template
+      else:
+        model = models.with_global_dtype_policy(template)
+      if adapt_data and adapt_data.settings.adabn:
+        count = models.adapt_batch_norm(model, unlabeled.images)
+        say(f"adabn: re-estimated {count} BatchNormalization layers on target images")
+      return model
 
     self.model, result = training.fit_and_evaluate(
-      build_model, data, config, strategy, stage, schedule(config, template), log, verbose
+      build_model,
+      data,
+      config,
+      strategy,
+      stage,
+      phases(config, template),
+      log,
+      verbose,
+      adapt_data,
     )
     self._fresh_model = None
-    return result
+    self.settings = config
+    return dataclasses.replace(
+      result, head_init=config.head.head_init, defaults=plan.message or None
+    )
+
+  def source_only_accuracy(self, data: LabeledData) -> float | None:
+    """The source model's accuracy on `data`'s test images before any training, predictions
+    matched to the target's classes by name (as the transfer stage's `test_accuracy`); None
+    when no target class is a source class or the source's class names are unknown."""
+    if self._source_model is None or not self.source_class_names or not len(data.x_test):
+      return None
+    predicted = models.predict(self._source_model, data.x_test).argmax(axis=1)
+    names = np.asarray(self.source_class_names)
+    true_names = np.asarray(self.class_names)[data.y_test]
+    return evaluation.accuracy_by_name(names[predicted], true_names, self.source_class_names)
+
+  def _source_classifier_weights(self) -> list[np.ndarray]:
+    """The source classifier's rows for the target's classes, to start the new classifier;
+    a UserError unless the new head sits where the source classifier did."""
+    if self._source_model is None or not self.source_class_names:
+      raise UserError(
+        "starting the classifier from the source's (--head_init=source, or no target labels) "
+        "needs a source model whose metadata names its classes"
+      )
+    weights = models.source_classifier_weights(
+      self._source_model, self.source_class_names, self.class_names
+    )
+    expected = self.model.get_layer(models.TARGET_CLASSIFIER).get_weights()[0].shape
+    if weights[0].shape != expected:
+      raise UserError(
+        "starting the classifier from the source's (--head_init=source, or no target labels) "
+        "needs the new head where the source classifier was: drop --features_layer and "
+        "--head_units"
+      )
+    return weights
 
   def evaluate(self, data: Data, batch_size: int = 1024) -> dict[str, Any]:
     """Accuracy, mean cross-entropy loss, `per_class` precision, recall, F1 and support, and
@@ -343,6 +502,7 @@ class TransferClassifier:
       "stage": "finetune",
       "source_class_names": self.source_class_names,
       "source_model": self.source,
+      "framing": self.framing,
       "tl_keras_version": tl_keras.__version__,
     }
     paths = {
@@ -377,7 +537,7 @@ def probe_classifier_weights(
   return [kernel.astype(np.float32), bias.astype(np.float32)]
 
 
-def schedule(config: settings.FinetuneConfig, model: keras.Model) -> list[training.Phase]:
+def phases(config: settings.FinetuneConfig, model: keras.Model) -> list[training.Phase]:
   """One phase, or with `config.finetune.warmup_epochs`: the head alone, then the unfrozen
   layers with it at `finetune_learning_rate` (a tenth of the first rate by default)."""
   if not config.finetune.warmup_epochs:

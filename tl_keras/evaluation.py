@@ -48,3 +48,13 @@ def per_class_metrics(
     "per_class": per_class,
     "macro_f1": round(float(np.mean(f1_scores)), 6) if f1_scores else None,
   }
+
+
+def accuracy_by_name(
+  predicted_names: Sequence[str], true_names: Sequence[str], source_names: Sequence[str]
+) -> float | None:
+  """Accuracy over the images whose true class name is one of `source_names` (the classes the
+  predicting model knows), predictions matched by name; None when no such image exists."""
+  predicted, true = np.asarray(predicted_names), np.asarray(true_names)
+  matched = np.isin(true, np.asarray(source_names))
+  return float((predicted[matched] == true[matched]).mean()) if matched.any() else None

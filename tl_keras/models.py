@@ -141,6 +141,54 @@ def build_target_model(
   return keras.Model(source_model.inputs, outputs, name="target_model")
 
 
+def source_classifier_weights(
+  source_model: keras.Model, source_names: Sequence[str], class_names: Sequence[str]
+) -> list[np.ndarray]:
+  """The source classifier's kernel columns and biases for `class_names`, in their order: a
+  target classifier on the same features then starts as the source model restricted to those
+  classes. A UserError if a class is not among `source_names` or there is no classifier."""
+  classifier = classifier_layer(source_model)
+  missing = [name for name in class_names if name not in source_names]
+  if classifier is None or missing:
+    problem = (
+      f"class(es) {', '.join(missing[:10])} are not classes of the source model"
+      if missing
+      else "the source model has no classifier layer"
+    )
+    raise UserError(
+      f"cannot start the classifier from the source's ({problem}): training without target "
+      "labels (--train_per_class=0) and --head_init=source need every target class to be a "
+      "source class"
+    )
+  kernel, bias = classifier.get_weights()
+  columns = [list(source_names).index(name) for name in class_names]
+  return [kernel[:, columns], bias[columns]]
+
+
+def has_batch_norm(model: keras.Model) -> bool:
+  return any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+
+
+def adapt_batch_norm(model: keras.Model, images, batch_size: int = 256, limit: int = 2048) -> int:
+  """AdaBN (Li et al., 2018): re-estimates every BatchNormalization layer's moving mean and
+  variance on up to `limit` of `images` (raw target images), layer by layer in model order, so
+  each layer sees its inputs as the layers before it now normalise them. The layers stay
+  frozen (inference mode) in training, so the target statistics stay. Returns the number of
+  layers updated."""
+  norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+  if not norms:
+    return 0
+  count = min(limit, len(images))
+  sample = images[np.linspace(0, len(images) - 1, count).astype(np.int64)]
+  for layer in norms:
+    reader = keras.Model(model.inputs, layer.input)
+    inputs = predict(reader, sample, batch_size)
+    axes = tuple(i for i in range(inputs.ndim) if i != inputs.ndim - 1)
+    scale_and_offset = layer.get_weights()[:-2]
+    layer.set_weights([*scale_and_offset, inputs.mean(axis=axes), inputs.var(axis=axes)])
+  return len(norms)
+
+
 def head_layer_names(model: keras.Model) -> list[str]:
   """Names of the layers `build_target_model` added."""
   return [
@@ -237,7 +285,11 @@ def make_optimizer(name: str, learning_rate: float | None = None):
 
 
 def compile_classifier(
-  model: keras.Model, optimizer, jit_compile: bool = False, label_smoothing: float = 0.0
+  model: keras.Model,
+  optimizer,
+  jit_compile: bool = False,
+  label_smoothing: float = 0.0,
+  steps_per_execution: int = 1,
 ) -> None:
   """Compiles for integer labels (sparse categorical cross-entropy) with accuracy; with
   `label_smoothing`, for one-hot labels (`pipelines.make_dataset`'s `num_classes`), as Keras's
@@ -251,7 +303,13 @@ def compile_classifier(
     if label_smoothing
     else "sparse_categorical_crossentropy"
   )
-  model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=jit_compile)
+  model.compile(
+    optimizer=optimizer,
+    loss=loss,
+    metrics=["accuracy"],
+    jit_compile=jit_compile,
+    steps_per_execution=steps_per_execution,
+  )
 
 
 def image_input_shape(model: keras.Model, source: str) -> tuple[int, int, int]:

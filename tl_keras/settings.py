@@ -29,9 +29,16 @@ OPTIMIZERS = tuple(DEFAULT_LEARNING_RATES)
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 # How images of another size reach the model's: stretched, or scaled into the box keeping the
 # aspect ratio, centred and padded with black (as MNIST centres its digits).
-FITS = ("resize", "pad")
+# 'source': framed as the source model's training images were (its metadata's `framing`: for
+# MNIST, the digit's bounding box scaled into a 20x20 box, centred by mass, light on dark).
+# 'auto': 'source' for images of another size when the model records a framing, else resize.
+FITS = ("auto", "resize", "pad", "source")
 IMAGE_CACHES = ("auto", "memory", "none")
-HEAD_INITS = ("random", "probe")
+# 'auto': chosen by the label count (see `schedule`); 'source': the source classifier's rows for
+# the target's class names (every target class must be a source class).
+HEAD_INITS = ("auto", "random", "probe", "source")
+# How unlabelled target images are used (see `adaptation`); auto: by what is given.
+ADAPT_METHODS = ("auto", "self_training", "align", "none")
 CLASS_WEIGHTS = ("none", "balanced")
 # TFLite files: float32, dynamic-range (int8 weights), float16 weights, full integer (uint8 in
 # and out).
@@ -180,8 +187,12 @@ class TrainSettings:
     allowed=LEARNING_RATE,
     report=30,
   )
-  batch_size: int = setting(
-    128, "Global batch size, split over the replicas.", allowed=BATCH_SIZE, report=60
+  batch_size: int | None = setting(
+    128,
+    "Global batch size, split over the replicas (finetune default: 128, or 32 with few "
+    "labelled images or with --unlabeled).",
+    allowed=BATCH_SIZE,
+    report=60,
   )
   # When set, the global batch is this times the number of replicas and batch_size is unused.
   per_replica_batch_size: int | None = setting(
@@ -190,8 +201,19 @@ class TrainSettings:
     "replicas and --batch_size is ignored.",
     allowed=BATCH_SIZE,
   )
-  augment: bool = setting(
-    False, "Random shifts, rotations and zoom of the training images.", report=110
+  augment: bool | None = setting(
+    False,
+    "Random shifts, rotations and zoom of the training images (finetune default: on with few "
+    "labelled images or with --unlabeled, else off).",
+    report=110,
+  )
+  steps_per_epoch: int | None = setting(
+    None,
+    "Optimizer steps per epoch, drawn from the repeated, reshuffled training images (default: "
+    "one pass over them; with few labelled images or --unlabeled, chosen with the epochs so "
+    "that training takes enough steps).",
+    allowed=Range(1, 1_000_000),
+    report=62,
   )
   validation_split: float = setting(
     0.0,
@@ -235,10 +257,12 @@ class TargetSettings:
     report=130,
   )
   target_fit: str = setting(
-    "resize",
-    "How target images of another size reach the model's "
-    "input: resize (stretch) or pad (keep the aspect ratio, centre, pad "
-    "with black).",
+    "auto",
+    "How target images reach the model's input: resize (stretch to its size), pad (keep the "
+    "aspect ratio, centre, pad with black), source (frame them as the source's training images "
+    "were, from the model's metadata: for MNIST sources, light ink on black, the digit scaled "
+    "into a 20x20 box centred by mass); auto: source for images of another size when the model "
+    "records a framing, else resize.",
     choices=FITS,
   )
   image_cache: str = setting(
@@ -257,8 +281,9 @@ class TargetSettings:
   )
   train_per_class: int | None = setting(
     None,
-    "Use only this many training images per target class (a seeded, stratified subset).",
-    allowed=Range(1, 10_000_000),
+    "Use only this many training images per target class (a seeded, stratified subset); 0 with "
+    "--unlabeled: no target labels at all (the target's classes must be source classes).",
+    allowed=Range(0, 10_000_000),
   )
 
 
@@ -281,10 +306,11 @@ class HeadSettings:
     0.0, "L2 weight decay on the new head's kernels.", allowed=Range(0, 1, real=True)
   )
   head_init: str = setting(
-    "random",
-    "How the new classifier starts: random, or probe (a linear "
-    "probe fitted on the frozen source features; best with few target "
-    "labels).",
+    "auto",
+    "How the new classifier starts: random, probe (a linear probe fitted on the frozen source "
+    "features), or source (the source classifier's rows for the target's class names, which "
+    "must be source classes); auto: probe with few labelled images or with --unlabeled, source "
+    "with no labels, else random.",
     choices=HEAD_INITS,
     report=100,
   )
@@ -355,6 +381,51 @@ class FinetuneSettings:
   )
 
 
+@dataclasses.dataclass
+class AdaptSettings:
+  """Unlabelled target images, and how training learns from them (see `adaptation`)."""
+
+  unlabeled: str = setting(
+    "",
+    "Target images without labels, used in training: rest (the target's training images "
+    "--train_per_class left out, labels dropped), dir:PATH (every image under PATH, any "
+    "nesting), npz:PATH (key x_train or x) or mnist:CLASSES; default none.",
+    report=116,
+  )
+  adapt: str = setting(
+    "auto",
+    "How the unlabelled images are used: self_training (confident pseudo-labels on weakly "
+    "augmented images teach strongly augmented ones, FixMatch), align (also a domain classifier "
+    "trained adversarially on source and target features, DANN), none; auto: self_training "
+    "when --unlabeled is given, else none.",
+    choices=ADAPT_METHODS,
+    report=115,
+  )
+  source_data: str = setting(
+    "auto",
+    "The source's training images, for --adapt=align and for training with "
+    "--train_per_class=0: a target spec (mnist:CLASSES, npz:PATH, dir:PATH); auto: MNIST "
+    "digits of the source model's classes, from its metadata.",
+  )
+  unlabeled_ratio: int = setting(
+    3, "Unlabelled images per labelled image in each batch.", allowed=Range(1, 64)
+  )
+  confidence_threshold: float = setting(
+    0.95,
+    "Self-training: the confidence a weakly augmented unlabelled image needs for its "
+    "pseudo-label to count.",
+    allowed=Range(0, 1, real=True, low_open=True),
+  )
+  unlabeled_weight: float = setting(
+    1.0, "Weight of the unlabelled (pseudo-label) loss.", allowed=Range(0, 100, real=True)
+  )
+  align_weight: float = setting(
+    0.1,
+    "--adapt=align: weight of the domain-adversarial gradient on the features.",
+    allowed=Range(0, 100, real=True),
+  )
+
+
 def _representative_images() -> Any:
   return setting(
     300,
@@ -375,6 +446,12 @@ class ExportSettings:
     free_on_resume=True,
   )
   representative_images: int = _representative_images()
+
+
+_FINETUNE_EPOCHS_HELP = (
+  "Training epochs (default: 4, or with few labelled images or --unlabeled, as many as give "
+  "enough optimizer steps; see --steps_per_epoch)."
+)
 
 
 @dataclasses.dataclass
@@ -411,11 +488,13 @@ class TransferConfig:
 class FinetuneConfig(TrainingConfig):
   """tl-finetune: a new head on the source model, trained on the target."""
 
-  epochs: int = _epochs(4, "Training epochs.")
+  train: TrainSettings = group(TrainSettings, batch_size=None, augment=None)
+  epochs: int | None = _epochs(None, _FINETUNE_EPOCHS_HELP)
   load: ModelSettings = group(ModelSettings)
   target: TargetSettings = group(TargetSettings)
   head: HeadSettings = group(HeadSettings)
   finetune: FinetuneSettings = group(FinetuneSettings)
+  adapt: AdaptSettings = group(AdaptSettings)
   export: ExportSettings = group(ExportSettings)
 
 
@@ -443,24 +522,31 @@ class PipelineConfig:
 
   paths: PathSettings = group(PathSettings)
   runtime: RuntimeSettings = group(RuntimeSettings)
-  train: TrainSettings = group(TrainSettings)
+  train: TrainSettings = group(TrainSettings, batch_size=None, augment=None)
   pretrain_epochs: int = setting(4, "Epochs of the pretrain stage.", allowed=EPOCHS)
-  finetune_epochs: int = setting(4, "Epochs of the finetune stage.", allowed=EPOCHS)
+  finetune_epochs: int | None = setting(None, _FINETUNE_EPOCHS_HELP, allowed=EPOCHS)
   source: SourceSettings = group(SourceSettings)
   target: TargetSettings = group(TargetSettings)
   head: HeadSettings = group(HeadSettings)
   finetune: FinetuneSettings = group(FinetuneSettings)
+  adapt: AdaptSettings = group(AdaptSettings)
   export: ExportSettings = group(ExportSettings)
 
   def stages(self) -> tuple[PretrainConfig, TransferConfig, FinetuneConfig]:
     """The three stages' configs; transfer and finetune read the model pretrain writes."""
     config = copy.deepcopy(self)
     model = ModelSettings(model=os.path.join(config.paths.output_dir, artifacts.SOURCE_MODEL))
+    pretrain_train = copy.deepcopy(config.train)
+    defaults = TrainSettings()  # the finetune stage chooses its own by the label count
+    if pretrain_train.batch_size is None:
+      pretrain_train.batch_size = defaults.batch_size
+    if pretrain_train.augment is None:
+      pretrain_train.augment = defaults.augment
     return (
       PretrainConfig(
         paths=copy.deepcopy(config.paths),
         runtime=copy.deepcopy(config.runtime),
-        train=copy.deepcopy(config.train),
+        train=pretrain_train,
         epochs=config.pretrain_epochs,
         source=config.source,
       ),
@@ -480,6 +566,7 @@ class PipelineConfig:
         target=config.target,
         head=config.head,
         finetune=config.finetune,
+        adapt=config.adapt,
         export=config.export,
       ),
     )
@@ -649,9 +736,69 @@ def validate(config) -> None:
     if not 2 <= len(paths) <= MAX_FUSED_MODELS:
       raise UserError(f"--models names {len(paths)} model(s); fuse 2 to {MAX_FUSED_MODELS}")
   head = getattr(config, "head", config)
-  if isinstance(head, HeadSettings) and head.head_init == "probe" and head.head_units:
+  if isinstance(head, HeadSettings) and head.head_init in ("probe", "source") and head.head_units:
     raise UserError(
-      "--head_init=probe fits the classifier on the source features, so it needs --head_units=0"
+      f"--head_init={head.head_init} sets the classifier on the source features, so it needs "
+      "--head_units=0"
+    )
+  if isinstance(head, HeadSettings) and head.head_init == "source" and head.features_layer:
+    raise UserError(
+      "--head_init=source starts from the source classifier, so the head must sit where it "
+      "did: drop --features_layer"
+    )
+  _validate_adaptation(config)
+
+
+def unlabeled_spec_problem(spec: str) -> str | None:
+  """None for a well-formed --unlabeled spec (or none), else the message refusing it."""
+  kind, _, path = spec.partition(":")
+  if not spec or spec == "rest" or (kind in ("dir", "npz") and path) or kind == "mnist":
+    return None
+  return (
+    f"unknown --unlabeled={spec!r}: use rest, dir:PATH (images at any depth), npz:PATH "
+    "(key x_train or x) or mnist:CLASSES"
+  )
+
+
+def _validate_adaptation(config) -> None:
+  """The rules of --unlabeled, --adapt and --train_per_class=0, for configs that have them."""
+  target = getattr(config, "target", None)
+  adapt = getattr(config, "adapt", None)
+  if not isinstance(target, TargetSettings) or target.train_per_class != 0:
+    no_labels = False
+  elif isinstance(adapt, AdaptSettings):
+    no_labels = True
+  elif isinstance(config, (ExportConfig, FuseConfig)):
+    raise UserError("--train_per_class=0 leaves no training images; give at least 1")
+  else:  # transfer: predictions only
+    return
+  if not isinstance(adapt, AdaptSettings):
+    return
+  problem = unlabeled_spec_problem(adapt.unlabeled)
+  if problem:
+    raise UserError(problem)
+  if adapt.adapt not in ("auto", "none") and not adapt.unlabeled:
+    raise UserError(f"--adapt={adapt.adapt} learns from unlabelled images: give --unlabeled")
+  if not no_labels:
+    return
+  if not adapt.unlabeled or adapt.adapt == "none":
+    raise UserError(
+      "--train_per_class=0 leaves no labelled target images: give --unlabeled (e.g. rest) to "
+      "adapt without labels, or at least 1 image per class"
+    )
+  head = config.head
+  refused = [
+    (head.features_layer, "--features_layer"),
+    (head.head_units, "--head_units"),
+    (head.head_init not in ("auto", "source"), f"--head_init={head.head_init}"),
+    (config.train.validation_split, "--validation_split"),
+    (config.finetune.compare_scratch, "--compare_scratch"),
+  ]
+  given = [name for value, name in refused if value]
+  if given:
+    raise UserError(
+      f"--train_per_class=0 (no target labels) starts the classifier from the source's and "
+      f"has no images to validate or train from scratch on: drop {', '.join(given)}"
     )
 
 

@@ -17,6 +17,20 @@ from tl_keras.errors import UserError
 
 
 @dataclasses.dataclass
+class UnlabeledImages:
+  """Target images without labels, for adaptation. `labels` are their true labels where the
+  data holds them (`--unlabeled=rest`, `mnist:`), else None: only reported (how often
+  pseudo-labels are right), never trained on."""
+
+  images: np.ndarray  # or folders.ImageFiles
+  labels: np.ndarray | None
+  description: str
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+
+@dataclasses.dataclass
 class LabeledData:
   """Train/test images (uint8 0-255 or float 0-1) with labels 0..k-1 named by `class_names`.
 
@@ -31,6 +45,8 @@ class LabeledData:
   y_test: np.ndarray
   class_names: list[str]
   description: str = ""
+  unlabeled: UnlabeledImages | None = None  # see `targets.prepare_target`
+  fit: str | None = None  # how the images were fitted to a model's input (--target_fit)
 
   @property
   def num_classes(self) -> int:

@@ -143,11 +143,19 @@ class ImageFiles:
   ndim = 4
   dtype = np.dtype(np.float32)
 
-  def __init__(self, paths: Sequence[str], root: str, input_shape: Sequence[int], fit: str):
+  def __init__(
+    self,
+    paths: Sequence[str],
+    root: str,
+    input_shape: Sequence[int],
+    fit: str,
+    framing: dict | None = None,
+  ):
     self.paths = np.asarray(paths, dtype=object)
     self.root = root
     self.input_shape = tuple(input_shape)
     self.fit = fit
+    self.framing = framing
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -165,7 +173,7 @@ class ImageFiles:
     index = np.asarray(index)
     if index.ndim != 1:
       raise TypeError("ImageFiles take a 1-D index array or mask; np.asarray reads them all")
-    return ImageFiles(self.paths[index], self.root, self.input_shape, self.fit)
+    return ImageFiles(self.paths[index], self.root, self.input_shape, self.fit, self.framing)
 
   def __array__(self, dtype=None, copy=None) -> np.ndarray:
     images = np.zeros(self.shape, np.float32)
@@ -190,11 +198,11 @@ class ImageFiles:
     dataset = tf.data.Dataset.from_tensor_slices(indices if labels is None else (indices, labels))
     if shuffle_seed is not None:
       dataset = dataset.shuffle(len(self), seed=shuffle_seed, reshuffle_each_iteration=True)
-    input_shape, fit = self.input_shape, self.fit
+    input_shape, fit, framing = self.input_shape, self.fit, self.framing
 
     def load(index, *label):
       contents = tf.numpy_function(self._read, [index], tf.string, stateful=False)
-      image = preprocessing.decode_and_fit(tf.reshape(contents, []), input_shape, fit)
+      image = preprocessing.decode_and_fit(tf.reshape(contents, []), input_shape, fit, framing)
       return (image, *label) if label else image
 
     return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -222,11 +230,18 @@ def _list_classes(
 
 
 def _scan_classes(
-  listed, input_shape: Sequence[int], fit: str, root: str, unreadable: list[str], keep: bool
+  listed,
+  input_shape: Sequence[int],
+  fit: str,
+  root: str,
+  unreadable: list[str],
+  keep: bool,
+  framing: dict | None = None,
+  what: str = "class folder",
 ) -> tuple[np.ndarray | list[str], np.ndarray]:
   """Decodes and fits every listed file once, in order: (images [N, *input_shape] float32, or
   with `keep` False the paths of the readable ones; labels). Unreadable files are added to
-  `unreadable`; a class without a readable image is a UserError."""
+  `unreadable`; a listed folder (a `what`) without a readable image is a UserError."""
   images, image_labels = [], []
   for class_dir, label, paths in listed:
     count = 0
@@ -236,7 +251,9 @@ def _scan_classes(
         # Eagerly: a tf.function's graph optimisations change the last bit of some pixels,
         # while tf.data's map (the stream) gives what eager ops give.
         pixels = (
-          None if contents is None else preprocessing.decode_and_fit(contents, input_shape, fit)
+          None
+          if contents is None
+          else preprocessing.decode_and_fit(contents, input_shape, fit, framing)
         )
       except tf.errors.InvalidArgumentError:  # not an image, empty, or padded to nothing
         pixels = None
@@ -247,7 +264,7 @@ def _scan_classes(
       image_labels.append(label)
       count += 1
     if not count:
-      raise UserError(f"class folder {class_dir} holds no readable images")
+      raise UserError(f"{what} {class_dir} holds no readable images")
   labels = np.asarray(image_labels, np.int64)
   return (np.stack(images) if keep else images), labels
 
@@ -259,6 +276,7 @@ def load_image_folder(
   test_split: float = 0.2,
   seed: int = 42,
   image_cache: str = "auto",
+  framing: dict | None = None,
 ) -> datasets.LabeledData:
   """Reads a class-per-subfolder image target, fitted to `input_shape` (float32 in [0, 1]).
 
@@ -269,10 +287,7 @@ def load_image_folder(
   (`ImageFiles`, decoded again whenever read: memory does not grow with the folder); 'auto'
   is 'memory' while the images would take at most `limits.MAX_IMAGE_CACHE_BYTES`.
   """
-  if image_cache not in settings.IMAGE_CACHES:
-    raise UserError(
-      f"unknown --image_cache={image_cache!r}: use one of {', '.join(settings.IMAGE_CACHES)}"
-    )
+  _check_image_cache(image_cache)
   if not os.path.isdir(path):
     raise UserError(f"target folder not found: {path}")
   present = [name for name in SPLIT_DIRNAMES if os.path.isdir(os.path.join(path, name))]
@@ -302,14 +317,14 @@ def load_image_folder(
     class_names = _class_dirs(path)
     listings = [_list_classes(path, class_names, range(len(class_names)))]
   files = sum(len(paths) for listed in listings for _, _, paths in listed)
-  keep = image_cache == "memory" or (
-    image_cache == "auto" and files * int(np.prod(input_shape)) * 4 <= limits.MAX_IMAGE_CACHE_BYTES
-  )
+  keep = _keep_in_memory(image_cache, files, input_shape)
   unreadable = []
   scanned = []
   for listed in listings:
-    images, labels = _scan_classes(listed, input_shape, fit, root, unreadable, keep)
-    scanned.append((images if keep else ImageFiles(images, root, input_shape, fit), labels))
+    images, labels = _scan_classes(listed, input_shape, fit, root, unreadable, keep, framing)
+    scanned.append(
+      (images if keep else ImageFiles(images, root, input_shape, fit, framing), labels)
+    )
   if present:
     (x_train, y_train), (x_test, y_test) = scanned
   else:
@@ -326,13 +341,7 @@ def load_image_folder(
       images[test_index],
       labels[test_index],
     )
-  if unreadable:
-    listed = ", ".join(unreadable[:_LISTED_UNREADABLE])
-    more = len(unreadable) - _LISTED_UNREADABLE
-    warn(
-      f"skipped {len(unreadable)} file(s) that are not readable images inside the folder: "
-      f"{listed}" + (f" and {more} more" if more > 0 else "")
-    )
+  _warn_unreadable(unreadable)
   return datasets.LabeledData(
     x_train=x_train,
     y_train=y_train,
@@ -341,3 +350,56 @@ def load_image_folder(
     class_names=class_names,
     description=f"dir:{path}",
   )
+
+
+def load_image_tree(
+  path: str,
+  input_shape: Sequence[int],
+  fit: str = "resize",
+  image_cache: str = "auto",
+  framing: dict | None = None,
+) -> np.ndarray | ImageFiles:
+  """Every image under `path`, at any depth, in sorted path order, fitted to `input_shape`:
+  unlabelled images (folder names, class folders or not, are ignored). Read through the same
+  checks as `load_image_folder` (which also says what `image_cache` does); symlinked folders
+  are not followed, hidden entries skipped; a tree without a readable image is a UserError."""
+  _check_image_cache(image_cache)
+  if not os.path.isdir(path):
+    raise UserError(f"--unlabeled folder not found: {path}")
+  paths = []
+  for folder, subfolders, filenames in os.walk(path):
+    subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+    paths.extend(
+      os.path.join(folder, name) for name in sorted(filenames) if not name.startswith(".")
+    )
+  root = os.path.realpath(path)
+  keep = _keep_in_memory(image_cache, len(paths), input_shape)
+  unreadable = []
+  images, _ = _scan_classes(
+    [(path, 0, paths)], input_shape, fit, root, unreadable, keep, framing, "--unlabeled folder"
+  )
+  _warn_unreadable(unreadable)
+  return images if keep else ImageFiles(images, root, input_shape, fit, framing)
+
+
+def _check_image_cache(image_cache: str) -> None:
+  if image_cache not in settings.IMAGE_CACHES:
+    raise UserError(
+      f"unknown --image_cache={image_cache!r}: use one of {', '.join(settings.IMAGE_CACHES)}"
+    )
+
+
+def _keep_in_memory(image_cache: str, files: int, input_shape: Sequence[int]) -> bool:
+  return image_cache == "memory" or (
+    image_cache == "auto" and files * int(np.prod(input_shape)) * 4 <= limits.MAX_IMAGE_CACHE_BYTES
+  )
+
+
+def _warn_unreadable(unreadable: list[str]) -> None:
+  if unreadable:
+    listed = ", ".join(unreadable[:_LISTED_UNREADABLE])
+    more = len(unreadable) - _LISTED_UNREADABLE
+    warn(
+      f"skipped {len(unreadable)} file(s) that are not readable images inside the folder: "
+      f"{listed}" + (f" and {more} more" if more > 0 else "")
+    )

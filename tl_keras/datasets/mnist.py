@@ -14,6 +14,10 @@ from tl_keras.errors import UserError
 MNIST_FILENAME = "mnist.npz"
 MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 DATA_DIR_ENV = "TL_KERAS_DATA_DIR"
+# How MNIST frames its digits (LeCun, Cortes, Burges): light ink on black, each digit's
+# bounding box scaled into 20x20 keeping its aspect ratio, centred by mass in 28x28. Models
+# trained on it record this, so that --target_fit=source frames other digits alike.
+FRAMING = {"box": 20, "centred_by": "mass", "ink": "light_on_dark"}
 
 
 def parse_classes(spec: str) -> list[int]:

@@ -58,12 +58,12 @@ def _npy_header(member, name: str, path: str):
   return shape, dtype
 
 
-def _check_npz_members(archive: zipfile.ZipFile, path: str) -> None:
-  """Refuses, from the zip directory and .npy headers alone, an .npz whose arrays would not
-  fit limits.MAX_DATA_BYTES (nothing is decompressed beyond the headers)."""
+def _check_npz_members(archive: zipfile.ZipFile, path: str, keys: tuple[str, ...]) -> None:
+  """Refuses, from the zip directory and .npy headers alone, an .npz whose arrays `keys` would
+  not fit limits.MAX_DATA_BYTES (nothing is decompressed beyond the headers)."""
   names = archive.namelist()
   total = 0
-  for key in NPZ_KEYS:
+  for key in keys:
     member_name = key if key in names else f"{key}.npy"  # np.load's lookup order
     if member_name not in names:
       continue  # reported as a missing key below
@@ -86,12 +86,9 @@ def _check_npz_members(archive: zipfile.ZipFile, path: str) -> None:
       )
 
 
-def load_npz(path: str) -> tuple[np.ndarray, ...]:
-  """Loads (x_train, y_train, x_test, y_test) from an .npz file, checking keys and shapes.
-
-  The zip directory and each array's .npy header are checked against limits.MAX_DATA_BYTES
-  and for numeric dtypes before NumPy allocates anything.
-  """
+def _read_arrays(path: str, keys: tuple[str, ...], choose=None) -> tuple[np.ndarray, ...]:
+  """The arrays `keys` of .npz file `path` (or those `choose(names in the file)` picks),
+  checked as `load_npz` says before NumPy allocates them."""
   if not os.path.isfile(path):
     raise UserError(f"data file not found: {path}")
   try:
@@ -99,46 +96,84 @@ def load_npz(path: str) -> tuple[np.ndarray, ...]:
       if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
         raise UserError(f"{path} is not a regular file")
       with zipfile.ZipFile(f) as archive:
-        _check_npz_members(archive, path)
+        if choose:
+          keys = choose({name.removesuffix(".npy") for name in archive.namelist()})
+        _check_npz_members(archive, path, keys)
       f.seek(0)
       with np.load(f, allow_pickle=False) as npz:
-        missing = [k for k in NPZ_KEYS if k not in npz.files]
+        missing = [k for k in keys if k not in npz.files]
         if missing:
           raise UserError(
-            f"{path} lacks key(s) {', '.join(missing)}: an .npz target needs {', '.join(NPZ_KEYS)}"
+            f"{path} lacks key(s) {', '.join(missing)}: an .npz target needs {', '.join(keys)}"
           )
-        arrays = tuple(npz[k] for k in NPZ_KEYS)
+        return tuple(npz[k] for k in keys)
   except UserError:
     raise
   except Exception as e:
     raise UserError(f"cannot read {path} as .npz ({type(e).__name__}: {e})") from e
+
+
+def _check_image_shape(path: str, name: str, x: np.ndarray) -> None:
+  if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
+    raise UserError(
+      f"{path}: {name} has shape {x.shape}; expected [N,H,W] or [N,H,W,C] with 1 or 3 channels"
+    )
+  if 0 in x.shape[1:3]:
+    raise UserError(
+      f"{path}: {name} has shape {x.shape}: images need a height and width of at least 1"
+    )
+
+
+def _check_pixels(path: str, name: str, x: np.ndarray) -> None:
+  """Refuses an empty image array, and pixels that are neither uint8 nor finite floats in
+  [0, 1]."""
+  if len(x) == 0:
+    raise UserError(f"{path}: {name} is empty")
+  if np.issubdtype(x.dtype, np.floating):
+    if not np.isfinite(x).all():
+      raise UserError(f"{path}: {name} holds NaN or infinite pixels")
+    if x.min() < 0 or x.max() > 1:
+      raise UserError(f"{path}: float pixels in {name} must lie in [0, 1] (or store uint8 0-255)")
+  elif x.dtype != np.uint8:
+    raise UserError(f"{path}: {name} has dtype {x.dtype}; use uint8 0-255 or float 0-1")
+
+
+def load_npz(path: str) -> tuple[np.ndarray, ...]:
+  """Loads (x_train, y_train, x_test, y_test) from an .npz file, checking keys and shapes.
+
+  The zip directory and each array's .npy header are checked against limits.MAX_DATA_BYTES
+  and for numeric dtypes before NumPy allocates anything.
+  """
+  arrays = _read_arrays(path, NPZ_KEYS)
   for split, x, y in (("train", arrays[0], arrays[1]), ("test", arrays[2], arrays[3])):
-    if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
-      raise UserError(
-        f"{path}: x_{split} has shape {x.shape}; expected [N,H,W] or [N,H,W,C] with 1 or 3 channels"
-      )
-    if 0 in x.shape[1:3]:
-      raise UserError(
-        f"{path}: x_{split} has shape {x.shape}: images need a height and width of at least 1"
-      )
+    _check_image_shape(path, f"x_{split}", x)
     if len(x) != len(y) or y.ndim != 1:
       raise UserError(f"{path}: x_{split} has {len(x)} images but y_{split} has shape {y.shape}")
   return arrays
+
+
+def load_npz_images(path: str) -> np.ndarray:
+  """The images of .npz file `path` under key x_train, else x (unlabelled images: any labels
+  in the file are not read), checked as a target's are."""
+
+  chosen = []
+
+  def choose(names):
+    chosen.append("x_train" if "x_train" in names or "x" not in names else "x")
+    return tuple(chosen)
+
+  (images,) = _read_arrays(path, (), choose)
+  name = chosen[0]
+  _check_image_shape(path, name, images)
+  _check_pixels(path, name, images)
+  return images
 
 
 def load_npz_target(path: str) -> LabeledData:
   """The target in .npz file `path`: uint8 or [0, 1] float images, labels remapped to 0..k-1."""
   x_train, y_train, x_test, y_test = load_npz(path)
   for name, x in (("x_train", x_train), ("x_test", x_test)):
-    if len(x) == 0:
-      raise UserError(f"{path}: {name} is empty")
-    if np.issubdtype(x.dtype, np.floating):
-      if not np.isfinite(x).all():
-        raise UserError(f"{path}: {name} holds NaN or infinite pixels")
-      if x.min() < 0 or x.max() > 1:
-        raise UserError(f"{path}: float pixels in {name} must lie in [0, 1] (or store uint8 0-255)")
-    elif x.dtype != np.uint8:
-      raise UserError(f"{path}: {name} has dtype {x.dtype}; use uint8 0-255 or float 0-1")
+    _check_pixels(path, name, x)
   for name, y in (("y_train", y_train), ("y_test", y_test)):
     if not np.issubdtype(y.dtype, np.integer):
       raise UserError(f"{path}: {name} must hold integer class labels, not {y.dtype}")

@@ -99,18 +99,25 @@ def export_saved_model(
   [N,H,W] for one channel: its rank is unknown); `serving_nhwc` (FIXED_RANK_SIGNATURE) takes
   [N,H,W,C] only, with that shape in its signature, for converters. Both apply
   `preprocess_images` in the graph and return `probabilities` (float32 [N,k]) and `class_id`
-  (int64 [N]). The class names ship as assets/class_names.txt, one per line, and the metadata
-  as assets/tl_keras_metadata.json.
+  (int64 [N]). A model whose `metadata` says it trained on framed images (`target_fit`
+  'source', with its `framing`) frames the images it serves; `serving_default` then takes
+  them at any height and width. The class names ship as assets/class_names.txt, one per
+  line, and the metadata as assets/tl_keras_metadata.json.
   """
   input_shape = tuple(model.input_shape[1:])
+  # A model trained on framed images (--target_fit=source) frames what it serves, at any size.
+  framing = metadata.get("framing") if metadata.get("target_fit") == "source" else None
+  fit = "source" if framing else "resize"
+  served_shape = [None, None, input_shape[2]] if framing else list(input_shape)
 
   def classify(images):
     count = tf.shape(images)[0]
     # Convolutions fail on an empty batch (oneDNN): add one blank image then and keep none.
     # Concatenated rather than in a tf.cond, which converters such as TFLite's do not take.
-    blank = tf.zeros([tf.maximum(1 - count, 0), *input_shape], tf.uint8)
+    blank = tf.zeros(tf.concat([[tf.maximum(1 - count, 0)], tf.shape(images)[1:]], 0), tf.uint8)
     batch = tf.concat([images, blank], axis=0)
-    probabilities = model(preprocess_images(batch, input_shape), training=False)[:count]
+    pixels = preprocess_images(batch, input_shape, fit, framing)
+    probabilities = model(pixels, training=False)[:count]
     return {
       "probabilities": probabilities,
       "class_id": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
@@ -120,7 +127,7 @@ def export_saved_model(
   @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
   def serve(images):
     images = tf.cond(tf.rank(images) == 3, lambda: images[..., tf.newaxis], lambda: images)
-    return classify(tf.ensure_shape(images, [None, *input_shape]))
+    return classify(tf.ensure_shape(images, [None, *served_shape]))
 
   @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.uint8, name="images")])
   def serve_nhwc(images):

@@ -25,6 +25,7 @@ _RESULTS = (
   ("keras_test_accuracy", "Keras model's test accuracy", "percent"),
   ("linear_probe_accuracy", "linear-probe accuracy (frozen source features)", "percent"),
   ("logme", "LogME (higher: features suit the target better)", "plain"),
+  ("source_only_accuracy", "test accuracy before training (source model, by name)", "percent"),
   ("scratch_test_accuracy", "test accuracy from scratch (same model and epochs)", "percent"),
   ("transfer_gain", "transfer gain (finetuned minus scratch)", "points"),
   ("best_member_test_accuracy", "best member's test accuracy", "percent"),
@@ -37,6 +38,8 @@ _RESULTS = (
   ("images_per_second", "inference images/s", "rate"),
   ("mean_confidence", "mean confidence", "percent"),
   ("num_train", "train images", "plain"),
+  ("num_unlabeled", "unlabelled images", "plain"),
+  ("num_source", "source images trained or aligned on", "plain"),
   ("num_test", "test images", "plain"),
 )
 # Characters that could make a value a link, image, HTML tag, table cell, code or emphasis.
@@ -82,6 +85,10 @@ def _format(value: Any, kind: str = "plain") -> str:
     return f"{value:g}"
   if isinstance(value, (list, tuple)):
     return ", ".join(escape_markdown(item) for item in value)
+  if isinstance(value, Mapping):
+    return ", ".join(
+      f"{escape_markdown(k).replace('_', ' ')} {_format(v)}" for k, v in value.items()
+    )
   return escape_markdown(value)
 
 

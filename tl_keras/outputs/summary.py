@@ -49,16 +49,31 @@ def print_summary(
     epochs = f"{metrics['epochs']} epochs"
     if metrics.get("resumed_from_epoch"):
       epochs += f" (resumed after epoch {metrics['resumed_from_epoch']})"
+    images = f"{metrics['num_train']} images"
+    if not metrics["num_train"] and metrics.get("num_source"):
+      images = f"{metrics['num_source']:,} source images (no target labels)"
     lines.append(
-      f"  training        {epochs} on {metrics['num_train']} images, "
+      f"  training        {epochs} on {images}, "
       f"{metrics['train_seconds']:.1f} s ({metrics['strategy']}, "
       f"{metrics['num_replicas']} replica(s))"
     )
-  if "linear_probe_accuracy" in metrics:
+  if metrics.get("linear_probe_accuracy") is not None:
     lines.append(
       f"  transferability linear probe {metrics['linear_probe_accuracy']:.2%}, "
       f"LogME {metrics['logme']:.3f} (source features on the target's "
       f"{metrics['num_train']} training images)"
+    )
+  adapt = metrics.get("adapt")
+  if adapt:
+    rates = metrics["history"].get("pseudo_label_rate") or [0.0]
+    before = metrics.get("source_only_accuracy")
+    lines.append(
+      f"  adaptation      {adapt['method']} on {metrics['num_unlabeled']:,} unlabelled images "
+      f"(threshold {adapt['confidence_threshold']:g}, {adapt['unlabeled_ratio']} per labelled"
+      + (f", align weight {adapt['align_weight']:g}" if adapt["method"] == "align" else "")
+      + (", AdaBN" if adapt["adabn"] else "")
+      + f"): pseudo-labels for {rates[-1]:.0%} of them in the last epoch"
+      + (f"; source model before training {before:.2%}" if before is not None else "")
     )
   if "transfer_gain" in metrics:
     lines.append(

@@ -35,7 +35,7 @@ def run(
   metadata = model_io.read_metadata(source)
   class_names = model_io.class_names_of(model, metadata, source)
   target = datasets_override or targets.prepare_target(
-    config.target, input_shape, config.paths.data_dir, config.seed
+    config.target, input_shape, config.paths.data_dir, config.seed, metadata.get("framing")
   )
   check_classes(class_names, target, source, named=bool(metadata.get("class_names")))
   metrics = tflite.export_and_evaluate(

@@ -18,6 +18,7 @@ from tl_keras import training
 from tl_keras.datasets import LabeledData
 from tl_keras.errors import warn
 from tl_keras.outputs import files
+from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
 from tl_keras.outputs import tflite
 
@@ -39,8 +40,14 @@ def run(
   # Loaded outside the strategy's scope: the classifier is rebuilt inside it for training.
   source = _load_source(config)
   input_shape = models.image_input_shape(source, config.load.model)
+  framing = model_io.read_metadata(config.load.model).get("framing")
   target = datasets_override or targets.prepare_target(
-    config.target, input_shape, config.paths.data_dir, config.runtime.seed
+    config.target,
+    input_shape,
+    config.paths.data_dir,
+    config.runtime.seed,
+    framing,
+    config.adapt.unlabeled,
   )
   unfreeze = config.finetune.unfreeze
   clf = api.TransferClassifier.from_source(
@@ -71,9 +78,12 @@ def run(
       "source_model": config.load.model,
       "source_classes": clf.source_class_names,
       "target": target.description,
+      "target_fit": target.fit,
+      "unlabeled": target.unlabeled.description if result.num_unlabeled else None,
+      "source_only_accuracy": clf.source_only_accuracy(target),
       "unfreeze": unfreeze,
       "features_layer": config.head.features_layer,
-      "head_init": config.head.head_init,
+      "head_init": result.head_init,
       "warmup_epochs": config.finetune.warmup_epochs,
       "trainable_layers": models.trainable_layer_names(model),
       "export_formats": list(export_formats),
@@ -81,25 +91,32 @@ def run(
   )
   with distribute.worker_output_dir(strategy, output_dir) as save_dir:
     artifact_paths = {
-      **clf.export(save_dir, target.metadata()),
+      **clf.export(save_dir, {**target.metadata(), "target_fit": target.fit}),
       "metrics": os.path.join(save_dir, artifacts.METRICS["finetune"]),
     }
     if export_formats and distribute.is_chief(strategy):
       artifact_paths["export"] = _export(config, export_formats, target, artifact_paths["model"])
     if config.finetune.compare_scratch:
-      metrics.update(_compare_scratch(config, target, metrics, strategy))
+      metrics.update(_compare_scratch(clf.settings, target, metrics, strategy))
     if distribute.is_chief(strategy):
       metrics["plots"] = _plot(model, target, metrics, save_dir)
     artifact_paths["report"] = summary.write_metrics(
       metrics, artifact_paths["metrics"], start, distribute.is_chief(strategy)
     )
   summary.print_summary("finetune", metrics, artifact_paths, strategy)
-  if metrics.get("transfer_gain", 0) < 0 and distribute.is_chief(strategy):
-    warn(
-      f"transfer hurt: the model trained from scratch scored "
-      f"{metrics['scratch_test_accuracy']:.2%}, {-metrics['transfer_gain']:.2%} above the "
-      "finetuned source model"
-    )
+  if distribute.is_chief(strategy):
+    if metrics.get("transfer_gain", 0) < 0:
+      warn(
+        f"transfer hurt: the model trained from scratch scored "
+        f"{metrics['scratch_test_accuracy']:.2%}, {-metrics['transfer_gain']:.2%} above the "
+        "finetuned source model"
+      )
+    before = metrics["source_only_accuracy"]
+    if metrics["adapt"] and before is not None and metrics["test_accuracy"] < before:
+      warn(
+        f"adaptation hurt: the source model scored {before:.2%} on the target's test images "
+        f"before training, {before - metrics['test_accuracy']:.2%} above the adapted model"
+      )
   return metrics
 
 
@@ -140,8 +157,9 @@ def _compare_scratch(
   metrics: dict[str, Any],
   strategy: tf.distribute.Strategy,
 ) -> dict[str, Any]:
-  """Trains the same architecture from random weights for the same number of epochs at the
-  first phase's rate, all layers training; returns its accuracy and the transfer gain."""
+  """Trains the same architecture from random weights for the same number of epochs (and
+  steps) at the first phase's rate, all layers training, on the labelled images only; returns
+  its accuracy and the transfer gain. `config` is the finetune run's, its defaults filled in."""
 
   def build_scratch_model():
     source = _load_source(config)

@@ -48,8 +48,9 @@ def run(
   paths = options.model_paths()
   output_dir = files.prepare_output_dir(config.paths.output_dir)
   members, class_names, input_shape = _load_members(paths, options)
+  framing = model_io.read_metadata(paths[0]).get("framing")
   target = datasets_override or targets.prepare_target(
-    config.target, input_shape, config.paths.data_dir, config.seed
+    config.target, input_shape, config.paths.data_dir, config.seed, framing
   )
   target = _in_class_order(target, class_names)
   _, validation_index = split_per_class(target.y_train, options.validation_split, config.seed)

@@ -56,6 +56,7 @@ def run(
     **dataset.metadata(),
     "stage": "pretrain",
     "source_class_names": dataset.class_names,
+    "framing": mnist.FRAMING,
     "tl_keras_version": tl_keras.__version__,
   }
   with distribute.worker_output_dir(strategy, output_dir) as save_dir:

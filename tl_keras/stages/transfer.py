@@ -15,6 +15,7 @@ import numpy as np
 
 from tl_keras import api
 from tl_keras import artifacts
+from tl_keras import evaluation
 from tl_keras import limits
 from tl_keras import loading
 from tl_keras import models
@@ -50,9 +51,10 @@ def run(
     config.load.input_size,
   )
   input_shape = models.image_input_shape(model, source)  # refuses non-image models
-  source_names = model_io.class_names_of(model, model_io.read_metadata(source), source)
+  metadata = model_io.read_metadata(source)
+  source_names = model_io.class_names_of(model, metadata, source)
   target = datasets_override or targets.prepare_target(
-    config.target, input_shape, config.paths.data_dir, config.seed
+    config.target, input_shape, config.paths.data_dir, config.seed, metadata.get("framing")
   )
 
   predict_start = time.perf_counter()
@@ -64,9 +66,7 @@ def run(
   predicted_names = np.asarray(source_names)[predicted]
   true_names = np.asarray(target.class_names)[target.y_test]
   matched = np.isin(true_names, source_names)
-  test_accuracy = (
-    float((predicted_names[matched] == true_names[matched]).mean()) if matched.any() else None
-  )
+  test_accuracy = evaluation.accuracy_by_name(predicted_names, true_names, source_names)
 
   predictions_path = os.path.join(output_dir, artifacts.PREDICTIONS)
   with files.atomic_path(predictions_path) as temp, open(temp, "w", newline="") as f:
@@ -95,6 +95,7 @@ def run(
     "source_classes": source_names,
     "model": source,
     "target": target.description,
+    "target_fit": target.fit,
     "features_layer": config.features_layer,
   }
   from tl_keras.outputs import plots  # matplotlib
