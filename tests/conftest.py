@@ -1,7 +1,9 @@
 """Shared fixtures: small real-MNIST subsets, and two logical CPU devices for strategies."""
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -77,6 +79,53 @@ def run_command(args, **kwargs):
     timeout=600,
     **kwargs,
   )
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def run_two_workers(model, data_dir, output_dir, tmp_path, flags):
+  """Runs scripts/finetune.py with `flags` as two MultiWorkerMirroredStrategy workers on
+  127.0.0.1, each with a TMPDIR of its own (tmp_path/tmp0, tmp1); their (stdout, stderr)."""
+  cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+  workers = []
+  for index in range(2):
+    temp = tmp_path / f"tmp{index}"
+    temp.mkdir()
+    env = dict(
+      os.environ,
+      TMPDIR=str(temp),
+      TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+    )
+    workers.append(
+      subprocess.Popen(
+        [
+          sys.executable,
+          "scripts/finetune.py",
+          "--strategy=multi_worker",
+          f"--model={model}",
+          f"--data_dir={data_dir}",
+          f"--output_dir={output_dir}",
+          *flags,
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+    )
+  outputs = [worker.communicate(timeout=600) for worker in workers]
+  for worker, (_, stderr) in zip(workers, outputs):
+    assert worker.returncode == 0, stderr[-3000:]
+  return outputs
 
 
 @pytest.fixture(scope="session")

@@ -185,7 +185,7 @@ def test_unexpected_error_is_one_line_with_exit_code_1():
   [
     ("pretrain", "Global batch size, split over the replicas. A whole number from 1 to 65_536."),
     ("finetune", "L2 weight decay on the new head's kernels. A number in [0, 1]."),
-    ("pipeline", "Epochs of the finetune stage. A whole number from 1 to 10_000."),
+    ("pipeline", "see --steps_per_epoch). A whole number from 1 to 10_000."),
   ],
 )
 def test_help_shows_the_ranges(script, text):

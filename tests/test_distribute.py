@@ -2,12 +2,9 @@
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import run_two_workers
 
 from tl_keras import artifacts
 from tl_keras import distribute
@@ -32,51 +29,12 @@ def test_strategy_choice_on_cpu():
     distribute.get_distribution_strategy("tpu")
 
 
-def _free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 def test_multi_worker_training_in_two_processes(source_model, small_mnist_dir, tmp_path):
-  cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
   output_dir = tmp_path / "out"
-  workers = []
-  for index in range(2):
-    temp = tmp_path / f"tmp{index}"
-    temp.mkdir()
-    env = dict(
-      os.environ,
-      TMPDIR=str(temp),
-      TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-    )
-    workers.append(
-      subprocess.Popen(
-        # --head_init=probe: each worker fits the probe; the replicas must still agree.
-        [
-          sys.executable,
-          "scripts/finetune.py",
-          "--strategy=multi_worker",
-          "--epochs=3",
-          "--head_init=probe",
-          f"--model={source_model[0]}",
-          f"--data_dir={small_mnist_dir}",
-          f"--output_dir={output_dir}",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-      )
-    )
-  outputs = [worker.communicate(timeout=600) for worker in workers]
-  for worker, (_, stderr) in zip(workers, outputs):
-    assert worker.returncode == 0, stderr[-3000:]
+  # --head_init=probe: each worker fits the probe; the replicas must still agree.
+  outputs = run_two_workers(
+    source_model[0], small_mnist_dir, output_dir, tmp_path, ["--epochs=3", "--head_init=probe"]
+  )
 
   metrics = json.loads((output_dir / artifacts.METRICS["finetune"]).read_text())
   assert metrics["strategy"] == "MultiWorkerMirroredStrategy" and metrics["num_replicas"] == 2

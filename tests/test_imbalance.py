@@ -68,6 +68,9 @@ def _finetune(source_model, data, output_dir, **values):
     epochs=3,
     batch_size=32,
     unfreeze="none",
+    # A random head that only training shapes: a probe head would start every run alike.
+    head_init="random",
+    augment=False,
     strategy="default",
     **values,
   )

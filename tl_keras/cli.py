@@ -41,6 +41,9 @@ def _start():
   inherit the blocked signals (see `interrupts`)."""
   interrupts.install()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # TensorFlow's own modules (SavedModel saving among them) would import Keras 3 as tf.keras
+  # beside the tf_keras we use (see keras_api): about 0.5-1 s of every stage's start-up.
+  os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
   with native_stderr_captured():
     import tensorflow as tf
 

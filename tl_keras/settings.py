@@ -86,9 +86,12 @@ def setting(
   return dataclasses.field(default=default, metadata=metadata)
 
 
-def group(settings_class, **values) -> Any:
-  """A field holding a settings dataclass, its defaults changed by `values`."""
-  return dataclasses.field(default_factory=lambda: settings_class(**values))
+def group(settings_class, help_texts: dict[str, str] | None = None, **values) -> Any:
+  """A field holding a settings dataclass, its defaults changed by `values` and the help of
+  its settings by `help_texts` ({setting name: text})."""
+  return dataclasses.field(
+    default_factory=lambda: settings_class(**values), metadata={"help": help_texts or {}}
+  )
 
 
 def _epochs(default: int, help_text: str) -> Any:
@@ -188,11 +191,7 @@ class TrainSettings:
     report=30,
   )
   batch_size: int | None = setting(
-    128,
-    "Global batch size, split over the replicas (finetune default: 128, or 32 with few "
-    "labelled images or with --unlabeled).",
-    allowed=BATCH_SIZE,
-    report=60,
+    128, "Global batch size, split over the replicas.", allowed=BATCH_SIZE, report=60
   )
   # When set, the global batch is this times the number of replicas and batch_size is unused.
   per_replica_batch_size: int | None = setting(
@@ -202,16 +201,12 @@ class TrainSettings:
     allowed=BATCH_SIZE,
   )
   augment: bool | None = setting(
-    False,
-    "Random shifts, rotations and zoom of the training images (finetune default: on with few "
-    "labelled images or with --unlabeled, else off).",
-    report=110,
+    False, "Random shifts, rotations and zoom of the training images.", report=110
   )
   steps_per_epoch: int | None = setting(
     None,
     "Optimizer steps per epoch, drawn from the repeated, reshuffled training images (default: "
-    "one pass over them; with few labelled images or --unlabeled, chosen with the epochs so "
-    "that training takes enough steps).",
+    "one pass over them).",
     allowed=Range(1, 1_000_000),
     report=62,
   )
@@ -448,10 +443,27 @@ class ExportSettings:
   representative_images: int = _representative_images()
 
 
+# Finetune's defaults that depend on the data (see `schedule`).
+_FEW_LABELS = "with few labelled images or with --unlabeled"
 _FINETUNE_EPOCHS_HELP = (
-  "Training epochs (default: 4, or with few labelled images or --unlabeled, as many as give "
-  "enough optimizer steps; see --steps_per_epoch)."
+  f"(default: 4, or {_FEW_LABELS}, as many as give enough optimizer steps; see --steps_per_epoch)."
 )
+_FINETUNE_TRAIN_HELP = {
+  "batch_size": f"Global batch size, split over the replicas (default: 128, or 32 {_FEW_LABELS}).",
+  "augment": "Random shifts, rotations and zoom of the training images (default: on "
+  f"{_FEW_LABELS}, else off).",
+  "steps_per_epoch": "Optimizer steps per epoch, drawn from the repeated, reshuffled training "
+  f"images (default: one pass over them, or {_FEW_LABELS}, chosen with the epochs so that "
+  "training takes enough steps).",
+}
+# The pipeline's pretrain stage keeps the fixed defaults.
+_PIPELINE_TRAIN_HELP = {
+  "batch_size": "Global batch size, split over the replicas (default: 128; in finetune, 32 "
+  f"{_FEW_LABELS}).",
+  "augment": "Random shifts, rotations and zoom of the training images (default: off; in "
+  f"finetune, on {_FEW_LABELS}).",
+  "steps_per_epoch": _FINETUNE_TRAIN_HELP["steps_per_epoch"],
+}
 
 
 @dataclasses.dataclass
@@ -488,8 +500,8 @@ class TransferConfig:
 class FinetuneConfig(TrainingConfig):
   """tl-finetune: a new head on the source model, trained on the target."""
 
-  train: TrainSettings = group(TrainSettings, batch_size=None, augment=None)
-  epochs: int | None = _epochs(None, _FINETUNE_EPOCHS_HELP)
+  train: TrainSettings = group(TrainSettings, _FINETUNE_TRAIN_HELP, batch_size=None, augment=None)
+  epochs: int | None = _epochs(None, f"Training epochs {_FINETUNE_EPOCHS_HELP}")
   load: ModelSettings = group(ModelSettings)
   target: TargetSettings = group(TargetSettings)
   head: HeadSettings = group(HeadSettings)
@@ -522,9 +534,11 @@ class PipelineConfig:
 
   paths: PathSettings = group(PathSettings)
   runtime: RuntimeSettings = group(RuntimeSettings)
-  train: TrainSettings = group(TrainSettings, batch_size=None, augment=None)
+  train: TrainSettings = group(TrainSettings, _PIPELINE_TRAIN_HELP, batch_size=None, augment=None)
   pretrain_epochs: int = setting(4, "Epochs of the pretrain stage.", allowed=EPOCHS)
-  finetune_epochs: int | None = setting(None, _FINETUNE_EPOCHS_HELP, allowed=EPOCHS)
+  finetune_epochs: int | None = setting(
+    None, f"Epochs of the finetune stage {_FINETUNE_EPOCHS_HELP}", allowed=EPOCHS
+  )
   source: SourceSettings = group(SourceSettings)
   target: TargetSettings = group(TargetSettings)
   head: HeadSettings = group(HeadSettings)
@@ -630,10 +644,15 @@ def leaves(config) -> Iterator[tuple[Any, dataclasses.Field]]:
   """(owner, field) of every setting of `config` (a config or a settings dataclass), depth
   first in field order."""
   for field in dataclasses.fields(config):
-    if _is_group(field):
-      yield from leaves(getattr(config, field.name))
-    else:
+    if not _is_group(field):
       yield config, field
+      continue
+    for owner, leaf in leaves(getattr(config, field.name)):
+      text = field.metadata["help"].get(leaf.name)
+      if text:  # this config's own help for the setting
+        leaf = copy.copy(leaf)
+        leaf.metadata = types.MappingProxyType({**leaf.metadata, "help": text})
+      yield owner, leaf
 
 
 def flag_name(field: dataclasses.Field) -> str | None:
