@@ -199,8 +199,9 @@ class AdaptationModel(keras.Model):
         loss += tf.add_n(self.losses)
       # The optimizer sums the replicas' gradients.
       scaled_loss = (loss + domain_loss) / replicas
-    variables = self.trainable_variables
-    self.optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
+    # minimize, not apply_gradients: under mixed_float16 the optimizer is a loss-scale one,
+    # which scales the loss on the tape and unscales the gradients.
+    self.optimizer.minimize(scaled_loss, self.trainable_variables, tape=tape)
     self._steps.assign_add(1)
     known = tf.cast(hidden >= 0, tf.float32) * counted
     correct = tf.cast(pseudo_labels == hidden, tf.float32)
