@@ -125,7 +125,7 @@ def test_self_training_beats_the_labelled_images_alone(source_model, small_mnist
   labelled_only = _accuracy(classifier, data)
   result = classifier.fit(data, **steps)
   self_trained = _accuracy(classifier, data)
-  # Measured: 77.4% with the 25 labelled images alone, 86.0% with the rest unlabelled too.
+  # Measured: 78.3% with the 25 labelled images alone, 88.9% with the rest unlabelled too.
   assert self_trained > labelled_only + 0.04, (labelled_only, self_trained)
   assert result.adapt["method"] == "self_training" and result.num_unlabeled == 2975
   # Pseudo-labels are mostly right, which is why they help (hidden labels only report it).
