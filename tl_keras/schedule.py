@@ -90,7 +90,7 @@ def choose(
       steps_per_epoch = math.ceil(total / epochs)
     steps_per_epoch = steps_per_epoch or min(STEPS_PER_EPOCH[kind], total)
     epochs = epochs or math.ceil(total / steps_per_epoch)
-    chosen.append(f"{epochs} epochs of {steps_per_epoch} steps")
+    chosen.append(f"{epochs} epoch{'' if epochs == 1 else 's'} of {steps_per_epoch} steps")
   config = settings.replace(
     config,
     epochs=epochs,

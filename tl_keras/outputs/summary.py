@@ -46,7 +46,9 @@ def print_summary(
   if accuracy is not None:
     lines.append(f"  test accuracy   {accuracy:.2%} on {metrics['num_test']} images")
   if "train_seconds" in metrics:
-    epochs = f"{metrics['epochs']} epochs"
+    epochs = f"{metrics['epochs']} epoch{'' if metrics['epochs'] == 1 else 's'}"
+    if metrics.get("steps_per_epoch"):
+      epochs += f" of {metrics['steps_per_epoch']} steps"
     if metrics.get("resumed_from_epoch"):
       epochs += f" (resumed after epoch {metrics['resumed_from_epoch']})"
     images = f"{metrics['num_train']} images"
