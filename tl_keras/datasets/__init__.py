@@ -18,9 +18,9 @@ from tl_keras.errors import UserError
 
 @dataclasses.dataclass
 class UnlabeledImages:
-  """Target images without labels, for adaptation. `labels` are their true labels where the
-  data holds them (`--unlabeled=rest`, `mnist:`), else None: only reported (how often
-  pseudo-labels are right), never trained on."""
+  """Target images without labels, for adaptation. `labels` are their true labels as target
+  class indices where the data holds them (`--unlabeled=rest`), else None: only reported (how
+  often pseudo-labels are right), never trained on."""
 
   images: np.ndarray  # or folders.ImageFiles
   labels: np.ndarray | None
