@@ -11,10 +11,12 @@ from conftest import run_two_workers
 
 from tl_keras import api
 from tl_keras import artifacts
+from tl_keras import models
 from tl_keras import schedule
 from tl_keras import settings
 from tl_keras import targets
 from tl_keras.datasets import mnist
+from tl_keras.keras_api import keras
 from tl_keras.stages import finetune
 
 
@@ -72,6 +74,26 @@ def test_unlabelled_npz_of_another_size_and_colour_is_fitted(tmp_path):
   images = targets.load_unlabeled(f"npz:{path}", None, (28, 28, 1), fit="resize")
   assert images.images.shape == (6, 28, 28, 1) and images.labels is None
   assert len(images) == 6
+
+
+def test_adabn_reestimates_each_batch_norm_on_the_target_images():
+  layers = keras.layers
+  inputs = keras.Input((8, 8, 1))
+  x = layers.BatchNormalization(name="bn1")(layers.Conv2D(3, 3, name="conv1")(inputs))
+  x = layers.BatchNormalization(name="bn2")(layers.Conv2D(2, 3, name="conv2")(x))
+  model = keras.Model(inputs, layers.Dense(2, activation="softmax")(layers.Flatten()(x)))
+  target = np.random.default_rng(0).integers(100, 256, (64, 8, 8), dtype=np.uint8)
+  assert models.has_batch_norm(model)
+  assert models.adapt_batch_norm(model, target) == 2
+  for name in ("bn1", "bn2"):
+    layer = model.get_layer(name)
+    # Each layer's statistics are those of its inputs as the layers before it now run.
+    seen = models.predict(keras.Model(model.inputs, layer.input), target)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), seen.mean(axis=(0, 1, 2)), rtol=1e-4)
+    np.testing.assert_allclose(
+      layer.moving_variance.numpy(), seen.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-6
+    )
+    assert np.abs(layer.moving_mean.numpy()).max() > 1e-3  # moved from the initial zeros
 
 
 def _dilated(images, radius=2):
