@@ -156,6 +156,19 @@ def test_self_training_beats_the_labelled_images_alone(source_model, small_mnist
 
 
 @pytest.mark.slow
+def test_fit_takes_unlabelled_images_and_leaves_the_data_as_given(source_model, small_mnist_dir):
+  classifier = _classifier(source_model, range(5, 10))
+  data = api.load_target(
+    "mnist:5-9", classifier.input_shape, data_dir=small_mnist_dir, train_per_class=5
+  )
+  images = data.x_test[:64]
+  result = classifier.fit(data, unlabeled=images, epochs=1, steps_per_epoch=2, verbose=0)
+  assert result.num_unlabeled == 64 and result.adapt["method"] == "self_training"
+  assert data.unlabeled is None  # a later fit(data) does not self-train
+  assert "pseudo_label_accuracy" not in result.history  # their labels are unknown
+
+
+@pytest.mark.slow
 def test_no_target_labels_still_raise_accuracy_on_a_shifted_target(source_model, thick_digits):
   classifier = _classifier(source_model, range(5))
   data = api.load_target(thick_digits, classifier.input_shape, train_per_class=0, unlabeled="rest")

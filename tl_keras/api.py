@@ -298,7 +298,7 @@ class TransferClassifier:
       if not isinstance(unlabeled, UnlabeledImages):
         images = unlabeled if isinstance(unlabeled, ImageFiles) else np.asarray(unlabeled)
         unlabeled = UnlabeledImages(images, None, "unlabelled images")
-      data.unlabeled = unlabeled
+      data = dataclasses.replace(data, unlabeled=unlabeled)  # the caller's data stays as given
     config = settings.make(
       settings.FinetuneConfig,
       **self._train_settings,
