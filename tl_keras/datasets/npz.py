@@ -86,9 +86,9 @@ def _check_npz_members(archive: zipfile.ZipFile, path: str, keys: tuple[str, ...
       )
 
 
-def _read_arrays(path: str, keys: tuple[str, ...], choose=None) -> tuple[np.ndarray, ...]:
-  """The arrays `keys` of .npz file `path` (or those `choose(names in the file)` picks),
-  checked as `load_npz` says before NumPy allocates them."""
+def _read_arrays(path: str, keys) -> dict[str, np.ndarray]:
+  """{key: array} of .npz file `path` for `keys`, a tuple or a function from the names in the
+  file to one, checked as `load_npz` says before NumPy allocates them."""
   if not os.path.isfile(path):
     raise UserError(f"data file not found: {path}")
   try:
@@ -96,8 +96,8 @@ def _read_arrays(path: str, keys: tuple[str, ...], choose=None) -> tuple[np.ndar
       if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
         raise UserError(f"{path} is not a regular file")
       with zipfile.ZipFile(f) as archive:
-        if choose:
-          keys = choose({name.removesuffix(".npy") for name in archive.namelist()})
+        if callable(keys):
+          keys = keys({name.removesuffix(".npy") for name in archive.namelist()})
         _check_npz_members(archive, path, keys)
       f.seek(0)
       with np.load(f, allow_pickle=False) as npz:
@@ -106,7 +106,7 @@ def _read_arrays(path: str, keys: tuple[str, ...], choose=None) -> tuple[np.ndar
           raise UserError(
             f"{path} lacks key(s) {', '.join(missing)}: an .npz target needs {', '.join(keys)}"
           )
-        return tuple(npz[k] for k in keys)
+        return {k: npz[k] for k in keys}
   except UserError:
     raise
   except Exception as e:
@@ -144,7 +144,7 @@ def load_npz(path: str) -> tuple[np.ndarray, ...]:
   The zip directory and each array's .npy header are checked against limits.MAX_DATA_BYTES
   and for numeric dtypes before NumPy allocates anything.
   """
-  arrays = _read_arrays(path, NPZ_KEYS)
+  arrays = tuple(_read_arrays(path, NPZ_KEYS).values())
   for split, x, y in (("train", arrays[0], arrays[1]), ("test", arrays[2], arrays[3])):
     _check_image_shape(path, f"x_{split}", x)
     if len(x) != len(y) or y.ndim != 1:
@@ -155,15 +155,9 @@ def load_npz(path: str) -> tuple[np.ndarray, ...]:
 def load_npz_images(path: str) -> np.ndarray:
   """The images of .npz file `path` under key x_train, else x (unlabelled images: any labels
   in the file are not read), checked as a target's are."""
-
-  chosen = []
-
-  def choose(names):
-    chosen.append("x_train" if "x_train" in names or "x" not in names else "x")
-    return tuple(chosen)
-
-  (images,) = _read_arrays(path, (), choose)
-  name = chosen[0]
+  ((name, images),) = _read_arrays(
+    path, lambda names: ("x_train" if "x_train" in names or "x" not in names else "x",)
+  ).items()
   _check_image_shape(path, name, images)
   _check_pixels(path, name, images)
   return images
