@@ -1,5 +1,6 @@
 """Tests for tl_keras.outputs.model_io: metadata, reload fidelity, unsafe files, atomicity."""
 
+import json
 import os
 
 import h5py
@@ -7,8 +8,10 @@ import numpy as np
 import pytest
 from conftest import run_command
 
+from tl_keras import artifacts
 from tl_keras import loading
 from tl_keras import models
+from tl_keras.datasets import mnist
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 from tl_keras.outputs import files
@@ -132,3 +135,18 @@ assert "tl_keras" not in sys.modules
   np.testing.assert_allclose(
     np.load(tmp_path / "out.npy"), model.predict(images, verbose=0), atol=1e-6
   )
+
+
+@pytest.mark.parametrize(
+  "framing", [{"box": 100_000, "centred_by": "mass", "ink": "light_on_dark"}, {"box": "x"}, "20"]
+)
+def test_metadata_framing_other_than_mnists_is_refused(tmp_path, framing):
+  # The box size sets what --target_fit=source allocates: 100,000 asked for about 650 TB before.
+  path = str(tmp_path / "model.h5")
+  with h5py.File(path, "w") as f:
+    f.attrs[artifacts.METADATA_ATTR] = json.dumps({"framing": framing})
+  with pytest.raises(UserError, match="the framing in its metadata is not MNIST's"):
+    model_io.read_metadata(path)
+  with h5py.File(path, "w") as f:
+    f.attrs[artifacts.METADATA_ATTR] = json.dumps({"framing": mnist.FRAMING})
+  assert model_io.read_metadata(path)["framing"] == mnist.FRAMING

@@ -15,6 +15,7 @@ import tensorflow as tf
 from tl_keras import artifacts
 from tl_keras import datasets
 from tl_keras import limits
+from tl_keras.datasets import mnist
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 from tl_keras.outputs.files import atomic_path
@@ -34,7 +35,9 @@ def read_metadata(source: str) -> dict[str, Any]:
   """The tl_keras metadata of an .h5 file or SavedModel folder; {} where there is none.
 
   A model file may come from anyone: metadata over limits.MAX_METADATA_BYTES, that is not a
-  JSON object, or with class names `datasets.check_class_names` refuses, is a UserError.
+  JSON object, with class names `datasets.check_class_names` refuses, or with a `framing`
+  other than the one tl_keras writes (MNIST's; its box size sets how much --target_fit=source
+  allocates), is a UserError.
   """
   origin = f"model {datasets.shown(source)}"
   try:
@@ -63,6 +66,11 @@ def read_metadata(source: str) -> dict[str, Any]:
   for key in ("class_names", "source_class_names"):
     if metadata.get(key) is not None:
       datasets.check_class_names(metadata[key], f"{origin}, {key} in its metadata")
+  if metadata.get("framing") not in (None, mnist.FRAMING):
+    raise UserError(
+      f"{origin}: the framing in its metadata is not MNIST's ({json.dumps(mnist.FRAMING)}), "
+      "the only one tl_keras knows; remove it from the metadata to use --target_fit=resize or pad"
+    )
   return metadata
 
 
