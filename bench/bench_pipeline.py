@@ -75,12 +75,12 @@ def classic_recipe(data_dir):
 
 
 def inference_speed(data_dir, model_path, repeats=3):
-  """Images/s on MNIST 5-9 test: plain `model.predict` on NumPy floats vs `models.predict`."""
+  """Images/s on MNIST 5-9 test: plain `model.predict` on NumPy floats vs `networks.predict`."""
   import numpy as np
 
   from tl_keras import loading
-  from tl_keras import models
-  from tl_keras.datasets import mnist
+  from tl_keras.data import mnist
+  from tl_keras.models import networks
 
   model = loading.load_model(model_path)
   images = mnist.mnist_subset(range(5, 10), data_dir).x_test
@@ -96,7 +96,7 @@ def inference_speed(data_dir, model_path, repeats=3):
     return round(len(images) / min(seconds), 1)
 
   plain = best(lambda: model.predict(floats, verbose=0))
-  ours = best(lambda: models.predict(model, images))
+  ours = best(lambda: networks.predict(model, images))
   return {
     "images": len(images),
     "plain_predict_images_per_second": plain,

@@ -21,8 +21,8 @@ _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 from tl_keras import artifacts
-from tl_keras import settings
-from tl_keras.datasets import mnist
+from tl_keras.config import settings
+from tl_keras.data import mnist
 from tl_keras.stages import pretrain
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,13 +11,13 @@ from conftest import run_two_workers
 
 from tl_keras import api
 from tl_keras import artifacts
-from tl_keras import models
-from tl_keras import schedule
-from tl_keras import settings
-from tl_keras import targets
-from tl_keras.datasets import mnist
+from tl_keras.config import settings
+from tl_keras.data import mnist
+from tl_keras.data import targets
 from tl_keras.keras_api import keras
+from tl_keras.models import networks
 from tl_keras.stages import finetune
+from tl_keras.training import schedule
 
 
 def _plan(num_labeled, num_unlabeled=0, **flags):
@@ -83,12 +83,12 @@ def test_adabn_reestimates_each_batch_norm_on_the_target_images():
   x = layers.BatchNormalization(name="bn2")(layers.Conv2D(2, 3, name="conv2")(x))
   model = keras.Model(inputs, layers.Dense(2, activation="softmax")(layers.Flatten()(x)))
   target = np.random.default_rng(0).integers(100, 256, (64, 8, 8), dtype=np.uint8)
-  assert models.has_batch_norm(model)
-  assert models.adapt_batch_norm(model, target) == 2
+  assert networks.has_batch_norm(model)
+  assert networks.adapt_batch_norm(model, target) == 2
   for name in ("bn1", "bn2"):
     layer = model.get_layer(name)
     # Each layer's statistics are those of its inputs as the layers before it now run.
-    seen = models.predict(keras.Model(model.inputs, layer.input), target)
+    seen = networks.predict(keras.Model(model.inputs, layer.input), target)
     np.testing.assert_allclose(layer.moving_mean.numpy(), seen.mean(axis=(0, 1, 2)), rtol=1e-4)
     np.testing.assert_allclose(
       layer.moving_variance.numpy(), seen.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-6

@@ -14,9 +14,9 @@ from tensorflow.python.framework import config as tf_config
 
 import tl_keras
 from tl_keras import api
-from tl_keras import distribute
-from tl_keras.datasets import mnist
+from tl_keras.data import mnist
 from tl_keras.errors import UserError
+from tl_keras.training import distribute
 
 
 def _readme_example():

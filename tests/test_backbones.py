@@ -13,9 +13,9 @@ from conftest import assert_refused
 from conftest import run_command
 
 from tl_keras import loading
-from tl_keras import models
-from tl_keras import settings
+from tl_keras.config import settings
 from tl_keras.keras_api import keras
+from tl_keras.models import networks
 from tl_keras.outputs import model_io
 
 SIZE = 32
@@ -91,7 +91,9 @@ def test_backbone_preprocesses_as_its_application_in_the_graph(name, module, ker
   # Grey images are replicated to three channels.
   grey = (pixels[..., 0] * 255).astype(np.uint8)
   assert np.allclose(
-    models.predict(model, grey), model(np.repeat(grey[..., None] / 255.0, 3, -1)).numpy(), atol=1e-4
+    networks.predict(model, grey),
+    model(np.repeat(grey[..., None] / 255.0, 3, -1)).numpy(),
+    atol=1e-4,
   )
 
 

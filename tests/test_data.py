@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from tl_keras import pipelines
-from tl_keras import preprocessing
-from tl_keras import targets
-from tl_keras.datasets import mnist
+from tl_keras.data import mnist
+from tl_keras.data import pipelines
+from tl_keras.data import preprocessing
+from tl_keras.data import targets
 from tl_keras.errors import UserError
 
 

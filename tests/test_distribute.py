@@ -7,13 +7,13 @@ import pytest
 from conftest import run_two_workers
 
 from tl_keras import artifacts
-from tl_keras import distribute
 from tl_keras import loading
-from tl_keras import models
-from tl_keras import settings
+from tl_keras.config import settings
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
+from tl_keras.models import networks
 from tl_keras.stages import finetune
+from tl_keras.training import distribute
 
 # Every test here starts processes or trains: the full suite only.
 pytestmark = pytest.mark.slow
@@ -43,7 +43,7 @@ def test_multi_worker_training_in_two_processes(source_model, small_mnist_dir, t
   # Worker 1 saved into a temporary folder of its own, removed afterwards.
   assert os.listdir(tmp_path / "tmp1") == []
   # Synchronous training: both replicas ended with the weights the chief saved.
-  saved = models.weights_fingerprint(loading.load_model(str(output_dir / artifacts.TARGET_MODEL)))
+  saved = networks.weights_fingerprint(loading.load_model(str(output_dir / artifacts.TARGET_MODEL)))
   assert metrics["weights_sha256"] == saved
   assert f"weights sha256 {saved}" in outputs[1][0]
 
@@ -87,12 +87,12 @@ def test_mixed_precision_keeps_classifiers_float32(source_model):
   source = loading.load_model(source_model[0])
   keras.mixed_precision.set_global_policy("mixed_float16")
   try:
-    mixed = models.with_global_dtype_policy(source)
-    target = models.build_target_model(mixed, 3)
+    mixed = networks.with_global_dtype_policy(source)
+    target = networks.build_target_model(mixed, 3)
   finally:
     keras.mixed_precision.set_global_policy("float32")
   assert target.get_layer("features_conv2").compute_dtype == "float16"
   assert target.get_layer("features_dense").compute_dtype == "float16"
-  assert target.get_layer(models.TARGET_CLASSIFIER).compute_dtype == "float32"
+  assert target.get_layer(networks.TARGET_CLASSIFIER).compute_dtype == "float32"
   assert target.output.dtype == "float32"
-  assert models.weights_fingerprint(mixed) == models.weights_fingerprint(source)
+  assert networks.weights_fingerprint(mixed) == networks.weights_fingerprint(source)

@@ -10,12 +10,12 @@ from conftest import run_command
 from conftest import write_image_folder
 
 from tl_keras import artifacts
-from tl_keras import datasets
 from tl_keras import loading
-from tl_keras import models
-from tl_keras import settings
-from tl_keras import targets
+from tl_keras.config import settings
+from tl_keras.data import labeled
+from tl_keras.data import targets
 from tl_keras.errors import UserError
+from tl_keras.models import networks
 from tl_keras.outputs import tflite
 
 FORMATS = settings.EXPORT_FORMATS
@@ -41,7 +41,7 @@ def test_calibration_images_span_every_pixel_value(blank):
   x = np.full((6, 4, 4), 7, np.uint8)
   if not blank:
     x[:, 1, 1] = 90
-  data = datasets.LabeledData(x, np.zeros(6, int), x, np.zeros(6, int), ["a", "b"])
+  data = labeled.LabeledData(x, np.zeros(6, int), x, np.zeros(6, int), ["a", "b"])
   images = tflite._representative_images(data, (4, 4, 1), 4, seed=0)
   assert images.shape == (4, 4, 4, 1) and images.dtype == np.float32
   assert (images[0].min(), images[0].max()) == (0, 255)
@@ -100,7 +100,7 @@ def test_every_file_loads_and_agrees_with_keras(fmt, exported, keras_model, test
   output_dir, metrics = exported
   path = output_dir / artifacts.TFLITE_FILES[fmt]
   images = test_images.x_test[::4]  # 250 of the 1,000 test images, every class
-  keras_ids = models.predict(keras_model, images).argmax(axis=1)
+  keras_ids = networks.predict(keras_model, images).argmax(axis=1)
   ids = _classify(path, images)
   assert (ids == keras_ids).mean() >= 0.97
   assert (ids == test_images.y_test[::4]).mean() >= 0.9

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import run_command
 
-from tl_keras import models
 from tl_keras.keras_api import keras
+from tl_keras.models import networks
 from tl_keras.outputs import model_io
 
 # Every test here starts processes or trains: the full suite only.
@@ -38,9 +38,9 @@ def _file(folder, name, content):
 
 def _classifier(folder, name, class_names, input_shape=(28, 28, 1), softmax=True):
   """A small untrained CNN saved as FOLDER/NAME with `class_names` in its metadata."""
-  model = models.build_source_model(input_shape, len(class_names))
+  model = networks.build_source_model(input_shape, len(class_names))
   if not softmax:
-    model.get_layer(models.SOURCE_CLASSIFIER).activation = keras.activations.linear
+    model.get_layer(networks.SOURCE_CLASSIFIER).activation = keras.activations.linear
   model_io.save_h5(model, str(folder / name), {"class_names": class_names})
   return str(folder / name)
 

@@ -11,14 +11,14 @@ import pytest
 import tensorflow as tf
 
 from tl_keras import artifacts
-from tl_keras import fusion
 from tl_keras import loading
-from tl_keras import models
-from tl_keras import settings
-from tl_keras import targets
-from tl_keras.datasets import split_per_class
+from tl_keras.config import settings
+from tl_keras.data import targets
+from tl_keras.data.labeled import split_per_class
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
+from tl_keras.models import fusion
+from tl_keras.models import networks
 from tl_keras.outputs import model_io
 from tl_keras.stages import finetune
 from tl_keras.stages import fuse
@@ -82,7 +82,7 @@ def test_fusion_is_never_worse_than_the_worst_member(method, fused, members, tar
   output_dir, metrics = fused[method]
   # The members' accuracies are their own predictions on the full test set.
   for path, accuracy in zip(members, metrics["member_test_accuracy"]):
-    predicted = models.predict(loading.load_model(path), target.x_test).argmax(axis=1)
+    predicted = networks.predict(loading.load_model(path), target.x_test).argmax(axis=1)
     assert accuracy == pytest.approx((predicted == target.y_test).mean())
   assert len(set(metrics["member_test_accuracy"])) > 1  # the members do differ
   assert metrics["test_accuracy"] >= metrics["worst_member_test_accuracy"]
@@ -107,9 +107,9 @@ def test_fused_model_loads_safely_and_serves_raw_uint8(method, fused, members, t
   model = loading.load_model(path)  # the allowlists on: built-in layers only
   assert model_io.read_metadata(path)["class_names"] == DIGITS
   images = target.x_test[:64]  # raw uint8 [N,28,28]
-  probabilities = models.predict(model, images)
+  probabilities = networks.predict(model, images)
   assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
-  accuracy = (models.predict(model, target.x_test).argmax(axis=1) == target.y_test).mean()
+  accuracy = (networks.predict(model, target.x_test).argmax(axis=1) == target.y_test).mean()
   assert accuracy == pytest.approx(metrics["test_accuracy"])
 
   export_dir = str(output_dir / artifacts.FUSED_SAVED_MODEL_DIR)
@@ -161,7 +161,7 @@ def _close(a, b):
 
 def _member(seed, num_classes=3):
   keras.utils.set_random_seed(seed)
-  return models.build_source_model((8, 8, 1), num_classes, (4,))
+  return networks.build_source_model((8, 8, 1), num_classes, (4,))
 
 
 def _probabilities(count=200, num_classes=3, seed=0):

@@ -24,10 +24,10 @@ from conftest import run_command
 from conftest import write_image_folder
 
 from tl_keras import artifacts
-from tl_keras import datasets
 from tl_keras import limits
-from tl_keras import settings
-from tl_keras import targets
+from tl_keras.config import settings
+from tl_keras.data import labeled
+from tl_keras.data import targets
 from tl_keras.errors import UserError
 from tl_keras.outputs import model_io
 from tl_keras.outputs import report
@@ -120,9 +120,9 @@ def test_symlinks_out_of_the_folder_are_not_read(digits, tmp_path, capsys, monke
   os.symlink(outside, os.path.join(root, "five", "leak_dir"))
   os.symlink(os.path.join(root, "five", "0.png"), os.path.join(root, "seven", "inside.png"))
   opened = []
-  read_regular_file = datasets.read_regular_file
+  read_regular_file = labeled.read_regular_file
   monkeypatch.setattr(
-    datasets,
+    labeled,
     "read_regular_file",
     lambda path, *args: opened.append(path) or read_regular_file(path, *args),
   )
@@ -244,7 +244,7 @@ def test_class_folder_name_with_a_newline_is_refused(digits, source_model, tmp_p
   )
   assert "class folder in" in line
   with pytest.raises(UserError, match="U\\+0009"):
-    datasets.check_class_names(["a", "tab\there"], "test")
+    labeled.check_class_names(["a", "tab\there"], "test")
 
 
 def _npz_one_class(folder):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from conftest import write_image_folder
 
-from tl_keras import datasets
-from tl_keras import pipelines
-from tl_keras import settings
-from tl_keras import targets
+from tl_keras.config import settings
+from tl_keras.data import labeled
+from tl_keras.data import pipelines
+from tl_keras.data import targets
 from tl_keras.errors import UserError
 
 INPUT_SHAPE = (28, 28, 1)
@@ -138,7 +138,7 @@ def test_train_per_class_is_a_seeded_stratified_subset(small_mnist_dir, capsys):
 
 def test_split_per_class_holds_out_each_class_and_keeps_one():
   labels = np.array([0] * 10 + [1] * 4 + [2])
-  kept, held = datasets.split_per_class(labels, 0.5, seed=0)
+  kept, held = labeled.split_per_class(labels, 0.5, seed=0)
   assert np.bincount(labels[held], minlength=3).tolist() == [5, 2, 0]
   assert sorted(np.concatenate([kept, held]).tolist()) == list(range(15))
 

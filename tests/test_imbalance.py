@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 
 from tl_keras import artifacts
-from tl_keras import evaluation
-from tl_keras import settings
-from tl_keras import targets
+from tl_keras.config import settings
+from tl_keras.data import targets
+from tl_keras.evaluation import metrics
 
 
 def test_per_class_metrics_of_a_hand_made_case():
   y_true = [0, 0, 0, 1, 1, 2, 2]
   y_pred = [0, 0, 1, 1, 2, 2, 0]
-  scores = evaluation.per_class_metrics(y_true, y_pred, ["a", "b", "c", "never"])
+  scores = metrics.per_class_metrics(y_true, y_pred, ["a", "b", "c", "never"])
   per_class = scores["per_class"]
   # a: 2 of 3 predicted a are right, 2 of 3 true a found.
   assert per_class["a"] == {"precision": 0.666667, "recall": 0.666667, "f1": 0.666667, "support": 3}
@@ -27,7 +27,7 @@ def test_per_class_metrics_of_a_hand_made_case():
 
 
 def test_per_class_metrics_of_a_class_never_predicted():
-  scores = evaluation.per_class_metrics([0, 0, 1, 1], [0, 0, 0, 0], ["x", "y"])
+  scores = metrics.per_class_metrics([0, 0, 1, 1], [0, 0, 0, 0], ["x", "y"])
   assert scores["per_class"]["x"]["precision"] == 0.5 and scores["per_class"]["x"]["recall"] == 1
   assert scores["per_class"]["y"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
   assert scores["macro_f1"] == pytest.approx((2 / 3 + 0) / 2, abs=1e-6)
@@ -35,7 +35,7 @@ def test_per_class_metrics_of_a_class_never_predicted():
 
 def test_balanced_class_weights_give_every_class_the_same_total():
   labels = np.array([0] * 8 + [1] * 2 + [3] * 10)
-  weights = evaluation.balanced_class_weights(labels, 4)
+  weights = metrics.balanced_class_weights(labels, 4)
   assert weights == {0: 20 / (4 * 8), 1: 20 / (4 * 2), 2: 1.0, 3: 20 / (4 * 10)}
   totals = [weights[k] * np.sum(labels == k) for k in (0, 1, 3)]
   assert totals == pytest.approx([5, 5, 5])
@@ -111,12 +111,12 @@ def test_balanced_class_weights_change_the_loss_and_help_rare_classes(runs):
 @pytest.mark.slow
 def test_label_smoothing_makes_the_model_less_confident(runs, imbalanced):
   from tl_keras import loading
-  from tl_keras import models
+  from tl_keras.models import networks
 
   confidence = {}
   for name in ("plain", "smoothed"):
     model = loading.load_model(str(runs[name][0] / artifacts.TARGET_MODEL))
-    confidence[name] = models.predict(model, imbalanced.x_test).max(axis=1).mean()
+    confidence[name] = networks.predict(model, imbalanced.x_test).max(axis=1).mean()
   assert runs["smoothed"][1]["label_smoothing"] == 0.3
   assert confidence["smoothed"] < confidence["plain"] - 0.05
   # Accuracy still measured as for integer labels.

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO_ROOT
 
-from tl_keras import resume
+from tl_keras.training import resume
 
 # Every test here starts processes or trains: the full suite only.
 pytestmark = pytest.mark.slow

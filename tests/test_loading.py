@@ -11,10 +11,10 @@ import tensorflow as tf
 
 from tl_keras import artifacts
 from tl_keras import loading
-from tl_keras import models
-from tl_keras import settings
+from tl_keras.config import settings
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
+from tl_keras.models import networks
 from tl_keras.outputs import model_io
 from tl_keras.stages import finetune
 from tl_keras.stages import transfer
@@ -24,7 +24,7 @@ from tl_keras.stages import transfer
 def feature_saved_model(source_model, tmp_path_factory):
   """The pretrained source's penultimate features exported as a non-Keras SavedModel."""
   source = loading.load_model(source_model[0])
-  features = keras.Model(source.inputs, models.feature_tensor(source))
+  features = keras.Model(source.inputs, networks.feature_tensor(source))
   # A plain (non-Keras) SavedModel in TF Hub's reusable form: images in, features out.
   exported = tf.train.Checkpoint()
   exported.variables = list(features.variables)

@@ -10,16 +10,16 @@ from conftest import run_command
 
 from tl_keras import artifacts
 from tl_keras import loading
-from tl_keras import models
-from tl_keras.datasets import mnist
+from tl_keras.data import mnist
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
+from tl_keras.models import networks
 from tl_keras.outputs import files
 from tl_keras.outputs import model_io
 
 
 def test_h5_reload_gives_identical_predictions_and_metadata(tmp_path):
-  model = models.build_source_model((28, 28, 1), 3)
+  model = networks.build_source_model((28, 28, 1), 3)
   path = str(tmp_path / "m.h5")
   model_io.save_h5(model, path, {"class_names": ["a", "b", "c"]})
   images = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
@@ -83,7 +83,7 @@ def test_missing_or_corrupt_model_file(tmp_path, content, message):
 
 def test_truncated_h5_is_refused(tmp_path):
   path = tmp_path / "m.h5"
-  model_io.save_h5(models.build_source_model((28, 28, 1), 2), str(path), {})
+  model_io.save_h5(networks.build_source_model((28, 28, 1), 2), str(path), {})
   path.write_bytes(path.read_bytes()[:4096])
   with pytest.raises(UserError, match="cannot (read|load) model"):
     loading.load_model(str(path))
@@ -107,7 +107,7 @@ def test_unwritable_output_dir_is_a_user_error(tmp_path):
 
 def test_weights_only_h5_is_refused(tmp_path):
   path = str(tmp_path / "w.h5")
-  models.build_source_model((28, 28, 1), 2).save_weights(path)
+  networks.build_source_model((28, 28, 1), 2).save_weights(path)
   with pytest.raises(UserError, match="weights only"):
     loading.load_model(path)
   with h5py.File(path) as f:
@@ -117,7 +117,7 @@ def test_weights_only_h5_is_refused(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("keras_module", ["keras", "tf_keras"])
 def test_h5_loads_in_plain_keras_without_tl_keras(tmp_path, keras_module):
-  model = models.build_source_model((28, 28, 1), 3)
+  model = networks.build_source_model((28, 28, 1), 3)
   path = tmp_path / "m.h5"
   model_io.save_h5(model, str(path), {"class_names": ["a", "b", "c"]})
   images = np.random.default_rng(1).random((4, 28, 28, 1), dtype=np.float32)

@@ -2,39 +2,39 @@
 
 import pytest
 
-from tl_keras import models
-from tl_keras import settings
+from tl_keras.config import settings
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
+from tl_keras.models import networks
 
 
 @pytest.fixture
 def source():
-  return models.build_source_model((28, 28, 1), 5)
+  return networks.build_source_model((28, 28, 1), 5)
 
 
 def test_source_model_has_named_features_and_classifier(source):
-  classifier = source.get_layer(models.SOURCE_CLASSIFIER)
+  classifier = source.get_layer(networks.SOURCE_CLASSIFIER)
   assert classifier is source.layers[-1]
   assert classifier.activation is keras.activations.softmax
   assert all(
-    layer.name.startswith(models.FEATURE_PREFIX) for layer in models.feature_layers(source)
+    layer.name.startswith(networks.FEATURE_PREFIX) for layer in networks.feature_layers(source)
   )
   assert source.output_shape == (None, 5)
 
 
 def test_target_head_replaces_the_softmax_classifier(source):
-  target = models.build_target_model(source, 3)
+  target = networks.build_target_model(source, 3)
   names = [layer.name for layer in target.layers]
-  assert models.SOURCE_CLASSIFIER not in names
-  head = target.get_layer(models.TARGET_CLASSIFIER)
+  assert networks.SOURCE_CLASSIFIER not in names
+  head = target.get_layer(networks.TARGET_CLASSIFIER)
   # The new head reads the source's penultimate features, never its softmax output.
   assert head.input is source.get_layer("features_dropout2").output
   assert target.output_shape == (None, 3)
 
 
 def test_conv_filters_set_the_source_convolutions():
-  model = models.build_source_model((28, 28, 1), 5, models.parse_conv_filters("8, 12,24"))
+  model = networks.build_source_model((28, 28, 1), 5, networks.parse_conv_filters("8, 12,24"))
   assert [model.get_layer(f"features_conv{i}").filters for i in (1, 2, 3)] == [8, 12, 24]
   assert model.get_layer("features_flatten").output_shape == (None, 24)  # 28 -> 13 -> 5 -> 1
 
@@ -42,7 +42,7 @@ def test_conv_filters_set_the_source_convolutions():
 @pytest.mark.parametrize("spec", ["", "16,x", "0,32", "8,8,8,8", "-4"])
 def test_conv_filters_rejects_bad_specs(spec):
   with pytest.raises(UserError, match="--conv_filters"):
-    models.parse_conv_filters(spec)
+    networks.parse_conv_filters(spec)
 
 
 def test_probe_head_init_needs_the_classifier_on_the_features():
@@ -68,18 +68,18 @@ def _trainable_weighted(model):
   ],
 )
 def test_unfreeze(source, unfreeze, expected):
-  assert _trainable_weighted(models.build_target_model(source, 2, unfreeze)) == expected
+  assert _trainable_weighted(networks.build_target_model(source, 2, unfreeze)) == expected
 
 
 @pytest.mark.parametrize("unfreeze", ["conv9", "last:x", "features_conv1,nope", ","])
 def test_unfreeze_rejects_unknown_layers(source, unfreeze):
   with pytest.raises(UserError, match="--unfreeze"):
-    models.build_target_model(source, 2, unfreeze)
+    networks.build_target_model(source, 2, unfreeze)
 
 
 def test_optimizer_defaults():
-  assert models.make_optimizer("adadelta").learning_rate.numpy() == pytest.approx(1.0)
-  assert models.make_optimizer("adam").learning_rate.numpy() == pytest.approx(1e-3)
-  assert models.make_optimizer("adam", 0.01).learning_rate.numpy() == pytest.approx(0.01)
+  assert networks.make_optimizer("adadelta").learning_rate.numpy() == pytest.approx(1.0)
+  assert networks.make_optimizer("adam").learning_rate.numpy() == pytest.approx(1e-3)
+  assert networks.make_optimizer("adam", 0.01).learning_rate.numpy() == pytest.approx(0.01)
   with pytest.raises(UserError, match="unknown optimizer"):
-    models.make_optimizer("sgd")
+    networks.make_optimizer("sgd")

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from tl_keras import models
-from tl_keras import probes
-from tl_keras import settings
+from tl_keras.config import settings
+from tl_keras.evaluation import probes
 from tl_keras.keras_api import keras
+from tl_keras.models import networks
 from tl_keras.outputs import model_io
 from tl_keras.stages import transfer
 
@@ -76,7 +76,7 @@ def test_trained_source_ranks_above_random_source_on_digits_5_to_9(
 ):
   keras.utils.set_random_seed(0)
   random_path = str(tmp_path / "random.h5")
-  model_io.save_h5(models.build_source_model((28, 28, 1), 5), random_path, {})
+  model_io.save_h5(networks.build_source_model((28, 28, 1), 5), random_path, {})
   results = {}
   for name, path in (("trained", source_model[0]), ("random", random_path)):
     config = settings.make(

@@ -13,12 +13,12 @@ import pytest
 from conftest import REPO_ROOT
 from conftest import run_command
 
-from tl_keras import datasets
-from tl_keras import distribute
-from tl_keras import models
-from tl_keras import resume
-from tl_keras import settings
-from tl_keras import training
+from tl_keras.config import settings
+from tl_keras.data import labeled
+from tl_keras.models import networks
+from tl_keras.training import distribute
+from tl_keras.training import resume
+from tl_keras.training import trainer
 
 # Every test here starts processes or trains: the full suite only.
 pytestmark = pytest.mark.slow
@@ -147,10 +147,10 @@ def test_backup_accepts_one_device_strategy(tmp_path):
   rng = np.random.default_rng(0)
   x = np.concatenate([rng.integers(0, 60, (32, 28, 28)), rng.integers(200, 256, (32, 28, 28))])
   y = np.repeat([0, 1], 32)
-  dataset = datasets.LabeledData(x.astype(np.uint8), y, x.astype(np.uint8), y, ["dark", "bright"])
+  dataset = labeled.LabeledData(x.astype(np.uint8), y, x.astype(np.uint8), y, ["dark", "bright"])
   config = settings.make(settings.TrainingConfig, output_dir=str(tmp_path), epochs=2, batch_size=16)
-  _, result = training.fit_and_evaluate(
-    lambda: models.build_source_model((28, 28, 1), 2),
+  _, result = trainer.fit_and_evaluate(
+    lambda: networks.build_source_model((28, 28, 1), 2),
     dataset,
     config,
     distribute.get_distribution_strategy("one_device"),

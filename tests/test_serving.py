@@ -9,7 +9,7 @@ import pytest
 from conftest import run_command
 
 from tl_keras import artifacts
-from tl_keras import targets
+from tl_keras.data import targets
 from tl_keras.outputs import model_io
 from tl_keras.outputs import tflite
 

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from tl_keras import settings
+from tl_keras.config import settings
 from tl_keras.errors import UserError
 
 _TRAINING = {

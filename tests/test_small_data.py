@@ -9,14 +9,14 @@ from conftest import run_command
 from conftest import write_image_folder
 
 from tl_keras import artifacts
-from tl_keras import datasets
 from tl_keras import loading
-from tl_keras import models
-from tl_keras import pipelines
-from tl_keras import probes
-from tl_keras import settings
-from tl_keras import targets
+from tl_keras.config import settings
+from tl_keras.data import labeled
+from tl_keras.data import pipelines
+from tl_keras.data import targets
+from tl_keras.evaluation import probes
 from tl_keras.keras_api import keras
+from tl_keras.models import networks
 from tl_keras.outputs import model_io
 from tl_keras.stages import finetune
 
@@ -127,9 +127,9 @@ def test_validation_split_keeps_the_best_epoch(source_model, small_mnist_dir, tm
   assert phase["best_epoch"] == int(np.argmin(history)) + 1
   # The saved model is the best epoch's: its validation loss is the lowest seen.
   target = targets.prepare_target(config.target, (28, 28, 1), small_mnist_dir, config.runtime.seed)
-  _, validation = datasets.split_per_class(target.y_train, 0.25, config.runtime.seed)
+  _, validation = labeled.split_per_class(target.y_train, 0.25, config.runtime.seed)
   model = loading.load_model(str(tmp_path / "out" / artifacts.TARGET_MODEL))
-  models.compile_classifier(model, "adam")
+  networks.compile_classifier(model, "adam")
   loss, _ = model.evaluate(
     pipelines.make_dataset(target.x_train[validation], target.y_train[validation], 64, (28, 28, 1)),
     verbose=0,
@@ -142,7 +142,7 @@ def test_compare_scratch_reports_the_gain_and_warns_when_transfer_hurts(
 ):
   # A source whose weights are all zero gives constant features: nothing to transfer.
   keras.utils.set_random_seed(0)
-  useless = models.build_source_model((28, 28, 1), 5)
+  useless = networks.build_source_model((28, 28, 1), 5)
   useless.set_weights([np.zeros_like(w) for w in useless.get_weights()])
   model_io.save_h5(useless, str(tmp_path / "zero.h5"), {})
   metrics = finetune.run(

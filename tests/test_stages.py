@@ -10,11 +10,11 @@ import tensorflow as tf
 from conftest import run_command
 
 from tl_keras import artifacts
-from tl_keras import datasets
 from tl_keras import loading
-from tl_keras import preprocessing
-from tl_keras import settings
-from tl_keras import targets
+from tl_keras.config import settings
+from tl_keras.data import labeled
+from tl_keras.data import preprocessing
+from tl_keras.data import targets
 from tl_keras.outputs import model_io
 from tl_keras.stages import finetune
 from tl_keras.stages import pretrain
@@ -44,7 +44,7 @@ def test_pretrain_accepts_injected_data(tmp_path):
   # Two trivially separable classes: dark and bright images.
   x = np.concatenate([rng.integers(0, 60, (64, 28, 28)), rng.integers(200, 256, (64, 28, 28))])
   y = np.repeat([0, 1], 64)
-  dataset = datasets.LabeledData(x.astype(np.uint8), y, x.astype(np.uint8), y, ["dark", "bright"])
+  dataset = labeled.LabeledData(x.astype(np.uint8), y, x.astype(np.uint8), y, ["dark", "bright"])
   metrics = pretrain.run(
     settings.make(settings.PretrainConfig, output_dir=str(tmp_path), epochs=3, batch_size=16),
     datasets_override=dataset,
@@ -185,7 +185,7 @@ def test_finetune_only_head_keeps_source_features(source_model, small_mnist_dir,
 def test_tensorboard_logs_go_under_the_output_dir(tmp_path):
   x = np.zeros((32, 28, 28), np.uint8)
   y = np.repeat([0, 1], 16)
-  dataset = datasets.LabeledData(x, y, x, y, ["a", "b"])
+  dataset = labeled.LabeledData(x, y, x, y, ["a", "b"])
   pretrain.run(
     settings.make(settings.PretrainConfig, output_dir=str(tmp_path), epochs=1, tensorboard=True),
     datasets_override=dataset,

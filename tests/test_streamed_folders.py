@@ -7,12 +7,12 @@ import pytest
 from conftest import write_image_folder
 
 from tl_keras import limits
-from tl_keras import models
-from tl_keras import pipelines
-from tl_keras import settings
-from tl_keras import targets
-from tl_keras.datasets import folders
+from tl_keras.config import settings
+from tl_keras.data import folders
+from tl_keras.data import pipelines
+from tl_keras.data import targets
 from tl_keras.errors import UserError
+from tl_keras.models import networks
 from tl_keras.stages import finetune
 from tl_keras.stages import transfer
 
@@ -78,8 +78,8 @@ def test_streamed_predictions_equal_in_memory_ones(folder, source_model):
 
   model = loading.load_model(source_model[0])
   held, streamed = _load(folder, "memory"), _load(folder, "none")
-  expected = models.predict(model, held.x_test)
-  assert np.allclose(models.predict(model, streamed.x_test, batch_size=7), expected, atol=1e-6)
+  expected = networks.predict(model, held.x_test)
+  assert np.allclose(networks.predict(model, streamed.x_test, batch_size=7), expected, atol=1e-6)
 
 
 def test_a_file_changed_after_the_scan_is_refused_unread(folder, digits, tmp_path):

@@ -17,5 +17,5 @@ def __getattr__(name: str):
   if name in _API:
     return getattr(importlib.import_module("tl_keras.api"), name)
   if name == "LabeledData":
-    return importlib.import_module("tl_keras.datasets").LabeledData
+    return importlib.import_module("tl_keras.data.labeled").LabeledData
   raise AttributeError(f"module 'tl_keras' has no attribute {name!r}")

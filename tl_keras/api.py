@@ -27,24 +27,24 @@ import tensorflow as tf
 import tl_keras
 from tl_keras import adaptation
 from tl_keras import artifacts
-from tl_keras import distribute
-from tl_keras import evaluation
 from tl_keras import limits
 from tl_keras import loading
-from tl_keras import models
-from tl_keras import probes
-from tl_keras import schedule
-from tl_keras import settings
-from tl_keras import targets
-from tl_keras import training
-from tl_keras.datasets import LabeledData
-from tl_keras.datasets import UnlabeledImages
-from tl_keras.datasets.folders import ImageFiles
+from tl_keras.config import settings
+from tl_keras.data import targets
+from tl_keras.data.folders import ImageFiles
+from tl_keras.data.labeled import LabeledData
+from tl_keras.data.labeled import UnlabeledImages
 from tl_keras.errors import UserError
+from tl_keras.evaluation import metrics
+from tl_keras.evaluation import probes
 from tl_keras.keras_api import keras
+from tl_keras.models import networks
 from tl_keras.outputs import files
 from tl_keras.outputs import model_io
-from tl_keras.training import FitResult
+from tl_keras.training import distribute
+from tl_keras.training import schedule
+from tl_keras.training import trainer
+from tl_keras.training.trainer import FitResult
 
 Images = np.ndarray | tf.Tensor | ImageFiles
 Data = LabeledData | tuple[Images, np.ndarray] | tf.data.Dataset
@@ -200,18 +200,18 @@ class TransferClassifier:
     source_model = (
       load_model(source, allow_unsafe, max_model_mb, input_size) if path is source else source
     )
-    models.image_input_shape(source_model, path or source_model.name)
-    with training.global_state(seed):
-      model = models.build_target_model(source_model, len(class_names), unfreeze, head)
+    networks.image_input_shape(source_model, path or source_model.name)
+    with trainer.global_state(seed):
+      model = networks.build_target_model(source_model, len(class_names), unfreeze, head)
 
     def fresh_model() -> keras.Model:
       if path:
         copy = load_model(path, allow_unsafe, max_model_mb, input_size)
         if keras.mixed_precision.global_policy().name != "float32":
-          copy = models.with_global_dtype_policy(copy)
+          copy = networks.with_global_dtype_policy(copy)
       else:
-        copy = models.with_global_dtype_policy(source_model)
-      return models.build_target_model(copy, len(class_names), unfreeze, head)
+        copy = networks.with_global_dtype_policy(source_model)
+      return networks.build_target_model(copy, len(class_names), unfreeze, head)
 
     metadata = model_io.read_metadata(path) if path else {}
     classifier = cls(
@@ -327,7 +327,7 @@ class TransferClassifier:
     )
     settings.validate(config)
     if verbose is None:
-      verbose = training.progress_verbosity()
+      verbose = trainer.progress_verbosity()
     source = source_data if isinstance(source_data, LabeledData) else None
     return self.fit_config(data, config, strategy, verbose=verbose, source_data=source)
 
@@ -365,13 +365,13 @@ class TransferClassifier:
     template, fresh_model = self.model, self._fresh_model
     classifier_weights = None
     if config.head.head_init == "probe":
-      x_train, y_train, _ = training.training_split(data, config)
+      x_train, y_train, _ = trainer.training_split(data, config)
       say(f"head_init: fitting a linear probe on the features of {len(x_train)} training images")
       classifier_weights = probe_classifier_weights(template, x_train, y_train)
     elif config.head.head_init == "source":
       classifier_weights = self._source_classifier_weights()
     if classifier_weights:
-      template.get_layer(models.TARGET_CLASSIFIER).set_weights(classifier_weights)
+      template.get_layer(networks.TARGET_CLASSIFIER).set_weights(classifier_weights)
     adapt_data = None
     if plan.adapt != "none":
       if source_data is None and (plan.adapt == "align" or not len(data.y_train)):
@@ -389,7 +389,7 @@ class TransferClassifier:
           f"{source_data.description} has no image of the target's classes "
           f"({', '.join(self.class_names[:10])}) to train on without target labels"
         )
-      adapt_data = training.AdaptData(
+      adapt_data = trainer.AdaptData(
         adaptation.Adaptation(
           method=plan.adapt,
           confidence_threshold=config.adapt.confidence_threshold,
@@ -398,7 +398,7 @@ class TransferClassifier:
           align_weight=config.adapt.align_weight if plan.adapt == "align" else 0.0,
           total_steps=(config.epochs + config.finetune.warmup_epochs)
           * config.train.steps_per_epoch,
-          adabn=models.has_batch_norm(template),
+          adabn=networks.has_batch_norm(template),
         ),
         unlabeled,
         source_data,
@@ -408,17 +408,17 @@ class TransferClassifier:
       if fresh_model:
         model = fresh_model()
         if classifier_weights:
-          model.get_layer(models.TARGET_CLASSIFIER).set_weights(classifier_weights)
+          model.get_layer(networks.TARGET_CLASSIFIER).set_weights(classifier_weights)
       elif strategy is current and not config.runtime.mixed_precision:
         model = template
       else:
-        model = models.with_global_dtype_policy(template)
+        model = networks.with_global_dtype_policy(template)
       if adapt_data and adapt_data.settings.adabn:
-        count = models.adapt_batch_norm(model, unlabeled.images)
+        count = networks.adapt_batch_norm(model, unlabeled.images)
         say(f"adabn: re-estimated {count} BatchNormalization layers on target images")
       return model
 
-    self.model, result = training.fit_and_evaluate(
+    self.model, result = trainer.fit_and_evaluate(
       build_model,
       data,
       config,
@@ -441,10 +441,10 @@ class TransferClassifier:
     when no target class is a source class or the source's class names are unknown."""
     if self._source_model is None or not self.source_class_names or not len(data.x_test):
       return None
-    predicted = models.predict(self._source_model, data.x_test).argmax(axis=1)
+    predicted = networks.predict(self._source_model, data.x_test).argmax(axis=1)
     names = np.asarray(self.source_class_names)
     true_names = np.asarray(self.class_names)[data.y_test]
-    return evaluation.accuracy_by_name(names[predicted], true_names, self.source_class_names)
+    return metrics.accuracy_by_name(names[predicted], true_names, self.source_class_names)
 
   def _source_classifier_weights(self) -> list[np.ndarray]:
     """The source classifier's rows for the target's classes, to start the new classifier;
@@ -454,10 +454,10 @@ class TransferClassifier:
         "starting the classifier from the source's (--head_init=source, or no target labels) "
         "needs a source model whose metadata names its classes"
       )
-    weights = models.source_classifier_weights(
+    weights = networks.source_classifier_weights(
       self._source_model, self.source_class_names, self.class_names
     )
-    expected = self.model.get_layer(models.TARGET_CLASSIFIER).get_weights()[0].shape
+    expected = self.model.get_layer(networks.TARGET_CLASSIFIER).get_weights()[0].shape
     if weights[0].shape != expected:
       raise UserError(
         "starting the classifier from the source's (--head_init=source, or no target labels) "
@@ -480,7 +480,7 @@ class TransferClassifier:
     return {
       "accuracy": float((predicted == labels).mean()),
       "loss": float(-np.log(np.clip(picked, 1e-7, 1.0)).mean()),
-      **evaluation.per_class_metrics(labels, predicted, self.class_names),
+      **metrics.per_class_metrics(labels, predicted, self.class_names),
     }
 
   def predict(self, images: Images, batch_size: int = 1024) -> np.ndarray:
@@ -488,7 +488,7 @@ class TransferClassifier:
     [N,H,W,C], any size: preprocessed as in training and serving)."""
     if not isinstance(images, ImageFiles):  # streamed from their files, batch by batch
       images = np.asarray(images)
-    return models.predict(self.model, images, batch_size)
+    return networks.predict(self.model, images, batch_size)
 
   def export(self, output_dir: str, metadata: dict[str, Any] | None = None) -> dict[str, str]:
     """Writes `target_model.h5` (class names in its metadata, plus `metadata`) and
@@ -537,22 +537,22 @@ def probe_classifier_weights(
   return [kernel.astype(np.float32), bias.astype(np.float32)]
 
 
-def phases(config: settings.FinetuneConfig, model: keras.Model) -> list[training.Phase]:
+def phases(config: settings.FinetuneConfig, model: keras.Model) -> list[trainer.Phase]:
   """One phase, or with `config.finetune.warmup_epochs`: the head alone, then the unfrozen
   layers with it at `finetune_learning_rate` (a tenth of the first rate by default)."""
   if not config.finetune.warmup_epochs:
-    return [training.Phase("finetune", config.epochs, config.train.learning_rate)]
-  warmup_rate = models.learning_rate_for(config.train.optimizer, config.train.learning_rate)
+    return [trainer.Phase("finetune", config.epochs, config.train.learning_rate)]
+  warmup_rate = networks.learning_rate_for(config.train.optimizer, config.train.learning_rate)
   finetune_rate = config.finetune.finetune_learning_rate or warmup_rate / 10
   return [
-    training.Phase(
+    trainer.Phase(
       "warmup",
       config.finetune.warmup_epochs,
       warmup_rate,
-      trainable=models.head_layer_names(model),
+      trainable=networks.head_layer_names(model),
     ),
-    training.Phase(
-      "finetune", config.epochs, finetune_rate, trainable=models.trainable_layer_names(model)
+    trainer.Phase(
+      "finetune", config.epochs, finetune_rate, trainable=networks.trainable_layer_names(model)
     ),
   ]
 

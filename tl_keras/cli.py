@@ -29,7 +29,7 @@ from absl import flags
 from absl import logging
 
 from tl_keras import interrupts
-from tl_keras import settings
+from tl_keras.config import settings
 from tl_keras.errors import UserError
 from tl_keras.errors import native_stderr_captured
 

@@ -13,13 +13,13 @@ import h5py
 import tensorflow as tf
 
 from tl_keras import artifacts
-from tl_keras import datasets
 from tl_keras import limits
-from tl_keras.datasets import mnist
+from tl_keras.data import labeled
+from tl_keras.data import mnist
+from tl_keras.data.preprocessing import preprocess_images
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 from tl_keras.outputs.files import atomic_path
-from tl_keras.preprocessing import preprocess_images
 
 
 def save_h5(model: keras.Model, path: str, metadata: dict[str, Any]) -> None:
@@ -35,17 +35,17 @@ def read_metadata(source: str) -> dict[str, Any]:
   """The tl_keras metadata of an .h5 file or SavedModel folder; {} where there is none.
 
   A model file may come from anyone: metadata over limits.MAX_METADATA_BYTES, that is not a
-  JSON object, with class names `datasets.check_class_names` refuses, or with a `framing`
+  JSON object, with class names `labeled.check_class_names` refuses, or with a `framing`
   other than the one tl_keras writes (MNIST's; its box size sets how much --target_fit=source
   allocates), is a UserError.
   """
-  origin = f"model {datasets.shown(source)}"
+  origin = f"model {labeled.shown(source)}"
   try:
     if os.path.isdir(source):
       path = os.path.join(source, "assets", artifacts.METADATA_ASSET)
       if not os.path.lexists(path):
         return {}
-      text = datasets.read_regular_file(
+      text = labeled.read_regular_file(
         os.path.realpath(path), limits.MAX_METADATA_BYTES, f"{origin}: metadata"
       )
       if text is None:
@@ -65,7 +65,7 @@ def read_metadata(source: str) -> dict[str, Any]:
     raise UserError(f"{origin}: its {artifacts.METADATA_ATTR} is not a JSON object")
   for key in ("class_names", "source_class_names"):
     if metadata.get(key) is not None:
-      datasets.check_class_names(metadata[key], f"{origin}, {key} in its metadata")
+      labeled.check_class_names(metadata[key], f"{origin}, {key} in its metadata")
   if metadata.get("framing") not in (None, mnist.FRAMING):
     raise UserError(
       f"{origin}: the framing in its metadata is not MNIST's ({json.dumps(mnist.FRAMING)}), "
@@ -79,14 +79,14 @@ def class_names_of(
 ) -> list[str]:
   """The model's output class names: from metadata, else '0'..'k-1'.
 
-  Refuses names `datasets.check_class_names` refuses, and a count other than the model's outputs.
+  Refuses names `labeled.check_class_names` refuses, and a count other than the model's outputs.
   """
   names = metadata.get("class_names")
   units = model.output_shape[-1]
   if not names:
     return [str(i) for i in range(units)]
-  origin = f"model {datasets.shown(source)}"
-  names = datasets.check_class_names(names, f"{origin}, class_names in its metadata")
+  origin = f"model {labeled.shown(source)}"
+  names = labeled.check_class_names(names, f"{origin}, class_names in its metadata")
   if isinstance(units, int) and len(names) != units:
     raise UserError(
       f"{origin}: its metadata names {len(names)} classes but the model has {units} outputs"

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tl_keras import artifacts
-from tl_keras import settings
+from tl_keras.config import settings
 from tl_keras.outputs.files import atomic_path
 
 # Metrics listed with the settings (they are none), each after the setting it belongs to.

@@ -6,9 +6,9 @@ from typing import Any
 
 import tensorflow as tf
 
-from tl_keras import distribute
 from tl_keras.outputs import files
 from tl_keras.outputs import report
+from tl_keras.training import distribute
 
 
 def write_metrics(

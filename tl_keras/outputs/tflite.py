@@ -22,12 +22,12 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras import artifacts
-from tl_keras import models
-from tl_keras.datasets import LabeledData
+from tl_keras.data.labeled import LabeledData
+from tl_keras.data.preprocessing import preprocess_images
 from tl_keras.errors import native_stderr_captured
 from tl_keras.keras_api import keras
+from tl_keras.models import networks
 from tl_keras.outputs.files import atomic_path
-from tl_keras.preprocessing import preprocess_images
 
 EVALUATION_BATCH = 256
 LATENCY_IMAGES = 200  # single-image invocations timed per file, after LATENCY_WARMUP,
@@ -193,7 +193,7 @@ def export_and_evaluate(
   input_shape = tuple(model.input_shape[1:])
   # The test images as loaded (the Keras model's accuracy as finetune reports it); the TFLite
   # files get them as uint8 pixels, read a batch at a time (ImageFiles stream from disk).
-  keras_predicted = models.predict(model, target.x_test).argmax(axis=1)
+  keras_predicted = networks.predict(model, target.x_test).argmax(axis=1)
   representative = None
   if "tflite_int8" in formats:
     representative = _representative_images(target, input_shape, representative_images, seed)

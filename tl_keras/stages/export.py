@@ -7,11 +7,11 @@ from typing import Any
 from tl_keras import artifacts
 from tl_keras import limits
 from tl_keras import loading
-from tl_keras import models
-from tl_keras import settings
-from tl_keras import targets
-from tl_keras.datasets import LabeledData
+from tl_keras.config import settings
+from tl_keras.data import targets
+from tl_keras.data.labeled import LabeledData
 from tl_keras.errors import UserError
+from tl_keras.models import networks
 from tl_keras.outputs import files
 from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
@@ -31,7 +31,7 @@ def run(
   model = loading.load_model(
     source, config.load.allow_unsafe_deserialization, config.load.max_model_mb * limits.MIB
   )
-  input_shape = models.image_input_shape(model, source)
+  input_shape = networks.image_input_shape(model, source)
   metadata = model_io.read_metadata(source)
   class_names = model_io.class_names_of(model, metadata, source)
   target = datasets_override or targets.prepare_target(

@@ -8,19 +8,19 @@ import tensorflow as tf
 
 from tl_keras import api
 from tl_keras import artifacts
-from tl_keras import distribute
 from tl_keras import limits
 from tl_keras import loading
-from tl_keras import models
-from tl_keras import settings
-from tl_keras import targets
-from tl_keras import training
-from tl_keras.datasets import LabeledData
+from tl_keras.config import settings
+from tl_keras.data import targets
+from tl_keras.data.labeled import LabeledData
 from tl_keras.errors import warn
+from tl_keras.models import networks
 from tl_keras.outputs import files
 from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
 from tl_keras.outputs import tflite
+from tl_keras.training import distribute
+from tl_keras.training import trainer
 
 
 def run(
@@ -39,7 +39,7 @@ def run(
   output_dir = files.prepare_output_dir(config.paths.output_dir)
   # Loaded outside the strategy's scope: the classifier is rebuilt inside it for training.
   source = _load_source(config)
-  input_shape = models.image_input_shape(source, config.load.model)
+  input_shape = networks.image_input_shape(source, config.load.model)
   framing = model_io.read_metadata(config.load.model).get("framing")
   target = datasets_override or targets.prepare_target(
     config.target,
@@ -70,7 +70,7 @@ def run(
     strategy,
     stage="finetune",
     log=summary.say,
-    verbose=training.progress_verbosity(),
+    verbose=trainer.progress_verbosity(),
   )
   model, metrics = clf.model, result.as_metrics()
   metrics.update(
@@ -85,7 +85,7 @@ def run(
       "features_layer": config.head.features_layer,
       "head_init": result.head_init,
       "warmup_epochs": config.finetune.warmup_epochs,
-      "trainable_layers": models.trainable_layer_names(model),
+      "trainable_layers": networks.trainable_layer_names(model),
       "export_formats": list(export_formats),
     }
   )
@@ -163,21 +163,21 @@ def _compare_scratch(
 
   def build_scratch_model():
     source = _load_source(config)
-    return models.reinitialized(
-      models.build_target_model(source, target.num_classes, "all", config.head)
+    return networks.reinitialized(
+      networks.build_target_model(source, target.num_classes, "all", config.head)
     )
 
   if distribute.is_chief(strategy):
     summary.say("compare_scratch: training the same model from random weights")
-  _, scratch = training.fit_and_evaluate(
+  _, scratch = trainer.fit_and_evaluate(
     build_scratch_model,
     target,
     config,
     strategy,
     stage="finetune_scratch",
-    phases=[training.Phase("scratch", metrics["epochs"], config.train.learning_rate)],
+    phases=[trainer.Phase("scratch", metrics["epochs"], config.train.learning_rate)],
     log=summary.say,
-    verbose=training.progress_verbosity(),
+    verbose=trainer.progress_verbosity(),
   )
   return {
     "scratch_test_accuracy": scratch.test_accuracy,
@@ -190,7 +190,7 @@ def _plot(model, target: LabeledData, metrics: dict[str, Any], output_dir: str) 
   """Training curves, confusion matrix and misclassified test images; returns the file names."""
   from tl_keras.outputs import plots  # matplotlib
 
-  probabilities = models.predict(model, target.x_test)
+  probabilities = networks.predict(model, target.x_test)
   predicted = probabilities.argmax(axis=1)
   history = {
     **metrics["history"],

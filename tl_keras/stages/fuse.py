@@ -17,17 +17,17 @@ import numpy as np
 
 import tl_keras
 from tl_keras import artifacts
-from tl_keras import fusion
 from tl_keras import limits
 from tl_keras import loading
-from tl_keras import models
-from tl_keras import settings
-from tl_keras import targets
-from tl_keras.datasets import LabeledData
-from tl_keras.datasets import split_per_class
+from tl_keras.config import settings
+from tl_keras.data import targets
+from tl_keras.data.labeled import LabeledData
+from tl_keras.data.labeled import split_per_class
 from tl_keras.errors import UserError
 from tl_keras.errors import warn
 from tl_keras.keras_api import keras
+from tl_keras.models import fusion
+from tl_keras.models import networks
 from tl_keras.outputs import files
 from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
@@ -67,10 +67,10 @@ def run(
     f"fuse: {len(members)} models by {options.method}, validation on {len(y_validation)} "
     "training images"
   )
-  test = [models.predict(member, target.x_test) for member in members]
+  test = [networks.predict(member, target.x_test) for member in members]
   _check_probabilities(test, paths)
   validation = (
-    [models.predict(member, x_validation) for member in members] if len(y_validation) else None
+    [networks.predict(member, x_validation) for member in members] if len(y_validation) else None
   )
   weights_to_fit = len(members) * len(class_names) ** 2
   if options.method == "stacking" and len(y_validation) < weights_to_fit:
@@ -86,7 +86,7 @@ def run(
     _check_loadable(fused)
 
   predict_start = time.perf_counter()
-  probabilities = models.predict(fused, target.x_test)
+  probabilities = networks.predict(fused, target.x_test)
   predict_seconds = time.perf_counter() - predict_start
   predicted = probabilities.argmax(axis=1)
   member_test = [_accuracy(p, target.y_test) for p in test]
@@ -177,7 +177,7 @@ def _load_members(
     model = loading.load_model(
       path, options.allow_unsafe_deserialization, options.max_model_mb * limits.MIB
     )
-    shape = models.image_input_shape(model, path)
+    shape = networks.image_input_shape(model, path)
     names = model_io.class_names_of(model, model_io.read_metadata(path), path)
     if first_names is None:
       first_names, first_shape = names, shape

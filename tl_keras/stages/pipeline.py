@@ -7,11 +7,11 @@ from typing import Any
 import tensorflow as tf
 
 from tl_keras import artifacts
-from tl_keras import distribute
-from tl_keras import settings
+from tl_keras.config import settings
 from tl_keras.stages import finetune
 from tl_keras.stages import pretrain
 from tl_keras.stages import transfer
+from tl_keras.training import distribute
 
 
 def run(

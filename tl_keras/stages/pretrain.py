@@ -8,15 +8,15 @@ import tensorflow as tf
 
 import tl_keras
 from tl_keras import artifacts
-from tl_keras import distribute
-from tl_keras import models
-from tl_keras import settings
-from tl_keras import training
-from tl_keras.datasets import LabeledData
-from tl_keras.datasets import mnist
+from tl_keras.config import settings
+from tl_keras.data import mnist
+from tl_keras.data.labeled import LabeledData
+from tl_keras.models import networks
 from tl_keras.outputs import files
 from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
+from tl_keras.training import distribute
+from tl_keras.training import trainer
 
 MNIST_INPUT_SHAPE = (28, 28, 1)
 
@@ -36,18 +36,18 @@ def run(
   distribute.check_devices(config.runtime)
   strategy = strategy_override or distribute.get_distribution_strategy(config.runtime.strategy)
   classes = mnist.parse_classes(config.source.source_classes)
-  conv_filters = models.parse_conv_filters(config.source.conv_filters)
+  conv_filters = networks.parse_conv_filters(config.source.conv_filters)
   output_dir = files.prepare_output_dir(config.paths.output_dir)
   dataset = datasets_override or mnist.mnist_subset(classes, config.paths.data_dir)
 
-  model, result = training.fit_and_evaluate(
-    lambda: models.build_source_model(MNIST_INPUT_SHAPE, dataset.num_classes, conv_filters),
+  model, result = trainer.fit_and_evaluate(
+    lambda: networks.build_source_model(MNIST_INPUT_SHAPE, dataset.num_classes, conv_filters),
     dataset,
     config,
     strategy,
     stage="pretrain",
     log=summary.say,
-    verbose=training.progress_verbosity(),
+    verbose=trainer.progress_verbosity(),
   )
   metrics = result.as_metrics()
   metrics["conv_filters"] = list(conv_filters)

@@ -15,13 +15,13 @@ import numpy as np
 
 from tl_keras import api
 from tl_keras import artifacts
-from tl_keras import evaluation
 from tl_keras import limits
 from tl_keras import loading
-from tl_keras import models
-from tl_keras import settings
-from tl_keras import targets
-from tl_keras.datasets import LabeledData
+from tl_keras.config import settings
+from tl_keras.data import targets
+from tl_keras.data.labeled import LabeledData
+from tl_keras.evaluation.metrics import accuracy_by_name
+from tl_keras.models import networks
 from tl_keras.outputs import files
 from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
@@ -50,7 +50,7 @@ def run(
     config.load.max_model_mb * limits.MIB,
     config.load.input_size,
   )
-  input_shape = models.image_input_shape(model, source)  # refuses non-image models
+  input_shape = networks.image_input_shape(model, source)  # refuses non-image models
   metadata = model_io.read_metadata(source)
   source_names = model_io.class_names_of(model, metadata, source)
   target = datasets_override or targets.prepare_target(
@@ -58,7 +58,7 @@ def run(
   )
 
   predict_start = time.perf_counter()
-  probabilities = models.predict(model, target.x_test, config.batch_size)
+  probabilities = networks.predict(model, target.x_test, config.batch_size)
   predict_seconds = time.perf_counter() - predict_start
 
   predicted = probabilities.argmax(axis=1)
@@ -66,7 +66,7 @@ def run(
   predicted_names = np.asarray(source_names)[predicted]
   true_names = np.asarray(target.class_names)[target.y_test]
   matched = np.isin(true_names, source_names)
-  test_accuracy = evaluation.accuracy_by_name(predicted_names, true_names, source_names)
+  test_accuracy = accuracy_by_name(predicted_names, true_names, source_names)
 
   predictions_path = os.path.join(output_dir, artifacts.PREDICTIONS)
   with files.atomic_path(predictions_path) as temp, open(temp, "w", newline="") as f:

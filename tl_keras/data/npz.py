@@ -8,9 +8,9 @@ import zipfile
 import numpy as np
 
 from tl_keras import limits
-from tl_keras.datasets import LabeledData
-from tl_keras.datasets import remap_labels
-from tl_keras.datasets import shown
+from tl_keras.data.labeled import LabeledData
+from tl_keras.data.labeled import remap_labels
+from tl_keras.data.labeled import shown
 from tl_keras.errors import UserError
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")

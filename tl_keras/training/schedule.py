@@ -20,7 +20,7 @@ steps gave 94.4%, 94.4% and 94.7%; with 100 per class, 1000 steps (64 passes) ga
 import dataclasses
 import math
 
-from tl_keras import settings
+from tl_keras.config import settings
 
 DEFAULT_EPOCHS = 4
 DEFAULT_BATCH = 128

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tl_keras.datasets import LabeledData
-from tl_keras.datasets import remap_labels
-from tl_keras.datasets.npz import load_npz
+from tl_keras.data.labeled import LabeledData
+from tl_keras.data.labeled import remap_labels
+from tl_keras.data.npz import load_npz
 from tl_keras.errors import UserError
 
 MNIST_FILENAME = "mnist.npz"

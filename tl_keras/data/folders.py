@@ -1,4 +1,4 @@
-"""Targets from image folders: one subfolder per class, read into a `datasets.LabeledData`.
+"""Targets from image folders: one subfolder per class, read into a `labeled.LabeledData`.
 
 The folder holds either `train/` and `test/`, each with one subfolder per class, or the class
 subfolders themselves, split into train and test per class with a seeded fraction. Any image
@@ -26,10 +26,10 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tl_keras import datasets
 from tl_keras import limits
-from tl_keras import preprocessing
-from tl_keras import settings
+from tl_keras.config import settings
+from tl_keras.data import labeled
+from tl_keras.data import preprocessing
 from tl_keras.errors import UserError
 from tl_keras.errors import warn
 
@@ -49,7 +49,7 @@ def _class_dirs(folder: str) -> list[str]:
     raise UserError(
       f"{folder} has no class subfolders: put each class's images in a folder named after the class"
     )
-  return datasets.check_class_names(names, f"class folder in {datasets.shown(folder)}")
+  return labeled.check_class_names(names, f"class folder in {labeled.shown(folder)}")
 
 
 def _inside(path: str, root: str) -> bool:
@@ -62,7 +62,7 @@ def _read_file(path: str, root: str) -> bytes | None:
   real = os.path.realpath(path)
   if not _inside(real, root):
     return None
-  return datasets.read_regular_file(real, limits.MAX_IMAGE_FILE_BYTES, "image file")
+  return labeled.read_regular_file(real, limits.MAX_IMAGE_FILE_BYTES, "image file")
 
 
 def _gif_frame_pixels(contents: bytes) -> int:
@@ -115,7 +115,7 @@ def _declared_pixels(contents: bytes, path: str) -> int | None:
       return None
   if pixels > limits.MAX_IMAGE_PIXELS:
     raise UserError(
-      f"image {datasets.shown(path)} declares {declared}, more than "
+      f"image {labeled.shown(path)} declares {declared}, more than "
       f"the limit of {limits.MAX_IMAGE_PIXELS:,} (tl_keras.limits.MAX_IMAGE_PIXELS);"
       " shrink or remove it"
     )
@@ -185,7 +185,7 @@ class ImageFiles:
     path = self.paths[int(index)]
     contents = _checked_bytes(path, self.root)
     if contents is None:
-      raise UserError(f"image {datasets.shown(path)} vanished or changed after the folder scan")
+      raise UserError(f"image {labeled.shown(path)} vanished or changed after the folder scan")
     return contents
 
   def dataset(
@@ -258,7 +258,7 @@ def _scan_classes(
       except tf.errors.InvalidArgumentError:  # not an image, empty, or padded to nothing
         pixels = None
       if pixels is None:
-        unreadable.append(datasets.shown(path))
+        unreadable.append(labeled.shown(path))
         continue
       images.append(pixels.numpy() if keep else path)
       image_labels.append(label)
@@ -277,7 +277,7 @@ def load_image_folder(
   seed: int = 42,
   image_cache: str = "auto",
   framing: dict | None = None,
-) -> datasets.LabeledData:
+) -> labeled.LabeledData:
   """Reads a class-per-subfolder image target, fitted to `input_shape` (float32 in [0, 1]).
 
   With `train/` and `test/` subfolders they are the splits (test classes must occur in
@@ -329,7 +329,7 @@ def load_image_folder(
     (x_train, y_train), (x_test, y_test) = scanned
   else:
     images, labels = scanned[0]
-    train_index, test_index = datasets.split_per_class(labels, test_split, seed)
+    train_index, test_index = labeled.split_per_class(labels, test_split, seed)
     if not len(test_index):
       raise UserError(
         f"{path}: too few images for a test split of {test_split}; add images or "
@@ -342,7 +342,7 @@ def load_image_folder(
       labels[test_index],
     )
   _warn_unreadable(unreadable)
-  return datasets.LabeledData(
+  return labeled.LabeledData(
     x_train=x_train,
     y_train=y_train,
     x_test=x_test,

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tl_keras import augmentation
-from tl_keras.datasets.folders import ImageFiles
-from tl_keras.preprocessing import preprocess_images
+from tl_keras.data import augmentation
+from tl_keras.data.folders import ImageFiles
+from tl_keras.data.preprocessing import preprocess_images
 
 Images = np.ndarray | ImageFiles
 

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from tl_keras import artifacts
 from tl_keras import interrupts
-from tl_keras import settings
+from tl_keras.config import settings
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 

@@ -6,16 +6,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tl_keras import settings
-from tl_keras.datasets import LabeledData
-from tl_keras.datasets import UnlabeledImages
-from tl_keras.datasets import check_class_names
-from tl_keras.datasets import folders
-from tl_keras.datasets import mnist
-from tl_keras.datasets import npz
+from tl_keras.config import settings
+from tl_keras.data import folders
+from tl_keras.data import mnist
+from tl_keras.data import npz
+from tl_keras.data.labeled import LabeledData
+from tl_keras.data.labeled import UnlabeledImages
+from tl_keras.data.labeled import check_class_names
+from tl_keras.data.preprocessing import fit_images
 from tl_keras.errors import UserError
 from tl_keras.errors import warn
-from tl_keras.preprocessing import fit_images
 
 
 def load_target(

@@ -13,7 +13,7 @@ from typing import Any
 import tensorflow as tf
 
 from tl_keras import interrupts
-from tl_keras import settings
+from tl_keras.config import settings
 from tl_keras.errors import UserError
 
 _TF_CONFIG_HELP = "see README 'Training on several machines'"

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tl_keras import settings
-from tl_keras.datasets.folders import ImageFiles
+from tl_keras.config import settings
+from tl_keras.data.folders import ImageFiles
+from tl_keras.data.preprocessing import preprocess_images
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
-from tl_keras.preprocessing import preprocess_images
 from tl_keras.ranges import check_value
 
 SOURCE_CLASSIFIER = "classifier"

@@ -10,17 +10,17 @@ Transfer Learning", ICML 2021). Higher is better for both; LogME needs no traini
 import numpy as np
 import tensorflow as tf
 
-from tl_keras import models
 from tl_keras.keras_api import keras
+from tl_keras.models import networks
 
 
 def features_of(
   model: keras.Model, images: np.ndarray, features_layer: str | None = None
 ) -> np.ndarray:
-  """The features a new head would sit on (see `models.feature_tensor`) for raw images,
+  """The features a new head would sit on (see `networks.feature_tensor`) for raw images,
   flattened, float64."""
-  extractor = keras.Model(model.inputs, models.feature_tensor(model, features_layer))
-  features = models.predict(extractor, images)
+  extractor = keras.Model(model.inputs, networks.feature_tensor(model, features_layer))
+  features = networks.predict(extractor, images)
   return features.reshape(len(features), -1).astype(np.float64)
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from tl_keras import probes
-from tl_keras import settings
+from tl_keras.config import settings
+from tl_keras.evaluation import probes
 from tl_keras.keras_api import keras
 
 METHODS = settings.FUSION_METHODS

@@ -20,17 +20,17 @@ from tensorflow.python.framework import config as tf_config
 
 from tl_keras import adaptation
 from tl_keras import artifacts
-from tl_keras import distribute
-from tl_keras import evaluation
-from tl_keras import models
-from tl_keras import pipelines
-from tl_keras import resume
-from tl_keras import settings
-from tl_keras.datasets import LabeledData
-from tl_keras.datasets import UnlabeledImages
-from tl_keras.datasets import split_per_class
+from tl_keras.config import settings
+from tl_keras.data import pipelines
+from tl_keras.data.labeled import LabeledData
+from tl_keras.data.labeled import UnlabeledImages
+from tl_keras.data.labeled import split_per_class
 from tl_keras.errors import UserError
+from tl_keras.evaluation import metrics
 from tl_keras.keras_api import keras
+from tl_keras.models import networks
+from tl_keras.training import distribute
+from tl_keras.training import resume
 
 
 def progress_verbosity() -> int:
@@ -59,7 +59,7 @@ def global_state(
     if deterministic:
       tf.config.experimental.enable_op_determinism()
     if mixed_precision:
-      # Float16 compute on GPUs; models.py keeps every classifier layer in float32.
+      # Float16 compute on GPUs; networks.py keeps every classifier layer in float32.
       keras.mixed_precision.set_global_policy("mixed_float16")
     yield
   finally:
@@ -202,7 +202,7 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
   batch_size = distribute.global_batch_size(
     strategy, config.train.batch_size, config.train.per_replica_batch_size
   )
-  # Label smoothing needs one-hot labels (see models.compile_classifier).
+  # Label smoothing needs one-hot labels (see networks.compile_classifier).
   one_hot = dataset.num_classes if config.train.label_smoothing else None
   train, validation, y_train = _training_datasets(dataset, config, batch_size, input_shape, adapt)
   num_train = len(y_train)
@@ -211,13 +211,13 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
   )
   class_weight = None
   if config.train.class_weight == "balanced" and len(y_train):
-    class_weight = evaluation.balanced_class_weights(y_train, dataset.num_classes)
+    class_weight = metrics.balanced_class_weights(y_train, dataset.num_classes)
   trainer = model
   if adapt:
     with strategy.scope():
       trainer = adaptation.AdaptationModel(
         model,
-        models.feature_tensor(model),
+        networks.feature_tensor(model),
         adapt.settings,
         config.train.label_smoothing,
         class_weight,
@@ -245,20 +245,20 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
       )
       callbacks.append(early_stopping)
     if phase.trainable is not None:
-      models.set_trainable(model.layers, phase.trainable)
+      networks.set_trainable(model.layers, phase.trainable)
     with strategy.scope():
-      models.compile_classifier(
+      networks.compile_classifier(
         trainer,
-        models.make_optimizer(config.train.optimizer, phase.learning_rate),
+        networks.make_optimizer(config.train.optimizer, phase.learning_rate),
         jit_compile=config.runtime.jit_compile,
         label_smoothing=config.train.label_smoothing,
         steps_per_execution=STEPS_PER_EXECUTION,
       )
     if len(phases) > 1:
       say(
-        f"{phase.name}: training {', '.join(models.trainable_layer_names(model))} for "
+        f"{phase.name}: training {', '.join(networks.trainable_layer_names(model))} for "
         f"{phase.epochs} epoch(s) at learning rate "
-        f"{models.learning_rate_for(config.train.optimizer, phase.learning_rate):g}"
+        f"{networks.learning_rate_for(config.train.optimizer, phase.learning_rate):g}"
       )
     start = time.perf_counter()
     phase_history = trainer.fit(
@@ -278,7 +278,7 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
       "name": phase.name,
       "epochs_run": len(phase_history.epoch),
       "learning_rate": float(trainer.optimizer.learning_rate.numpy()),
-      "trainable_layers": models.trainable_layer_names(model),
+      "trainable_layers": networks.trainable_layer_names(model),
     }
     if early_stopping and early_stopping.best_weights is not None:
       # Keras restores the best weights only when it stops early; keep them in any case.
@@ -291,13 +291,13 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
       history.setdefault(name, []).extend(round(float(v), 5) for v in values)
 
   if trainer is not model:
-    models.compile_classifier(model, "adam", label_smoothing=config.train.label_smoothing)
+    networks.compile_classifier(model, "adam", label_smoothing=config.train.label_smoothing)
   # Data without a test split (the Python API's arrays) is evaluated by the caller.
   test_accuracy = float(model.evaluate(test, verbose=0)[1]) if len(dataset.x_test) else None
   scores = {}
   if len(dataset.x_test):
-    predicted = models.predict(model, dataset.x_test).argmax(axis=1)
-    scores = evaluation.per_class_metrics(dataset.y_test, predicted, dataset.class_names)
+    predicted = networks.predict(model, dataset.x_test).argmax(axis=1)
+    scores = metrics.per_class_metrics(dataset.y_test, predicted, dataset.class_names)
   epochs_run = sum(record["epochs_run"] for record in phase_records)
   return model, FitResult(
     test_accuracy=test_accuracy,
@@ -333,7 +333,7 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
     deterministic=config.runtime.deterministic,
     strategy=distribute.strategy_name(strategy),
     num_replicas=strategy.num_replicas_in_sync,
-    weights_sha256=models.weights_fingerprint(model),
+    weights_sha256=networks.weights_fingerprint(model),
     num_unlabeled=len(adapt.unlabeled) if adapt else 0,
     adapt=adapt.settings.as_metrics() if adapt else None,
     num_source=len(adapt.source.y_train) if adapt and adapt.source else 0,
