@@ -13,7 +13,17 @@ from conftest import run_command
 PACKAGE_DIR = os.path.join(REPO_ROOT, "tl_keras")
 # Bottom to top; a package stands for all its modules.
 LAYERS = (
-  ("tl_keras", "errors", "limits", "ranges", "config", "artifacts", "keras_api", "interrupts"),
+  (
+    "tl_keras",
+    "version",
+    "errors",
+    "limits",
+    "ranges",
+    "config",
+    "artifacts",
+    "keras_api",
+    "interrupts",
+  ),
   ("data",),
   ("models", "adaptation", "loading", "evaluation"),
   ("training",),
@@ -74,6 +84,32 @@ def test_every_module_has_a_layer():
 def test_imports_go_down_the_layers(module):
   above = [name for name in _imported(_modules()[module]) if _layer(name) > _layer(module)]
   assert not above, f"{module} (layer {_layer(module)}) imports {above} from a layer above"
+
+
+@pytest.mark.parametrize("module", sorted(_modules()))
+def test_no_module_imports_the_package_root(module):
+  """The root's lazy `__init__` is the public API: inside the package, each module imports the
+  modules it uses (`from tl_keras.version import __version__`), never `tl_keras` itself."""
+  assert "tl_keras" not in set(_imported(_modules()[module])), (
+    f"{module} imports the package root; import the module that holds the name instead"
+  )
+
+
+def test_the_root_import_check_can_fail(tmp_path):
+  """Each way of naming the root is caught; importing a module of the package is not."""
+  cases = {
+    "import tl_keras\n": True,
+    "def f():\n  import tl_keras as t\n": True,
+    "from tl_keras import __version__\n": True,
+    "from tl_keras import load_model\n": True,
+    "from tl_keras import artifacts\n": False,
+    "from tl_keras.version import __version__\n": False,
+    "import tl_keras.data.mnist\n": False,
+  }
+  for index, (code, names_root) in enumerate(cases.items()):
+    path = tmp_path / f"m{index}.py"
+    path.write_text(code)
+    assert ("tl_keras" in set(_imported(str(path)))) is names_root, code
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ The Python API (see `tl_keras.api`): `load_model`, `load_target`, `TransferClass
 
 import importlib
 
-__version__ = "0.1.0"
+from tl_keras.version import __version__
 
 _API = ("load_model", "load_target", "TransferClassifier", "FitResult", "transferability")
 __all__ = ["__version__", "LabeledData", *_API]

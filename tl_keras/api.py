@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-import tl_keras
 from tl_keras import adaptation
 from tl_keras import artifacts
 from tl_keras import limits
@@ -45,6 +44,7 @@ from tl_keras.training import distribute
 from tl_keras.training import schedule
 from tl_keras.training import trainer
 from tl_keras.training.trainer import FitResult
+from tl_keras.version import __version__
 
 Images = np.ndarray | tf.Tensor | ImageFiles
 Data = LabeledData | tuple[Images, np.ndarray] | tf.data.Dataset
@@ -503,7 +503,7 @@ class TransferClassifier:
       "source_class_names": self.source_class_names,
       "source_model": self.source,
       "framing": self.framing,
-      "tl_keras_version": tl_keras.__version__,
+      "tl_keras_version": __version__,
     }
     paths = {
       "model": os.path.join(output_dir, artifacts.TARGET_MODEL),

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-import tl_keras
 from tl_keras import artifacts
 from tl_keras import limits
 from tl_keras import loading
@@ -31,6 +30,7 @@ from tl_keras.models import networks
 from tl_keras.outputs import files
 from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
+from tl_keras.version import __version__
 
 # Members that score this much better on the validation images than on the test images most
 # likely trained on them, which makes fitted weights trust overfitting.
@@ -140,7 +140,7 @@ def run(
     "stage": "fuse",
     "fusion_method": options.method,
     "members": paths,
-    "tl_keras_version": tl_keras.__version__,
+    "tl_keras_version": __version__,
   }
   artifact_paths = {
     "model": os.path.join(output_dir, artifacts.FUSED_MODEL),

@@ -6,7 +6,6 @@ from typing import Any
 
 import tensorflow as tf
 
-import tl_keras
 from tl_keras import artifacts
 from tl_keras.config import settings
 from tl_keras.data import mnist
@@ -17,6 +16,7 @@ from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
 from tl_keras.training import distribute
 from tl_keras.training import trainer
+from tl_keras.version import __version__
 
 MNIST_INPUT_SHAPE = (28, 28, 1)
 
@@ -57,7 +57,7 @@ def run(
     "stage": "pretrain",
     "source_class_names": dataset.class_names,
     "framing": mnist.FRAMING,
-    "tl_keras_version": tl_keras.__version__,
+    "tl_keras_version": __version__,
   }
   with distribute.worker_output_dir(strategy, output_dir) as save_dir:
     artifact_paths = {
