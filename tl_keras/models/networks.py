@@ -329,8 +329,9 @@ def predict(
 ) -> np.ndarray:
   """The model's outputs for raw images (any form `preprocess_images` takes, or `ImageFiles`).
 
-  One traced function over large batches: 3.2x the throughput of `model.predict` on the
-  same NumPy array in bench/ (2 CPU cores), which pays Keras's per-batch loop overhead.
+  One traced function over large batches: 2.55x the throughput of `model.predict` on the
+  same NumPy array in bench/bench_pipeline.py (README "Benchmark", 2 CPU cores), which pays
+  Keras's per-batch loop overhead.
   `ImageFiles` are read batch by batch, at most `_STREAMED_BATCH_BYTES` of images at a time.
   """
   input_shape = model.input_shape[1:]

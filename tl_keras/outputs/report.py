@@ -1,5 +1,6 @@
 """report.md: a Markdown summary of a run's stages, from their metrics and plots."""
 
+import functools
 import json
 import os
 import unicodedata
@@ -14,9 +15,17 @@ from tl_keras.outputs.files import atomic_path
 
 # Metrics listed with the settings (they are none), each after the setting it belongs to.
 _LISTED_AFTER = {"strategy": ("num_replicas",), "target": ("classes", "models", "method")}
-_SETTINGS = tuple(
-  key for setting in settings.report_keys() for key in (setting, *_LISTED_AFTER.get(setting, ()))
-)
+
+
+@functools.cache
+def _listed_settings() -> tuple[str, ...]:
+  """The settings report.md lists, in order, with their metrics; built on first use, since
+  it builds every command's config."""
+  return tuple(
+    key for setting in settings.report_keys() for key in (setting, *_LISTED_AFTER.get(setting, ()))
+  )
+
+
 # (metrics key, label, format); training stages time images/s while training, transfer while
 # predicting.
 _RESULTS = (
@@ -104,7 +113,9 @@ def _stage_section(
 ) -> list[str]:
   lines = [f"## {escape_markdown(stage)}", ""]
   settings = [
-    f"- {key.replace('_', ' ')}: {_format(metrics[key])}" for key in _SETTINGS if key in metrics
+    f"- {key.replace('_', ' ')}: {_format(metrics[key])}"
+    for key in _listed_settings()
+    if key in metrics
   ]
   if settings:
     lines += ["Settings:", "", *settings, ""]

@@ -1,5 +1,7 @@
 """The training engine shared by the stages and the API: phases, fit, evaluation, and a typed
-result. It prints nothing (messages go to a `log` callable) and leaves no global state behind.
+result. Its messages go to a `log` callable; what it prints is Keras's progress at `verbose`
+(none by default) and, when a stage resumes from a backup, one "resuming from epoch" line
+(`resume.BackupTracker`). It leaves no global state behind.
 """
 
 import contextlib
