@@ -180,40 +180,39 @@ class TransferClassifier:
     max_model_mb: int = limits.MAX_MODEL_BYTES // limits.MIB,
     source_path: str | None = None,
     input_size: int | None = None,
+    metadata: dict[str, Any] | None = None,
   ) -> "TransferClassifier":
     """A classifier for `class_names` on `source` (a Keras model, or a path or handle loaded
     safely): the source classifier is removed and a new head, initialised from `seed`, sits on
     its penultimate features (or `features_layer`'s output). `unfreeze`: 'none', 'all',
     'last:N' or layer names. `input_size`: for a 'keras:NAME' backbone, its input size.
+    `source_path` names where a model given loaded came from; `metadata`: its tl_keras
+    metadata, if read already (else read from the path).
 
-    The first `fit` trains a fresh copy of the source (re-read from its path, or
-    `source_path` for a model loaded already), so that `fit(seed=...)` alone decides its
-    random draws and the source model object is never changed."""
-    head = settings.HeadSettings(
-      features_layer=features_layer,
-      head_units=head_units,
-      head_dropout=head_dropout,
-      head_l2=head_l2,
-    )
-    settings.validate(head)
+    The source file is read once. The first `fit` trains a fresh copy of the source, made in
+    memory, so that `fit(seed=...)` alone decides its random draws and the source model object
+    is never changed."""
+    head = {
+      "features_layer": features_layer,
+      "head_units": head_units,
+      "head_dropout": head_dropout,
+      "head_l2": head_l2,
+    }
+    settings.validate(settings.HeadSettings(**head))
     path = source if isinstance(source, str) else source_path
     source_model = (
       load_model(source, allow_unsafe, max_model_mb, input_size) if path is source else source
     )
     networks.image_input_shape(source_model, path or source_model.name)
     with trainer.global_state(seed):
-      model = networks.build_target_model(source_model, len(class_names), unfreeze, head)
+      model = networks.build_target_model(source_model, len(class_names), unfreeze, **head)
 
     def fresh_model() -> keras.Model:
-      if path:
-        copy = load_model(path, allow_unsafe, max_model_mb, input_size)
-        if keras.mixed_precision.global_policy().name != "float32":
-          copy = networks.with_global_dtype_policy(copy)
-      else:
-        copy = networks.with_global_dtype_policy(source_model)
-      return networks.build_target_model(copy, len(class_names), unfreeze, head)
+      copy = networks.with_global_dtype_policy(source_model)
+      return networks.build_target_model(copy, len(class_names), unfreeze, **head)
 
-    metadata = model_io.read_metadata(path) if path else {}
+    if metadata is None:
+      metadata = model_io.read_metadata(path) if path else {}
     classifier = cls(
       model,
       class_names,
@@ -260,7 +259,7 @@ class TransferClassifier:
     unlabeled_weight: float = 1.0,
     align_weight: float = 0.1,
     seed: int = 42,
-    deterministic: bool = True,
+    deterministic: bool | None = None,
     mixed_precision: bool = False,
     strategy: tf.distribute.Strategy | None = None,
     verbose: int | None = None,
@@ -289,6 +288,7 @@ class TransferClassifier:
     labelled ones: `source_data` (a LabeledData of the source's classes or a spec; 'auto': the
     MNIST digits of the source model's classes).
 
+    `deterministic`: op determinism, by default on unless `compile(jit_compile=True)`.
     Under `strategy` (default: the current one) the model is rebuilt in its scope, same
     weights. `verbose`: Keras's progress output (default: a progress bar on a terminal, a line
     per epoch otherwise; 0 for none).

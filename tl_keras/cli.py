@@ -32,6 +32,7 @@ from tl_keras import interrupts
 from tl_keras.config import settings
 from tl_keras.errors import UserError
 from tl_keras.errors import native_stderr_captured
+from tl_keras.errors import warn
 
 FLAGS = flags.FLAGS
 
@@ -131,6 +132,8 @@ def _run(config_class, run_stage, description):
     try:
       config = _config_from_flags(config_class)
       settings.validate(config)
+      for note in settings.notes(config):
+        warn(note)
       _start()
       run_stage(config)
     except UserError as e:

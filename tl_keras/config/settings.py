@@ -18,22 +18,23 @@ from typing import Any
 
 from tl_keras import artifacts
 from tl_keras import limits
+from tl_keras.config.choices import CONV_FILTERS
+from tl_keras.config.choices import DEFAULT_CONV_FILTERS
+from tl_keras.config.choices import DEFAULT_LEARNING_RATES
+from tl_keras.config.choices import IMAGE_CACHES
+from tl_keras.config.choices import LEARNING_RATE
+from tl_keras.config.choices import OPTIMIZERS
+from tl_keras.config.choices import STRATEGIES
 from tl_keras.errors import UserError
 from tl_keras.ranges import Range
 from tl_keras.ranges import check_value
 
-# Adadelta's Keras default (0.001) is a thousand times too small for this CNN; 1.0 is the
-# rate of the original paper and of the classic Keras MNIST examples.
-DEFAULT_LEARNING_RATES = {"adadelta": 1.0, "adam": 1e-3}
-OPTIMIZERS = tuple(DEFAULT_LEARNING_RATES)
-STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 # How images of another size reach the model's: stretched, or scaled into the box keeping the
 # aspect ratio, centred and padded with black (as MNIST centres its digits).
 # 'source': framed as the source model's training images were (its metadata's `framing`: for
 # MNIST, the digit's bounding box scaled into a 20x20 box, centred by mass, light on dark).
 # 'auto': 'source' for images of another size when the model records a framing, else resize.
 FITS = ("auto", "resize", "pad", "source")
-IMAGE_CACHES = ("auto", "memory", "none")
 # 'auto': chosen by the label count (see `schedule`); 'source': the source classifier's rows for
 # the target's class names (every target class must be a source class).
 HEAD_INITS = ("auto", "random", "probe", "source")
@@ -46,21 +47,18 @@ EXPORT_FORMATS = ("tflite", "tflite_dynamic", "tflite_float16", "tflite_int8")
 # How tl-fuse combines its members' probabilities (see stages/fuse.py).
 FUSION_METHODS = ("average", "weighted", "stacking")
 MAX_FUSED_MODELS = 32
-DEFAULT_CONV_FILTERS = (16, 32)
+# --model=keras:NAME: an ImageNet backbone, the only models --input_size applies to.
+KERAS_MODEL_PREFIX = "keras:"
 
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 65_536  # 205 MB of 28x28 float32 images in one step; far more for larger inputs
 MAX_HEAD_UNITS = 4_096  # the widest classic classifier head (VGG's)
-MAX_CONV_FILTERS = 1_024
-MAX_LEARNING_RATE = 10.0  # 10x Adadelta's usual 1.0
 MAX_REPRESENTATIVE_IMAGES = 10_000  # calibration is one forward pass each, no batching
 
 EPOCHS = Range(1, MAX_EPOCHS)
 BATCH_SIZE = Range(1, MAX_BATCH_SIZE)
 # NumPy's and Python's generators take seeds below 2**32.
 SEED = Range(0, 2**32 - 1)
-LEARNING_RATE = Range(0, MAX_LEARNING_RATE, real=True, low_open=True)
-CONV_FILTERS = Range(1, MAX_CONV_FILTERS)  # each convolution's
 
 
 def setting(
@@ -160,18 +158,28 @@ class RuntimeSettings:
     "Resume an interrupted run from its last finished epoch; --noresume starts over.",
     free_on_resume=True,
   )
-  deterministic: bool = setting(
-    True,
-    "TF op determinism for identical results with the same "
-    "--seed; --nodeterministic may be faster on GPUs.",
+  deterministic: bool | None = setting(
+    None,
+    "TF op determinism for identical results with the same --seed (default: on, off with "
+    "--jit_compile, whose XLA kernels have no deterministic MaxPool gradient); "
+    "--nodeterministic may be faster on GPUs.",
     free_on_resume=True,
   )
   mixed_precision: bool = setting(
     False, "Float16 compute on GPUs (classifier layers stay float32); refused on CPU."
   )
   jit_compile: bool = setting(
-    False, "XLA-compile the training step (faster on GPUs, slower on CPU).", free_on_resume=True
+    False,
+    "XLA-compile the training step (faster on GPUs, slower on CPU); turns op determinism off "
+    "unless --deterministic is given, which it refuses.",
+    free_on_resume=True,
   )
+
+  def op_determinism(self) -> bool:
+    """Whether training runs with op determinism: `deterministic`, by default on unless
+    `jit_compile` (see `validate`)."""
+    return self.deterministic if self.deterministic is not None else not self.jit_compile
+
   tensorboard: bool = setting(
     False, "Write TensorBoard logs to OUTPUT_DIR/logs/STAGE.", free_on_resume=True
   )
@@ -765,7 +773,40 @@ def validate(config) -> None:
       "--head_init=source starts from the source classifier, so the head must sit where it "
       "did: drop --features_layer"
     )
+  _validate_runtime(config)
   _validate_adaptation(config)
+
+
+def _validate_runtime(config) -> None:
+  """Settings that cannot work together: --input_size on a model other than keras:NAME (which
+  has its own input size), and --jit_compile with --deterministic (XLA has no deterministic
+  kernel for MaxPool's gradient: TensorFlow stops at the first training step)."""
+  load = getattr(config, "load", config)
+  if isinstance(load, ModelSettings) and load.input_size is not None:
+    if not load.model.startswith(KERAS_MODEL_PREFIX):
+      raise UserError(
+        f"--input_size is for --model={KERAS_MODEL_PREFIX}NAME backbones; {load.model} has "
+        "its own input size: drop --input_size"
+      )
+  runtime = getattr(config, "runtime", config)
+  if isinstance(runtime, RuntimeSettings) and runtime.jit_compile and runtime.deterministic:
+    raise UserError(
+      "--jit_compile cannot train with --deterministic: XLA has no deterministic kernel for "
+      "MaxPool's gradient; pass --nodeterministic (or drop --deterministic) to use XLA, or "
+      "drop --jit_compile for identical results with the same --seed"
+    )
+
+
+def notes(config) -> list[str]:
+  """What a run does that its flags do not say: the defaults the rules across settings
+  chose, one line each, for the CLI to print before any work."""
+  runtime = getattr(config, "runtime", None)
+  if isinstance(runtime, RuntimeSettings) and runtime.jit_compile and runtime.deterministic is None:
+    return [
+      "--jit_compile turns op determinism off (XLA has no deterministic kernel for MaxPool's "
+      "gradient): runs with the same --seed may differ slightly"
+    ]
+  return []
 
 
 def unlabeled_spec_problem(spec: str) -> str | None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tl_keras.config import settings
+from tl_keras.config import choices
 from tl_keras.data.folders import ImageFiles
 from tl_keras.data.preprocessing import preprocess_images
 from tl_keras.errors import UserError
@@ -24,7 +24,7 @@ _STREAMED_BATCH_BYTES = 16 << 20
 def build_source_model(
   input_shape: Sequence[int],
   num_classes: int,
-  conv_filters: Sequence[int] = settings.DEFAULT_CONV_FILTERS,
+  conv_filters: Sequence[int] = choices.DEFAULT_CONV_FILTERS,
 ) -> keras.Model:
   """The source CNN: named `features_*` layers, then a softmax Dense named `classifier`.
 
@@ -53,7 +53,7 @@ def build_source_model(
 
 def parse_conv_filters(spec: str) -> tuple[int, ...]:
   """'16,32' -> (16, 32): filters of the source CNN's convolutions, one to three of them, each
-  in `settings.CONV_FILTERS`."""
+  in `choices.CONV_FILTERS`."""
   parts = [part.strip() for part in spec.split(",")]
   if not 1 <= len(parts) <= 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
     raise UserError(
@@ -62,7 +62,7 @@ def parse_conv_filters(spec: str) -> tuple[int, ...]:
     )
   filters = tuple(int(part) for part in parts)
   for count in filters:
-    check_value("conv_filters", count, settings.CONV_FILTERS)
+    check_value("conv_filters", count, choices.CONV_FILTERS)
   return filters
 
 
@@ -102,35 +102,40 @@ def build_target_model(
   source_model: keras.Model,
   num_classes: int,
   unfreeze: str = "all",
-  head: settings.HeadSettings | None = None,
+  *,
+  features_layer: str | None = None,
+  head_units: int = 0,
+  head_dropout: float = 0.0,
+  head_l2: float = 0.0,
 ) -> keras.Model:
   """Cuts the source model at its features, adds a new head (layers `target_*`) and sets which
   layers train.
 
-  The features are the source classifier's input, or the output of `head.features_layer`
-  (the layers after it are dropped). Features that are images are flattened first.
+  The features are the source classifier's input, or the output of `features_layer` (the
+  layers after it are dropped). Features that are images are flattened first. The head: an
+  optional hidden ReLU Dense layer of `head_units`, `head_dropout` before each Dense layer,
+  `head_l2` weight decay on their kernels, then the softmax classifier.
 
   `unfreeze`: 'none' (only the new head trains), 'all', 'last:N' (the last N feature layers
   that have weights), or comma-separated layer names. BatchNormalization layers stay frozen
   whatever `unfreeze` says: frozen, Keras runs them in inference mode, so small target batches
   never overwrite the statistics learned on the source.
   """
-  head = head or settings.HeadSettings()
-  features = feature_tensor(source_model, head.features_layer)
+  features = feature_tensor(source_model, features_layer)
   layers = keras.Model(source_model.inputs, features).layers[1:]  # those the head builds on
   set_trainable(layers, select_unfrozen(layers, unfreeze))
-  regularizer = keras.regularizers.L2(head.head_l2) if head.head_l2 else None
+  regularizer = keras.regularizers.L2(head_l2) if head_l2 else None
   x = features
   if len(x.shape) > 2:
     x = keras.layers.Flatten(name=f"{HEAD_PREFIX}flatten")(x)
-  if head.head_dropout:
-    x = keras.layers.Dropout(head.head_dropout, name=f"{HEAD_PREFIX}dropout1")(x)
-  if head.head_units:
+  if head_dropout:
+    x = keras.layers.Dropout(head_dropout, name=f"{HEAD_PREFIX}dropout1")(x)
+  if head_units:
     x = keras.layers.Dense(
-      head.head_units, activation="relu", kernel_regularizer=regularizer, name=f"{HEAD_PREFIX}dense"
+      head_units, activation="relu", kernel_regularizer=regularizer, name=f"{HEAD_PREFIX}dense"
     )(x)
-    if head.head_dropout:
-      x = keras.layers.Dropout(head.head_dropout, name=f"{HEAD_PREFIX}dropout2")(x)
+    if head_dropout:
+      x = keras.layers.Dropout(head_dropout, name=f"{HEAD_PREFIX}dropout2")(x)
   outputs = keras.layers.Dense(
     num_classes,
     activation="softmax",
@@ -270,11 +275,11 @@ def learning_rate_for(
   name: str, learning_rate: float | None = None, flag: str = "learning_rate"
 ) -> float:
   """The learning rate to use: `learning_rate`, or the default of optimizer `name`; a
-  UserError naming `flag` if it is outside `settings.LEARNING_RATE`."""
-  if name not in settings.DEFAULT_LEARNING_RATES:
-    raise UserError(f"unknown optimizer {name!r}: use one of {', '.join(settings.OPTIMIZERS)}")
-  check_value(flag, learning_rate, settings.LEARNING_RATE)
-  return settings.DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate
+  UserError naming `flag` if it is outside `choices.LEARNING_RATE`."""
+  if name not in choices.DEFAULT_LEARNING_RATES:
+    raise UserError(f"unknown optimizer {name!r}: use one of {', '.join(choices.OPTIMIZERS)}")
+  check_value(flag, learning_rate, choices.LEARNING_RATE)
+  return choices.DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate
 
 
 def make_optimizer(name: str, learning_rate: float | None = None):

@@ -1,21 +1,15 @@
 """tl-export: TFLite files of a trained model, each evaluated on the target's test set."""
 
 import os
-import time
 from typing import Any
 
 from tl_keras import artifacts
-from tl_keras import limits
-from tl_keras import loading
 from tl_keras.config import settings
-from tl_keras.data import targets
 from tl_keras.data.labeled import LabeledData
 from tl_keras.errors import UserError
-from tl_keras.models import networks
-from tl_keras.outputs import files
-from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
 from tl_keras.outputs import tflite
+from tl_keras.stages import base
 
 
 def run(
@@ -23,34 +17,26 @@ def run(
 ) -> dict[str, Any]:
   """Writes the TFLite files of `config.formats`, labels.txt and export_metrics.json (and
   report.md) into the output folder; returns the metrics."""
-  start = time.perf_counter()
-  settings.validate(config)
+  start = base.begin(config)
   formats = settings.export_formats(config.formats)
-  output_dir = files.prepare_output_dir(config.paths.output_dir)
-  source = config.load.model
-  model = loading.load_model(
-    source, config.load.allow_unsafe_deserialization, config.load.max_model_mb * limits.MIB
-  )
-  input_shape = networks.image_input_shape(model, source)
-  metadata = model_io.read_metadata(source)
-  class_names = model_io.class_names_of(model, metadata, source)
-  target = datasets_override or targets.prepare_target(
-    config.target, input_shape, config.paths.data_dir, config.seed, metadata.get("framing")
-  )
-  check_classes(class_names, target, source, named=bool(metadata.get("class_names")))
+  context = base.prepare(config, datasets_override, config.seed)
+  source, target = context.source, context.target
+  check_classes(source.class_names(), target, source.path, bool(source.metadata.get("class_names")))
   metrics = tflite.export_and_evaluate(
-    model,
+    source.model,
     target,
     formats,
-    output_dir,
+    context.output_dir,
     target.class_names,
     config.representative_images,
     config.seed,
   )
-  metrics.update({"model": source, "target": target.description})
-  path = os.path.join(output_dir, artifacts.METRICS["export"])
+  metrics.update({"model": source.path, "target": target.description})
+  path = os.path.join(context.output_dir, artifacts.METRICS["export"])
   report_path = summary.write_metrics(metrics, path, start)
-  tflite.print_summary(metrics, {"files": output_dir, "metrics": path, "report": report_path})
+  tflite.print_summary(
+    metrics, {"files": context.output_dir, "metrics": path, "report": report_path}
+  )
   return metrics
 
 

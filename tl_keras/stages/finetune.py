@@ -8,17 +8,14 @@ import tensorflow as tf
 
 from tl_keras import api
 from tl_keras import artifacts
-from tl_keras import limits
 from tl_keras import loading
 from tl_keras.config import settings
-from tl_keras.data import targets
 from tl_keras.data.labeled import LabeledData
 from tl_keras.errors import warn
 from tl_keras.models import networks
-from tl_keras.outputs import files
-from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
 from tl_keras.outputs import tflite
+from tl_keras.stages import base
 from tl_keras.training import distribute
 from tl_keras.training import trainer
 
@@ -27,31 +24,23 @@ def run(
   config: settings.FinetuneConfig,
   datasets_override: LabeledData | None = None,
   strategy_override: tf.distribute.Strategy | None = None,
+  source: base.Source | None = None,
 ) -> dict[str, Any]:
   """Fine-tunes the source model on the target; writes target_model.h5, target_savedmodel/
-  and finetune_metrics.json. Returns the metrics.
+  and finetune_metrics.json. Returns the metrics. `source`: the model of
+  `config.load.model`, read already (the pipeline's); it is copied, not changed.
   """
-  start = time.perf_counter()
-  settings.validate(config)
+  start = base.begin(config)
   export_formats = settings.export_formats(config.export.export_formats, "export_formats")
-  distribute.check_devices(config.runtime)
-  strategy = strategy_override or distribute.get_distribution_strategy(config.runtime.strategy)
-  output_dir = files.prepare_output_dir(config.paths.output_dir)
+  strategy = base.strategy_for(config.runtime, strategy_override)
   # Loaded outside the strategy's scope: the classifier is rebuilt inside it for training.
-  source = _load_source(config)
-  input_shape = networks.image_input_shape(source, config.load.model)
-  framing = model_io.read_metadata(config.load.model).get("framing")
-  target = datasets_override or targets.prepare_target(
-    config.target,
-    input_shape,
-    config.paths.data_dir,
-    config.runtime.seed,
-    framing,
-    config.adapt.unlabeled,
+  context = base.prepare(
+    config, datasets_override, config.runtime.seed, config.adapt.unlabeled, source
   )
+  output_dir, source, target = context.output_dir, context.source, context.target
   unfreeze = config.finetune.unfreeze
   clf = api.TransferClassifier.from_source(
-    source,
+    source.model,
     target.class_names,
     unfreeze=unfreeze,
     seed=config.runtime.seed,
@@ -59,10 +48,8 @@ def run(
     head_units=config.head.head_units,
     head_dropout=config.head.head_dropout,
     head_l2=config.head.head_l2,
-    allow_unsafe=config.load.allow_unsafe_deserialization,
-    max_model_mb=config.load.max_model_mb,
-    source_path=config.load.model,
-    input_size=config.load.input_size,
+    source_path=source.path,
+    metadata=source.metadata,
   )
   result = clf.fit_config(
     target,
@@ -75,7 +62,7 @@ def run(
   model, metrics = clf.model, result.as_metrics()
   metrics.update(
     {
-      "source_model": config.load.model,
+      "source_model": source.path,
       "source_classes": clf.source_class_names,
       "target": target.description,
       "target_fit": target.fit,
@@ -97,9 +84,9 @@ def run(
     if export_formats and distribute.is_chief(strategy):
       artifact_paths["export"] = _export(config, export_formats, target, artifact_paths["model"])
     if config.finetune.compare_scratch:
-      metrics.update(_compare_scratch(clf.settings, target, metrics, strategy))
+      metrics.update(_compare_scratch(clf.settings, source.model, target, metrics, strategy))
     if distribute.is_chief(strategy):
-      metrics["plots"] = _plot(model, target, metrics, save_dir)
+      metrics["plots"] = _plot(result.test_probabilities, target, metrics, save_dir)
     artifact_paths["report"] = summary.write_metrics(
       metrics, artifact_paths["metrics"], start, distribute.is_chief(strategy)
     )
@@ -118,15 +105,6 @@ def run(
         f"before training, {before - metrics['test_accuracy']:.2%} above the adapted model"
       )
   return metrics
-
-
-def _load_source(config: settings.FinetuneConfig):
-  return loading.load_model(
-    config.load.model,
-    config.load.allow_unsafe_deserialization,
-    config.load.max_model_mb * limits.MIB,
-    config.load.input_size,
-  )
 
 
 def _export(config: settings.FinetuneConfig, formats, target: LabeledData, model_path: str) -> str:
@@ -153,18 +131,28 @@ def _export(config: settings.FinetuneConfig, formats, target: LabeledData, model
 
 def _compare_scratch(
   config: settings.FinetuneConfig,
+  source_model,
   target: LabeledData,
   metrics: dict[str, Any],
   strategy: tf.distribute.Strategy,
 ) -> dict[str, Any]:
   """Trains the same architecture from random weights for the same number of epochs (and
   steps) at the first phase's rate, all layers training, on the labelled images only; returns
-  its accuracy and the transfer gain. `config` is the finetune run's, its defaults filled in."""
+  its accuracy and the transfer gain. `config` is the finetune run's, its defaults filled in;
+  `source_model` is copied, not read again."""
 
   def build_scratch_model():
-    source = _load_source(config)
+    copy = networks.with_global_dtype_policy(source_model)
     return networks.reinitialized(
-      networks.build_target_model(source, target.num_classes, "all", config.head)
+      networks.build_target_model(
+        copy,
+        target.num_classes,
+        "all",
+        features_layer=config.head.features_layer,
+        head_units=config.head.head_units,
+        head_dropout=config.head.head_dropout,
+        head_l2=config.head.head_l2,
+      )
     )
 
   if distribute.is_chief(strategy):
@@ -186,11 +174,13 @@ def _compare_scratch(
   }
 
 
-def _plot(model, target: LabeledData, metrics: dict[str, Any], output_dir: str) -> list[str]:
-  """Training curves, confusion matrix and misclassified test images; returns the file names."""
+def _plot(
+  probabilities, target: LabeledData, metrics: dict[str, Any], output_dir: str
+) -> list[str]:
+  """Training curves, confusion matrix and misclassified test images (from the trained model's
+  test `probabilities`); returns the file names."""
   from tl_keras.outputs import plots  # matplotlib
 
-  probabilities = networks.predict(model, target.x_test)
   predicted = probabilities.argmax(axis=1)
   history = {
     **metrics["history"],

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from tl_keras import artifacts
-from tl_keras import limits
 from tl_keras import loading
 from tl_keras.config import settings
 from tl_keras.data import targets
@@ -30,6 +29,7 @@ from tl_keras.models import networks
 from tl_keras.outputs import files
 from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
+from tl_keras.stages import base
 from tl_keras.version import __version__
 
 # Members that score this much better on the validation images than on the test images most
@@ -42,15 +42,14 @@ def run(
 ) -> dict[str, Any]:
   """Fuses the models of `config.fuse.models`; writes fused_model.h5, fused_savedmodel/ and
   fuse_metrics.json. Returns the metrics. `datasets_override` replaces the target."""
-  start = time.perf_counter()
-  settings.validate(config)
+  start = base.begin(config)
   options = config.fuse
   paths = options.model_paths()
   output_dir = files.prepare_output_dir(config.paths.output_dir)
-  members, class_names, input_shape = _load_members(paths, options)
-  framing = model_io.read_metadata(paths[0]).get("framing")
+  sources, class_names = _load_members(paths, options)
+  members = [source.model for source in sources]
   target = datasets_override or targets.prepare_target(
-    config.target, input_shape, config.paths.data_dir, config.seed, framing
+    config.target, sources[0].input_shape, config.paths.data_dir, config.seed, sources[0].framing
   )
   target = _in_class_order(target, class_names)
   _, validation_index = split_per_class(target.y_train, options.validation_split, config.seed)
@@ -166,34 +165,31 @@ def run(
 
 def _load_members(
   paths: Sequence[str], options: settings.FuseSettings
-) -> tuple[list[keras.Model], list[str], tuple[int, int, int]]:
-  """The member models, their shared class names and input shape; refuses members that differ
-  in either."""
+) -> tuple[list[base.Source], list[str]]:
+  """The member models, each read once, and their shared class names; refuses members that
+  differ in class names or input shape."""
   for path in paths:  # every missing one before loading any
     if not os.path.exists(path):
       raise UserError(f"model not found: {path}; check --models")
-  members, first_names, first_shape = [], None, None
+  sources, first_names = [], None
   for path in paths:
-    model = loading.load_model(
-      path, options.allow_unsafe_deserialization, options.max_model_mb * limits.MIB
-    )
-    shape = networks.image_input_shape(model, path)
-    names = model_io.class_names_of(model, model_io.read_metadata(path), path)
+    source = base.load_source(path, options.allow_unsafe_deserialization, options.max_model_mb)
+    names, shape = source.class_names(), source.input_shape
     if first_names is None:
-      first_names, first_shape = names, shape
+      first_names = names
     elif names != first_names:
       raise UserError(
         f"cannot fuse {path} with {paths[0]}: it classifies {_listed(names)}, the first "
         f"model {_listed(first_names)} (class names from the models' metadata); fuse models "
         "trained for the same classes"
       )
-    elif shape != first_shape:
+    elif shape != sources[0].input_shape:
       raise UserError(
         f"cannot fuse {path} with {paths[0]}: it takes images of {_shape(shape)}, the first "
-        f"model {_shape(first_shape)}; fuse models with the same input shape"
+        f"model {_shape(sources[0].input_shape)}; fuse models with the same input shape"
       )
-    members.append(model)
-  return members, first_names, first_shape
+    sources.append(source)
+  return sources, first_names
 
 
 def _listed(names: Sequence[str], limit: int = 8) -> str:

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tl_keras import artifacts
 from tl_keras.config import settings
+from tl_keras.stages import base
 from tl_keras.stages import finetune
 from tl_keras.stages import pretrain
 from tl_keras.stages import transfer
@@ -22,16 +23,15 @@ def run(
 
   Every stage's settings are checked before the first stage writes anything. All stages write
   to `config.paths.output_dir`, and transfer and finetune use the model pretrain writes there.
-  One strategy serves both training stages (a multi-worker strategy can be created only once
+  The source model pretrain writes is read once, for transfer and finetune. One strategy
+  serves both training stages (a multi-worker strategy can be created only once
   per process); on multi-worker clusters only the chief runs transfer and keeps the files.
   """
-  start = time.perf_counter()
-  settings.validate(config)
+  start = base.begin(config)
   pretrain_config, transfer_config, finetune_config = config.stages()
   for stage_config in (pretrain_config, transfer_config, finetune_config):
     settings.validate(stage_config)
-  distribute.check_devices(config.runtime)
-  strategy = strategy_override or distribute.get_distribution_strategy(config.runtime.strategy)
+  strategy = base.strategy_for(config.runtime, strategy_override)
   with distribute.worker_output_dir(strategy, config.paths.output_dir) as output_dir:
     source_model = os.path.join(output_dir, artifacts.SOURCE_MODEL)
     results = {
@@ -39,14 +39,14 @@ def run(
         settings.replace(pretrain_config, output_dir=output_dir), strategy_override=strategy
       )
     }
+    finetune_config = settings.replace(finetune_config, output_dir=output_dir, model=source_model)
+    source = base.load_source_of(finetune_config.load)  # read once for both stages
     if distribute.is_chief(strategy):
       results["transfer"] = transfer.run(
-        settings.replace(transfer_config, output_dir=output_dir, model=source_model)
+        settings.replace(transfer_config, output_dir=output_dir, model=source_model),
+        source=source,
       )
-    results["finetune"] = finetune.run(
-      settings.replace(finetune_config, output_dir=output_dir, model=source_model),
-      strategy_override=strategy,
-    )
+    results["finetune"] = finetune.run(finetune_config, strategy_override=strategy, source=source)
   if distribute.is_chief(strategy):
     print(
       f"== pipeline done in {time.perf_counter() - start:.1f} s: source accuracy "

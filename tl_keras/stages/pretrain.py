@@ -1,7 +1,6 @@
 """Stage 1: train the source CNN on MNIST digits and save it as an .h5 file."""
 
 import os
-import time
 from typing import Any
 
 import tensorflow as tf
@@ -14,6 +13,7 @@ from tl_keras.models import networks
 from tl_keras.outputs import files
 from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
+from tl_keras.stages import base
 from tl_keras.training import distribute
 from tl_keras.training import trainer
 from tl_keras.version import __version__
@@ -31,10 +31,8 @@ def run(
   `datasets_override` replaces the MNIST subset (tests pass small data); `strategy_override`
   replaces the strategy named by `config.runtime.strategy`.
   """
-  start = time.perf_counter()
-  settings.validate(config)
-  distribute.check_devices(config.runtime)
-  strategy = strategy_override or distribute.get_distribution_strategy(config.runtime.strategy)
+  start = base.begin(config)
+  strategy = base.strategy_for(config.runtime, strategy_override)
   classes = mnist.parse_classes(config.source.source_classes)
   conv_filters = networks.parse_conv_filters(config.source.conv_filters)
   output_dir = files.prepare_output_dir(config.paths.output_dir)

@@ -15,16 +15,13 @@ import numpy as np
 
 from tl_keras import api
 from tl_keras import artifacts
-from tl_keras import limits
-from tl_keras import loading
 from tl_keras.config import settings
-from tl_keras.data import targets
 from tl_keras.data.labeled import LabeledData
 from tl_keras.evaluation.metrics import accuracy_by_name
 from tl_keras.models import networks
 from tl_keras.outputs import files
-from tl_keras.outputs import model_io
 from tl_keras.outputs import summary
+from tl_keras.stages import base
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -37,25 +34,16 @@ def csv_cell(text: str) -> str:
 
 
 def run(
-  config: settings.TransferConfig, datasets_override: LabeledData | None = None
+  config: settings.TransferConfig,
+  datasets_override: LabeledData | None = None,
+  source: base.Source | None = None,
 ) -> dict[str, Any]:
-  """Predicts on the target test split; writes predictions.csv and transfer_metrics.json."""
-  start = time.perf_counter()
-  settings.validate(config)
-  output_dir = files.prepare_output_dir(config.paths.output_dir)
-  source = config.load.model
-  model = loading.load_model(
-    source,
-    config.load.allow_unsafe_deserialization,
-    config.load.max_model_mb * limits.MIB,
-    config.load.input_size,
-  )
-  input_shape = networks.image_input_shape(model, source)  # refuses non-image models
-  metadata = model_io.read_metadata(source)
-  source_names = model_io.class_names_of(model, metadata, source)
-  target = datasets_override or targets.prepare_target(
-    config.target, input_shape, config.paths.data_dir, config.seed, metadata.get("framing")
-  )
+  """Predicts on the target test split; writes predictions.csv and transfer_metrics.json.
+  `source`: the model of `config.load.model`, read already (the pipeline's)."""
+  start = base.begin(config)
+  context = base.prepare(config, datasets_override, config.seed, source=source)
+  output_dir, model, target = context.output_dir, context.source.model, context.target
+  source_names = context.source.class_names()
 
   predict_start = time.perf_counter()
   probabilities = networks.predict(model, target.x_test, config.batch_size)
@@ -93,7 +81,7 @@ def run(
     "num_test": int(len(target.x_test)),
     "classes": target.class_names,
     "source_classes": source_names,
-    "model": source,
+    "model": context.source.path,
     "target": target.description,
     "target_fit": target.fit,
     "features_layer": config.features_layer,

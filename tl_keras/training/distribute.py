@@ -13,7 +13,7 @@ from typing import Any
 import tensorflow as tf
 
 from tl_keras import interrupts
-from tl_keras.config import settings
+from tl_keras.config.choices import STRATEGIES
 from tl_keras.errors import UserError
 
 _TF_CONFIG_HELP = "see README 'Training on several machines'"
@@ -28,8 +28,8 @@ def get_distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
   devices when there is no GPU. multi_worker: MultiWorkerMirroredStrategy configured by the
   TF_CONFIG environment variable; it must be created before any other TensorFlow op runs.
   """
-  if name not in settings.STRATEGIES:
-    raise UserError(f"unknown --strategy={name!r}: use one of {', '.join(settings.STRATEGIES)}")
+  if name not in STRATEGIES:
+    raise UserError(f"unknown --strategy={name!r}: use one of {', '.join(STRATEGIES)}")
   if name == "multi_worker":
     if "TF_CONFIG" not in os.environ:
       raise UserError(
@@ -61,9 +61,9 @@ def _mirrored(devices: tuple[str, ...] | None) -> tf.distribute.MirroredStrategy
   return tf.distribute.MirroredStrategy(list(devices) if devices else None)
 
 
-def check_devices(runtime: settings.RuntimeSettings) -> None:
+def check_devices(mixed_precision: bool = False) -> None:
   """Refuses what this machine cannot run: --mixed_precision without a GPU."""
-  if runtime.mixed_precision and not tf.config.list_physical_devices("GPU"):
+  if mixed_precision and not tf.config.list_physical_devices("GPU"):
     raise UserError(
       "--mixed_precision needs a GPU: float16 on a CPU is slower, not faster; drop the flag here"
     )

@@ -138,10 +138,15 @@ class FitResult:
   head_init: str | None = None  # how the new classifier started (the API's)
   defaults: str | None = None  # what the data-dependent defaults chose (`schedule`)
   num_source: int = 0  # source images in the labelled batches (no target labels) or aligned
+  # The trained model's outputs on the test images, predicted once for every score and plot;
+  # not a metric.
+  test_probabilities: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
   def as_metrics(self) -> dict[str, Any]:
     """The fields as the metrics dict the stages write to their JSON files."""
-    return dataclasses.asdict(self)
+    metrics = dataclasses.asdict(dataclasses.replace(self, test_probabilities=None))
+    del metrics["test_probabilities"]
+    return metrics
 
 
 def fit_and_evaluate(
@@ -174,7 +179,7 @@ def fit_and_evaluate(
   """
   phases = phases or [Phase(stage or "train", config.epochs, config.train.learning_rate)]
   runtime = config.runtime
-  with global_state(runtime.seed, runtime.deterministic, runtime.mixed_precision):
+  with global_state(runtime.seed, runtime.op_determinism(), runtime.mixed_precision):
     return _fit_and_evaluate(
       build_model, dataset, config, strategy, stage, phases, log, verbose, adapt
     )
@@ -204,13 +209,8 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
   batch_size = distribute.global_batch_size(
     strategy, config.train.batch_size, config.train.per_replica_batch_size
   )
-  # Label smoothing needs one-hot labels (see networks.compile_classifier).
-  one_hot = dataset.num_classes if config.train.label_smoothing else None
   train, validation, y_train = _training_datasets(dataset, config, batch_size, input_shape, adapt)
   num_train = len(y_train)
-  test = pipelines.make_dataset(
-    dataset.x_test, dataset.y_test, batch_size, input_shape, num_classes=one_hot
-  )
   class_weight = None
   if config.train.class_weight == "balanced" and len(y_train):
     class_weight = metrics.balanced_class_weights(y_train, dataset.num_classes)
@@ -292,13 +292,13 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
         continue  # no unlabelled image's label is known
       history.setdefault(name, []).extend(round(float(v), 5) for v in values)
 
-  if trainer is not model:
-    networks.compile_classifier(model, "adam", label_smoothing=config.train.label_smoothing)
-  # Data without a test split (the Python API's arrays) is evaluated by the caller.
-  test_accuracy = float(model.evaluate(test, verbose=0)[1]) if len(dataset.x_test) else None
-  scores = {}
+  # One prediction of the test images serves every score. Data without a test split (the
+  # Python API's arrays) is evaluated by the caller.
+  probabilities, test_accuracy, scores = None, None, {}
   if len(dataset.x_test):
-    predicted = networks.predict(model, dataset.x_test).argmax(axis=1)
+    probabilities = networks.predict(model, dataset.x_test)
+    predicted = probabilities.argmax(axis=1)
+    test_accuracy = float((predicted == dataset.y_test).mean())
     scores = metrics.per_class_metrics(dataset.y_test, predicted, dataset.class_names)
   epochs_run = sum(record["epochs_run"] for record in phase_records)
   return model, FitResult(
@@ -332,13 +332,14 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
     mixed_precision=config.runtime.mixed_precision,
     jit_compile=config.runtime.jit_compile,
     seed=config.runtime.seed,
-    deterministic=config.runtime.deterministic,
+    deterministic=config.runtime.op_determinism(),
     strategy=distribute.strategy_name(strategy),
     num_replicas=strategy.num_replicas_in_sync,
     weights_sha256=networks.weights_fingerprint(model),
     num_unlabeled=len(adapt.unlabeled) if adapt else 0,
     adapt=adapt.settings.as_metrics() if adapt else None,
     num_source=len(adapt.source.y_train) if adapt and adapt.source else 0,
+    test_probabilities=probabilities,
   )
 
 
