@@ -3,6 +3,8 @@
 Figures are drawn on `matplotlib.figure.Figure` with an Agg canvas rather than through pyplot,
 so they leave the caller's matplotlib backend and pyplot's figure list alone and are freed when
 each function returns. Every PNG is written under a temporary name and renamed into place.
+Each `plot_X` draws with `X_figure`, which returns the Figure unsaved, for tests and for callers
+that want to save it in another format.
 """
 
 import math
@@ -35,11 +37,19 @@ def _save(figure: Figure, path: str) -> str:
 def plot_training_curves(
   history: Mapping[str, Sequence[float]], path: str, title: str, first_epoch: int = 1
 ) -> str:
-  """Plots per-epoch loss and accuracy (and any val_* or other metrics) into a PNG at `path`.
+  """Plots per-epoch loss and accuracy (and any val_* or other metrics) into a PNG at `path`
+  (see `training_curves_figure`). Returns `path`."""
+  return _save(training_curves_figure(history, title, first_epoch), path)
+
+
+def training_curves_figure(
+  history: Mapping[str, Sequence[float]], title: str, first_epoch: int = 1
+) -> Figure:
+  """Per-epoch loss and accuracy (and any val_* or other metrics), two panels.
 
   `history` maps metric names to per-epoch values, as in the metrics files. Names ending in
   "loss" go in the left panel, all others in the right. `first_epoch` numbers the first value:
-  pass `resumed_from_epoch + 1` for a resumed run. Returns `path`.
+  pass `resumed_from_epoch + 1` for a resumed run.
   """
   figure = Figure(figsize=(8, 3.2), layout="constrained")
   loss_axes, metric_axes = figure.subplots(1, 2)
@@ -77,7 +87,7 @@ def plot_training_curves(
   if metric_names and all_accuracy:
     metric_axes.yaxis.set_major_formatter(ticker.PercentFormatter(xmax=1))
   figure.suptitle(title)
-  return _save(figure, path)
+  return figure
 
 
 def confusion_matrix(
@@ -112,11 +122,23 @@ def plot_confusion_matrix(
   title: str,
   pred_class_names: Sequence[str] | None = None,
 ) -> str:
-  """Plots the confusion matrix into a PNG at `path`: rows true, columns predicted.
+  """Plots the confusion matrix into a PNG at `path` (see `confusion_matrix_figure`). Returns
+  `path`."""
+  return _save(confusion_matrix_figure(y_true, y_pred, class_names, title, pred_class_names), path)
+
+
+def confusion_matrix_figure(
+  y_true,
+  y_pred,
+  class_names: Sequence[str],
+  title: str,
+  pred_class_names: Sequence[str] | None = None,
+) -> Figure:
+  """The confusion matrix: rows true, columns predicted.
 
   Each cell shows its count; its colour is the count as a fraction of its row (the true
   class). Labels are indices into `class_names`, or for predictions into `pred_class_names`
-  when given (a rectangular matrix, e.g. target classes against source classes). Returns `path`.
+  when given (a rectangular matrix, e.g. target classes against source classes).
   """
   true_names = [str(name) for name in class_names]
   pred_names = true_names if pred_class_names is None else [str(n) for n in pred_class_names]
@@ -157,7 +179,7 @@ def plot_confusion_matrix(
           fontsize=font_size,
           color="white" if fractions[i, j] > 0.5 else "black",
         )
-  return _save(figure, path)
+  return figure
 
 
 def _displayable(image: np.ndarray) -> np.ndarray:
@@ -180,14 +202,32 @@ def plot_misclassified(
   confidences=None,
   pred_class_names: Sequence[str] | None = None,
 ) -> str:
-  """Plots a grid of the first `max_images` misclassified images into a PNG at `path`.
+  """Plots a grid of the first `max_images` misclassified images into a PNG at `path` (see
+  `misclassified_figure`). Returns `path`; on bad input raises before writing anything."""
+  figure = misclassified_figure(
+    images, y_true, y_pred, class_names, title, max_images, confidences, pred_class_names
+  )
+  return _save(figure, path)
+
+
+def misclassified_figure(
+  images,
+  y_true,
+  y_pred,
+  class_names: Sequence[str],
+  title: str,
+  max_images: int = 25,
+  confidences=None,
+  pred_class_names: Sequence[str] | None = None,
+) -> Figure:
+  """A grid of the first `max_images` misclassified images.
 
   `images` are uint8 (0-255) or float (0-1), [N,H,W] or [N,H,W,C] with C of 1 or 3 (or
   `ImageFiles`, of which only the images shown are read); labels
   index `class_names` (predictions index `pred_class_names` when given, and a prediction is a
   mistake when its class name differs from the true one). Each image is titled
   "pred X / true Y", plus the confidence when `confidences` ([N], 0-1) is given. Without any
-  mistake the PNG says "no misclassified images". Returns `path`.
+  mistake the figure says "no misclassified images".
   """
   if not hasattr(images, "shape"):  # arrays and datasets.folders.ImageFiles are read lazily
     images = np.asarray(images)
@@ -210,7 +250,7 @@ def plot_misclassified(
     figure = Figure(figsize=(4, 1.2), layout="constrained")
     figure.suptitle(title)
     figure.text(0.5, 0.4, f"{NO_MISTAKES_TEXT} (of {len(images)})", ha="center", va="center")
-    return _save(figure, path)
+    return figure
 
   columns = min(_GRID_COLUMNS, len(shown))
   rows = math.ceil(len(shown) / columns)
@@ -230,4 +270,4 @@ def plot_misclassified(
     if confidences is not None:
       label += f"\n{float(confidences[index]):.0%}"
     axes.set_title(label, fontsize=8)
-  return _save(figure, path)
+  return figure
