@@ -2,6 +2,7 @@
 accepts, and refuses or resolves flags that cannot work together before any work."""
 
 import collections
+import importlib
 import os
 import shutil
 
@@ -50,6 +51,33 @@ def test_input_size_is_refused_for_a_model_file(config_class):
   with pytest.raises(UserError, match="--input_size is for --model=keras:NAME"):
     settings.validate(config)
   settings.validate(settings.replace(config, model="keras:MobileNetV2"))  # honoured there
+
+
+@pytest.mark.parametrize(
+  "stage, config_class",
+  [
+    ("transfer", settings.TransferConfig),
+    ("export", settings.ExportConfig),
+    ("finetune", settings.FinetuneConfig),
+  ],
+)
+def test_input_size_reaches_the_loader(stage, config_class, monkeypatch, tmp_path):
+  """Where --input_size applies (keras:NAME backbones), every stage that takes it passes it on
+  (tl-export dropped it)."""
+  asked = []
+
+  def load_model(path, allow_unsafe=False, max_bytes=0, input_size=None):
+    asked.append((path, input_size))
+    raise UserError("loaded")
+
+  monkeypatch.setattr(loading, "load_model", load_model)
+  module = importlib.import_module(f"tl_keras.stages.{stage}")
+  config = settings.make(
+    config_class, model="keras:MobileNetV2", input_size=96, output_dir=str(tmp_path)
+  )
+  with pytest.raises(UserError, match="loaded"):
+    module.run(config)
+  assert asked == [("keras:MobileNetV2", 96)]
 
 
 @pytest.mark.parametrize("config_class", [settings.PretrainConfig, settings.FinetuneConfig])
