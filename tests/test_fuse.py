@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tl_keras import artifacts
 from tl_keras import loading
+from tl_keras.config import methods
 from tl_keras.config import settings
 from tl_keras.data import targets
 from tl_keras.data.labeled import split_per_class
@@ -23,7 +24,7 @@ from tl_keras.outputs import model_io
 from tl_keras.stages import finetune
 from tl_keras.stages import fuse
 
-METHODS = settings.FUSION_METHODS
+METHODS = tuple(methods.FUSION)
 DIGITS = ["5", "6", "7", "8", "9"]
 
 
@@ -202,6 +203,26 @@ def test_fused_model_computes_the_fusion(method):
   assert np.allclose(model.predict(images, verbose=0), expected, atol=1e-5)
   assert not model.trainable_weights
   loading.check_model_config(json.loads(model.to_json()), "fused")  # built-in layers only
+
+
+def test_fusing_leaves_the_callers_models_as_they_were():
+  members = [_member(seed) for seed in (1, 2)]
+  members[1].layers[1].trainable = False  # flags of the caller's choosing, kept as they are
+  names = [member.name for member in members]
+  flags = [[layer.trainable for layer in member.layers] for member in members]
+  images = np.random.default_rng(0).random((4, 8, 8, 1)).astype(np.float32)
+  fitted = fusion.fit_fusion("average", None, None, 3, count=2)
+  model = fusion.build_fused_model(members, "average", fitted)
+  assert [member.name for member in members] == names
+  assert [[layer.trainable for layer in member.layers] for member in members] == flags
+  assert all(member.trainable and member.trainable_weights for member in members)
+  assert [layer.name for layer in model.layers[1:3]] == ["member_1", "member_2"]
+  assert not model.trainable_weights
+  # The fused model holds copies: changing a caller's model later leaves it as fitted.
+  fused = model.predict(images, verbose=0)
+  for weights in members[0].trainable_weights:
+    weights.assign(tf.zeros_like(weights))
+  np.testing.assert_allclose(model.predict(images, verbose=0), fused, rtol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -156,7 +156,6 @@ SETTINGS_IMPORTERS_TO_MOVE = {
   "tl_keras.api",
   "tl_keras.data.folders",
   "tl_keras.data.targets",
-  "tl_keras.models.fusion",
   "tl_keras.outputs.report",
   "tl_keras.training.resume",
   "tl_keras.training.schedule",

@@ -28,6 +28,7 @@ from tl_keras import adaptation
 from tl_keras import artifacts
 from tl_keras import limits
 from tl_keras import loading
+from tl_keras.config import methods
 from tl_keras.config import settings
 from tl_keras.data import targets
 from tl_keras.data.folders import ImageFiles
@@ -350,7 +351,8 @@ class TransferClassifier:
     current = tf.distribute.get_strategy()
     strategy = strategy or current
     say = log if log and distribute.is_chief(strategy) else lambda message: None
-    unlabeled = data.unlabeled if config.adapt.adapt != "none" else None
+    chosen = methods.choose_adaptation(config.adapt.adapt, len(data.unlabeled or ()))
+    unlabeled = data.unlabeled if methods.ADAPTATION[chosen].uses_unlabeled else None
     if not len(data.y_train) and not unlabeled:
       raise UserError(
         "no labelled training images: give unlabelled ones (--unlabeled) to adapt without labels"
@@ -358,7 +360,8 @@ class TransferClassifier:
     config, plan = schedule.choose(
       config, len(data.y_train), data.num_classes, len(unlabeled) if unlabeled else 0
     )
-    if plan.adapt != "none" and not unlabeled:
+    method = methods.ADAPTATION[plan.adapt]
+    if method.uses_unlabeled and not unlabeled:
       raise UserError(f"--adapt={plan.adapt} learns from unlabelled images: give --unlabeled")
     if plan.message:
       say(plan.message)
@@ -373,8 +376,8 @@ class TransferClassifier:
     if classifier_weights:
       template.get_layer(networks.TARGET_CLASSIFIER).set_weights(classifier_weights)
     adapt_data = None
-    if plan.adapt != "none":
-      if source_data is None and (plan.adapt == "align" or not len(data.y_train)):
+    if method.uses_unlabeled:
+      if source_data is None and (method.needs_source or not len(data.y_train)):
         source_data = targets.load_source_data(
           config.adapt.source_data,
           self.source_class_names,
@@ -395,7 +398,7 @@ class TransferClassifier:
           confidence_threshold=config.adapt.confidence_threshold,
           unlabeled_weight=config.adapt.unlabeled_weight,
           unlabeled_ratio=config.adapt.unlabeled_ratio,
-          align_weight=config.adapt.align_weight if plan.adapt == "align" else 0.0,
+          align_weight=config.adapt.align_weight if "align_weight" in method.flags else 0.0,
           total_steps=(config.epochs + config.finetune.warmup_epochs)
           * config.train.steps_per_epoch,
           adabn=networks.has_batch_norm(template),

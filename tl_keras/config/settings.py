@@ -18,6 +18,7 @@ from typing import Any
 
 from tl_keras import artifacts
 from tl_keras import limits
+from tl_keras.config import methods
 from tl_keras.config.choices import CONV_FILTERS
 from tl_keras.config.choices import DEFAULT_CONV_FILTERS
 from tl_keras.config.choices import DEFAULT_LEARNING_RATES
@@ -38,14 +39,10 @@ FITS = ("auto", "resize", "pad", "source")
 # 'auto': chosen by the label count (see `schedule`); 'source': the source classifier's rows for
 # the target's class names (every target class must be a source class).
 HEAD_INITS = ("auto", "random", "probe", "source")
-# How unlabelled target images are used (see `adaptation`); auto: by what is given.
-ADAPT_METHODS = ("auto", "self_training", "align", "none")
 CLASS_WEIGHTS = ("none", "balanced")
 # TFLite files: float32, dynamic-range (int8 weights), float16 weights, full integer (uint8 in
 # and out).
 EXPORT_FORMATS = ("tflite", "tflite_dynamic", "tflite_float16", "tflite_int8")
-# How tl-fuse combines its members' probabilities (see stages/fuse.py).
-FUSION_METHODS = ("average", "weighted", "stacking")
 MAX_FUSED_MODELS = 32
 # --model=keras:NAME: an ImageNet backbone, the only models --input_size applies to.
 KERAS_MODEL_PREFIX = "keras:"
@@ -397,11 +394,8 @@ class AdaptSettings:
   )
   adapt: str = setting(
     "auto",
-    "How the unlabelled images are used: self_training (confident pseudo-labels on weakly "
-    "augmented images teach strongly augmented ones, FixMatch), align (also a domain classifier "
-    "trained adversarially on source and target features, DANN), none; auto: self_training "
-    "when --unlabeled is given, else none.",
-    choices=ADAPT_METHODS,
+    "How the unlabelled images are used: " + methods.adaptation_help(),
+    choices=methods.adaptation_choices(),
     report=115,
   )
   source_data: str = setting(
@@ -605,10 +599,8 @@ class FuseSettings:
   )
   method: str = setting(
     "average",
-    "How the members' probabilities are combined: average (equal weights), weighted (one "
-    "weight per member, fitted on the validation images) or stacking (a logistic regression "
-    "on all members' probabilities, fitted on the validation images).",
-    choices=FUSION_METHODS,
+    f"How the members' probabilities are combined: {methods.fusion_help()}.",
+    choices=tuple(methods.FUSION),
   )
   validation_split: float = setting(
     0.2,
@@ -837,11 +829,12 @@ def _validate_adaptation(config) -> None:
   problem = unlabeled_spec_problem(adapt.unlabeled)
   if problem:
     raise UserError(problem)
-  if adapt.adapt not in ("auto", "none") and not adapt.unlabeled:
+  method = methods.ADAPTATION[methods.choose_adaptation(adapt.adapt, int(bool(adapt.unlabeled)))]
+  if method.uses_unlabeled and not adapt.unlabeled:
     raise UserError(f"--adapt={adapt.adapt} learns from unlabelled images: give --unlabeled")
   if not no_labels:
     return
-  if not adapt.unlabeled or adapt.adapt == "none":
+  if not method.uses_unlabeled:
     raise UserError(
       "--train_per_class=0 leaves no labelled target images: give --unlabeled (e.g. rest) to "
       "adapt without labels, or at least 1 image per class"

@@ -6,6 +6,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from tl_keras.config import methods
 from tl_keras.outputs import files
 from tl_keras.outputs import report
 from tl_keras.training import distribute
@@ -72,7 +73,10 @@ def print_summary(
     lines.append(
       f"  adaptation      {adapt['method']} on {metrics['num_unlabeled']:,} unlabelled images "
       f"(threshold {adapt['confidence_threshold']:g}, {adapt['unlabeled_ratio']} per labelled"
-      + (f", align weight {adapt['align_weight']:g}" if adapt["method"] == "align" else "")
+      + "".join(
+        f", {flag.replace('_', ' ')} {adapt[flag]:g}"
+        for flag in methods.ADAPTATION[adapt["method"]].flags
+      )
       + (", AdaBN" if adapt["adabn"] else "")
       + f"): pseudo-labels for {rates[-1]:.0%} of them in the last epoch"
       + (f"; source model before training {before:.2%}" if before is not None else "")

@@ -17,6 +17,7 @@ import numpy as np
 
 from tl_keras import artifacts
 from tl_keras import loading
+from tl_keras.config import methods
 from tl_keras.config import settings
 from tl_keras.data import targets
 from tl_keras.data.labeled import LabeledData
@@ -53,11 +54,11 @@ def run(
   )
   target = _in_class_order(target, class_names)
   _, validation_index = split_per_class(target.y_train, options.validation_split, config.seed)
-  if not len(validation_index) and options.method != "average":
+  if not len(validation_index) and methods.FUSION[options.method].fitted:
     raise UserError(
       f"--validation_split={options.validation_split} holds out no image of the "
       f"{len(target.y_train)} training images (each class keeps one at least) to fit "
-      f"--method={options.method} on; raise it or use --method=average"
+      f"--method={options.method} on; raise it or use --method={methods.unfitted_fusion()}"
     )
   x_validation = target.x_train[validation_index]
   y_validation = target.y_train[validation_index]
@@ -71,11 +72,13 @@ def run(
   validation = (
     [networks.predict(member, x_validation) for member in members] if len(y_validation) else None
   )
-  weights_to_fit = len(members) * len(class_names) ** 2
-  if options.method == "stacking" and len(y_validation) < weights_to_fit:
+  weights_to_fit = fusion.method(options.method).unconstrained_weights(
+    len(members), len(class_names)
+  )
+  if len(y_validation) < weights_to_fit:
     warn(
-      f"stacking fits {weights_to_fit} weights on {len(y_validation)} validation images and "
-      "may overfit them; --method=average fits nothing"
+      f"{options.method} fits {weights_to_fit} weights on {len(y_validation)} validation "
+      f"images and may overfit them; --method={methods.unfitted_fusion()} fits nothing"
     )
   fitted = fusion.fit_fusion(
     options.method, validation, y_validation, len(class_names), count=len(members)
@@ -125,7 +128,7 @@ def run(
     "mean_confidence": float(probabilities.max(axis=1).mean()),
   }
   gap = np.mean(member_validation) - np.mean(member_test) if validation else 0
-  if options.method != "average" and gap > _SEEN_VALIDATION_GAP:
+  if methods.FUSION[options.method].fitted and gap > _SEEN_VALIDATION_GAP:
     warn(
       f"the members score {np.mean(member_validation):.1%} on the validation images but "
       f"{np.mean(member_test):.1%} on the test images: they probably trained on them, so the "

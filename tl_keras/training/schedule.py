@@ -20,6 +20,7 @@ steps gave 94.4%, 94.4% and 94.7%; with 100 per class, 1000 steps (64 passes) ga
 import dataclasses
 import math
 
+from tl_keras.config import methods
 from tl_keras.config import settings
 
 DEFAULT_EPOCHS = 4
@@ -37,7 +38,7 @@ class Plan:
   """What the defaults chose: the regime, the adaptation method and the schedule."""
 
   regime: str  # full, few_labels, adapt (unlabelled images with labels), no_labels
-  adapt: str  # self_training, align or none
+  adapt: str  # a method of `methods.ADAPTATION` (not auto)
   epochs: int
   steps_per_epoch: int | None  # None: one pass over the labelled images
   batch_size: int
@@ -55,12 +56,11 @@ def choose(
   """`config` with its data-dependent defaults filled in for `num_labeled` training images of
   `num_classes` classes and `num_unlabeled` unlabelled ones, and the `Plan` saying what was
   chosen."""
-  adapt = config.adapt.adapt
-  if adapt == "auto":
-    adapt = "self_training" if num_unlabeled else "none"
+  adapt = methods.choose_adaptation(config.adapt.adapt, num_unlabeled)
+  adapting = methods.ADAPTATION[adapt].uses_unlabeled
   if not num_labeled:
     regime = "no_labels"
-  elif adapt != "none":
+  elif adapting:
     regime = "adapt"
   elif DEFAULT_EPOCHS * math.ceil(num_labeled / DEFAULT_BATCH) < FULL_STEPS:
     regime = "few_labels"
@@ -76,10 +76,10 @@ def choose(
     head_init = {"full": "random", "no_labels": "source"}.get(regime, "probe")
   epochs, steps_per_epoch = config.epochs, train.steps_per_epoch
   chosen = []
-  if regime == "full" or (epochs and not steps_per_epoch and adapt == "none"):
+  if regime == "full" or (epochs and not steps_per_epoch and not adapting):
     epochs = epochs or DEFAULT_EPOCHS  # one pass per epoch, as Keras counts them
   else:
-    kind = "few_labels" if adapt == "none" else "adapt"
+    kind = "adapt" if adapting else "few_labels"
     steps_per_pass = math.ceil(max(1, num_labeled) / batch_size)
     if kind == "few_labels":
       low, high = FEW_LABEL_STEPS
@@ -109,7 +109,7 @@ def choose(
     "no_labels": f"no target labels{unlabeled}",
   }[regime]
   chosen += [f"batch {batch_size}", f"augment {'on' if augment else 'off'}", f"head {head_init}"]
-  if adapt != "none":
+  if adapting:
     chosen.insert(0, f"adapt {adapt}")
   message = (
     f"defaults for {what}: {', '.join(chosen)} (flags you give are kept; "

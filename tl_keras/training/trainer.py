@@ -22,6 +22,7 @@ from tensorflow.python.framework import config as tf_config
 
 from tl_keras import adaptation
 from tl_keras import artifacts
+from tl_keras.config import methods
 from tl_keras.config import settings
 from tl_keras.data import pipelines
 from tl_keras.data.labeled import LabeledData
@@ -401,7 +402,7 @@ def _training_datasets(
   if adapt:
     settings_ = adapt.settings
     source = None
-    if settings_.method == "align" and len(y_train):
+    if methods.ADAPTATION[settings_.method].needs_source and len(y_train):
       source = (adapt.source.x_train, batch_size)
     train = pipelines.make_adaptation_dataset(
       train,
