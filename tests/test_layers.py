@@ -25,7 +25,7 @@ LAYERS = (
     "interrupts",
   ),
   ("data",),
-  ("models", "adaptation", "loading", "evaluation"),
+  ("models", "adaptation", "loading", "evaluation", "ranking"),
   ("training",),
   ("outputs",),
   ("api",),

@@ -41,6 +41,7 @@ from tl_keras.keras_api import keras
 from tl_keras.models import networks
 from tl_keras.outputs import files
 from tl_keras.outputs import model_io
+from tl_keras.ranking import logme
 from tl_keras.training import distribute
 from tl_keras.training import schedule
 from tl_keras.training import trainer
@@ -127,7 +128,7 @@ def transferability(
   test = probes.features_of(model, data.x_test, features_layer)
   return {
     "linear_probe_accuracy": probes.linear_probe_accuracy(train, data.y_train, test, data.y_test),
-    "logme": probes.logme(train, data.y_train),
+    "logme": logme.logme(train, data.y_train),
   }
 
 

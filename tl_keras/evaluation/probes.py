@@ -1,10 +1,7 @@
-"""How well a source model's features suit a target, before any finetuning.
-
-Both measures read the features a new head would sit on (by default the penultimate ones) on
-the labelled target training images: a linear probe (logistic regression on the frozen
-features, scored on the target test images) and LogME, the log marginal evidence of a Bayesian
-linear model on them (You et al., "LogME: Practical Assessment of Pre-trained Models for
-Transfer Learning", ICML 2021). Higher is better for both; LogME needs no training and no test data.
+"""How well a source model's features suit a target, before any finetuning: the features a new
+head would sit on (by default the penultimate ones), and a linear probe on them (logistic
+regression on the frozen features of the target training images, scored on its test images).
+The scores that need no training (LogME and others) are in `tl_keras.ranking`.
 """
 
 import numpy as np
@@ -22,6 +19,18 @@ def features_of(
   extractor = keras.Model(model.inputs, networks.feature_tensor(model, features_layer))
   features = networks.predict(extractor, images)
   return features.reshape(len(features), -1).astype(np.float64)
+
+
+def features_and_outputs(
+  model: keras.Model, images: np.ndarray, features_layer: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """(`features_of`, the model's outputs flattened) for raw images, from one pass."""
+  features = networks.feature_tensor(model, features_layer)
+  flatten = keras.layers.Flatten
+  joined = keras.layers.Concatenate()([flatten()(features), flatten()(model.output)])
+  values = networks.predict(keras.Model(model.inputs, joined), images).astype(np.float64)
+  width = int(np.prod(features.shape[1:]))
+  return values[:, :width], values[:, width:]
 
 
 def fit_linear_probe(
@@ -76,46 +85,3 @@ def linear_probe_accuracy(
   kernel, bias = fit_linear_probe(train_features, train_labels, num_classes, steps)
   predicted = np.argmax(test_features @ kernel + bias, axis=1)
   return float((predicted == test_labels).mean())
-
-
-def logme(features: np.ndarray, labels: np.ndarray, max_iterations: int = 100) -> float:
-  """LogME: the mean over classes of the per-example log evidence of a Bayesian linear model.
-
-  For each class's one-hot column y, the model y = F w + noise with priors w ~ N(0, 1/alpha)
-  and noise ~ N(0, 1/beta) has alpha and beta fitted by MacKay's fixed-point iteration; the
-  evidence follows in closed form from the eigendecomposition of F^T F (Algorithm 1 of the
-  paper).
-  """
-  f = np.asarray(features, np.float64)
-  n, d = f.shape
-  sigma, v = np.linalg.eigh(f.T @ f)
-  sigma = np.clip(sigma, 0.0, None)
-  evidences = []
-  for label in np.unique(labels):
-    y = (labels == label).astype(np.float64)
-    projected = v.T @ (f.T @ y)  # F^T y in the eigenbasis
-    alpha, beta = 1.0, 1.0
-    for _ in range(max_iterations):
-      gamma = float((beta * sigma / (alpha + beta * sigma)).sum())
-      m = v @ (beta * projected / (alpha + beta * sigma))
-      weight_norm = float(m @ m)
-      residual = float(((y - f @ m) ** 2).sum())
-      new_alpha = gamma / (weight_norm + 1e-5)
-      new_beta = (n - gamma) / (residual + 1e-5)
-      converged = abs(new_alpha / new_beta - alpha / beta) / (alpha / beta) < 1e-3
-      alpha, beta = new_alpha, new_beta
-      if converged:
-        break
-    m = v @ (beta * projected / (alpha + beta * sigma))
-    weight_norm = float(m @ m)
-    residual = float(((y - f @ m) ** 2).sum())
-    evidence = (
-      d / 2 * np.log(alpha)
-      + n / 2 * np.log(beta)
-      - 0.5 * np.sum(np.log(alpha + beta * sigma))
-      - beta / 2 * residual
-      - alpha / 2 * weight_norm
-      - n / 2 * np.log(2 * np.pi)
-    )
-    evidences.append(evidence / n)
-  return float(np.mean(evidences))
