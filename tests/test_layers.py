@@ -16,6 +16,7 @@ LAYERS = (
   (
     "tl_keras",
     "version",
+    "sinks",
     "errors",
     "limits",
     "ranges",

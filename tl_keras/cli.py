@@ -29,6 +29,7 @@ from absl import flags
 from absl import logging
 
 from tl_keras import interrupts
+from tl_keras import sinks
 from tl_keras.config import settings
 from tl_keras.errors import UserError
 from tl_keras.errors import native_stderr_captured
@@ -66,7 +67,7 @@ def _first_line(text, limit=300):
 
 def _print_error(message):
   """Prints `error: MESSAGE` on stderr as one line, whatever line breaks MESSAGE holds."""
-  print(f"error: {_one_line(message)}", file=sys.stderr, flush=True)
+  print(f"error: {sinks.terminal(_one_line(message))}", file=sys.stderr, flush=True)
 
 
 def _define_flags(config_class) -> None:

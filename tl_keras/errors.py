@@ -5,14 +5,17 @@ import os
 import sys
 import tempfile
 
+from tl_keras import sinks
+
 
 class UserError(Exception):
   """Bad input from the user (flags, files, data); the CLI prints it on one line, exit 2."""
 
 
 def warn(message: str) -> None:
-  """Prints `warning: MESSAGE` on stderr: something the user should know, but not fatal."""
-  print(f"warning: {message}", file=sys.stderr, flush=True)
+  """Prints `warning: MESSAGE` on stderr: something the user should know, but not fatal. Control
+  characters in MESSAGE (names from data or model files) are shown escaped (`sinks.terminal`)."""
+  print(f"warning: {sinks.terminal(message)}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -31,7 +34,8 @@ def native_stderr_captured():
     except BaseException:
       os.dup2(saved, 2)
       captured.seek(0)
-      sys.stderr.write(captured.read().decode(errors="replace"))
+      # Native messages quote names from the model or data files: escaped, lines kept.
+      sys.stderr.write(sinks.terminal_lines(captured.read().decode(errors="replace")))
       raise
     finally:
       os.dup2(saved, 2)

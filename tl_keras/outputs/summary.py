@@ -6,6 +6,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from tl_keras import sinks
 from tl_keras.config import methods
 from tl_keras.outputs import files
 from tl_keras.outputs import report
@@ -23,8 +24,8 @@ def write_metrics(
 
 
 def say(message: str) -> None:
-  """Prints a progress message at once (the stages' `log`)."""
-  print(message, flush=True)
+  """Prints a progress message at once (the stages' `log`), control characters escaped."""
+  print(sinks.terminal_lines(message), flush=True)
 
 
 def print_summary(
@@ -100,4 +101,4 @@ def print_summary(
   lines.append(f"  classes         {', '.join(metrics['classes'])}")
   for name, path in artifacts.items():
     lines.append(f"  {name:<15} {path}")
-  print("\n".join(lines), flush=True)
+  print(sinks.terminal_lines("\n".join(lines)), flush=True)  # paths and names escaped
