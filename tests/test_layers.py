@@ -24,6 +24,7 @@ LAYERS = (
     "artifacts",
     "keras_api",
     "interrupts",
+    "untrusted",
   ),
   ("data",),
   ("models", "adaptation", "loading", "evaluation", "ranking"),

@@ -29,8 +29,19 @@ MAX_DATA_BYTES = 512 * MIB
 # compresses to 100 KB and decodes to 300 MB). Photos of 40 megapixels still pass.
 MAX_IMAGE_FILE_BYTES = 64 * MIB
 MAX_IMAGE_PIXELS = 40_000_000
+# Scans of one JPEG: a progressive JPEG is decoded in one pass over the image per scan (photos
+# have about 10; tens of thousands in 2 MB decode for minutes). NVIDIA nvImageCodec's default.
+MAX_JPEG_SCANS = 256
 # The tl_keras metadata (class names etc.) of one model file or SavedModel folder.
 MAX_METADATA_BYTES = 16 * MIB
+# Any JSON tl_keras reads back (metrics files, backup settings, metadata): its size, and how
+# deep it may nest (json.loads recurses once per level; tl_keras writes at most 5 levels).
+MAX_JSON_BYTES = 16 * MIB
+MAX_JSON_DEPTH = 64
+# Images as the model takes them (float32 at its input size), held in memory for an .npz or
+# mnist: target (train and test; unlabelled images apart): counted after framing, so that
+# many 1x1 images in a small file do not become gigabytes (full MNIST at 28x28: 210 MiB).
+MAX_FITTED_DATA_BYTES = 512 * MIB
 # The fitted images of a dir: target kept in memory with --image_cache=auto; a larger folder
 # is streamed from its files (224x224 RGB: about 850 images).
 MAX_IMAGE_CACHE_BYTES = 512 * MIB

@@ -21,7 +21,8 @@ def atomic_path(path: str, is_dir: bool = False) -> Iterator[str]:
   """Yields a temporary path beside `path`; renames it onto `path` if the block succeeds.
 
   The temporary path is registered with `interrupts`, so a command stopped by a signal
-  deletes it; an exception deletes it here.
+  deletes it; an exception deletes it here. It is new (created with O_EXCL | O_NOFOLLOW by
+  `tempfile`), and whatever is at `path` is replaced, a symlink included, never written through.
   """
   folder = os.path.dirname(os.path.abspath(path))
   base = os.path.basename(path)
@@ -41,23 +42,32 @@ def atomic_path(path: str, is_dir: bool = False) -> Iterator[str]:
     os.chmod(temp, (0o777 if is_dir else 0o666) & ~umask)  # mkstemp/mkdtemp made it private
     old = temp + ".old"
     with interrupts.uninterrupted():
-      if is_dir and os.path.isdir(path):
+      if is_dir and os.path.lexists(path):
+        # What is there moves aside and is deleted; a symlink only itself, never its target.
         os.rename(path, old)
         interrupts.track(old)
         os.rename(temp, path)
       else:
-        os.replace(temp, path)
+        os.replace(temp, path)  # replaces a symlink at `path`, never writes through it
       interrupts.untrack(temp)
-    if os.path.isdir(old):
-      shutil.rmtree(old, ignore_errors=True)
+    if os.path.lexists(old):
+      _remove_entry(old)
       interrupts.untrack(old)
   except BaseException:
-    if os.path.isdir(temp):
-      shutil.rmtree(temp, ignore_errors=True)
-    elif os.path.exists(temp):
-      os.remove(temp)
+    if os.path.lexists(temp):
+      _remove_entry(temp)
     interrupts.untrack(temp)
     raise
+
+
+def _remove_entry(path: str) -> None:
+  """Deletes the file, symlink (not its target) or folder tree at `path`; `shutil.rmtree`
+  works on directory descriptors and never follows the links inside a tree."""
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path, ignore_errors=True)
+  else:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:

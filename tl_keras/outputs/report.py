@@ -1,17 +1,19 @@
 """report.md: a Markdown summary of a run's stages, from their metrics and plots."""
 
 import functools
-import json
 import os
-import unicodedata
 import urllib.parse
 from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
 from tl_keras import artifacts
+from tl_keras import untrusted
 from tl_keras.config import settings
+from tl_keras.errors import UserError
+from tl_keras.errors import warn
 from tl_keras.outputs.files import atomic_path
+from tl_keras.sinks import markdown as escape_markdown
 
 # Metrics listed with the settings (they are none), each after the setting it belongs to.
 _LISTED_AFTER = {"strategy": ("num_replicas",), "target": ("classes", "models", "method")}
@@ -51,32 +53,64 @@ _RESULTS = (
   ("num_source", "source images trained or aligned on", "plain"),
   ("num_test", "test images", "plain"),
 )
-# Characters that could make a value a link, image, HTML tag, table cell, code or emphasis.
-_MARKDOWN_SPECIALS = frozenset("\\`*_[]()!<>|~#")
 
 
-def escape_markdown(text: str) -> str:
-  """`text` as literal Markdown: a backslash before each of _MARKDOWN_SPECIALS, control
-  characters as \\uXXXX. For every string from data or model files (class names, paths)."""
-  return "".join(
-    f"\\u{ord(c):04x}"
-    if unicodedata.category(c).startswith("C")
-    else "\\" + c
-    if c in _MARKDOWN_SPECIALS
-    else c
-    for c in str(text)
-  )
+# Numbers in a metrics file the report formats as numbers; the tables' numeric columns.
+_NUMBERS = {key for key, _, kind in _RESULTS if kind != "plain"} | {"wall_seconds"}
+_TABLE_NUMBERS = {
+  "per_class": ("precision", "recall", "f1"),
+  "formats": (
+    "size_bytes",
+    "latency_ms",
+    "test_accuracy",
+    "accuracy_change",
+    "agreement_with_keras",
+  ),
+}
 
 
 def load_stage_metrics(output_dir: str) -> dict[str, dict[str, Any]]:
-  """Reads the metrics files present in `output_dir`: {"pretrain": {...}, ...}."""
+  """Reads the metrics files present in `output_dir`: {"pretrain": {...}, ...}.
+
+  The folder may hold files tl_keras did not write: a file that is not a metrics file as
+  tl_keras writes it (a regular file of bounded JSON, numbers where numbers belong) is left
+  out with a warning, and plot names that are not plain file names in the folder are dropped.
+  """
   stages = {}
   for stage, filename in artifacts.METRICS.items():
     path = os.path.join(output_dir, filename)
-    if os.path.isfile(path):
-      with open(path) as f:
-        stages[stage] = json.load(f)
+    if not os.path.lexists(path):
+      continue
+    try:
+      stages[stage] = _checked_metrics(untrusted.read_json(path, "metrics file"), path)
+    except UserError as e:
+      warn(f"left out of report.md: {e}")
   return stages
+
+
+def _checked_metrics(metrics: dict[str, Any], path: str) -> dict[str, Any]:
+  def number(value):
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+  wrong = [key for key in sorted(_NUMBERS) if not number(metrics.get(key))]
+  for key, columns in _TABLE_NUMBERS.items():
+    rows = metrics.get(key) or {}
+    if not isinstance(rows, dict) or not all(
+      isinstance(row, dict) and all(number(row.get(c)) for c in columns) for row in rows.values()
+    ):
+      wrong.append(key)
+  plots = metrics.get("plots", [])
+  if not isinstance(plots, list) or not all(isinstance(name, str) for name in plots):
+    wrong.append("plots")
+  if wrong:
+    raise UserError(f"{path} is not a metrics file as tl_keras writes it ({', '.join(wrong)})")
+  if "plots" in metrics:  # paths inside the folder only: none may lead out of it
+    metrics["plots"] = [
+      name
+      for name in plots
+      if name and not os.path.isabs(name) and os.path.normpath(name).split(os.sep)[0] != ".."
+    ]
+  return metrics
 
 
 def _format(value: Any, kind: str = "plain") -> str:

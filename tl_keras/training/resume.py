@@ -9,13 +9,15 @@ and clean-up once training finishes.
 
 import json
 import os
-import shutil
+import tempfile
 from typing import Any
 
 import tensorflow as tf
 
 from tl_keras import artifacts
 from tl_keras import interrupts
+from tl_keras import sinks
+from tl_keras import untrusted
 from tl_keras.config import settings
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
@@ -60,7 +62,10 @@ class BackupTracker(keras.callbacks.Callback):
     self.start_epoch = epoch
     if epoch and self._chief:
       print(
-        f"resuming from epoch {epoch} of {self._epochs} (backup in {self._backup_path})", flush=True
+        sinks.terminal(
+          f"resuming from epoch {epoch} of {self._epochs} (backup in {self._backup_path})"
+        ),
+        flush=True,
       )
 
   def on_epoch_begin(self, epoch, logs=None):
@@ -71,12 +76,17 @@ class BackupTracker(keras.callbacks.Callback):
     if self._chief and not self._settings_written:
       os.makedirs(self._backup_path, exist_ok=True)
       path = os.path.join(self._backup_path, _BACKUP_SETTINGS_FILENAME)
-      interrupts.track(path + ".tmp")
-      with open(path + ".tmp", "w") as f:
+      # A new file (O_EXCL | O_NOFOLLOW): never one planted there, nor a symlink's target.
+      with interrupts.uninterrupted():
+        handle, temp = tempfile.mkstemp(
+          prefix=f".{_BACKUP_SETTINGS_FILENAME}.", dir=self._backup_path
+        )
+        interrupts.track(temp)
+      with os.fdopen(handle, "w") as f:
         json.dump(self._settings, f, indent=2, sort_keys=True)
       with interrupts.uninterrupted():
-        os.replace(path + ".tmp", path)
-        interrupts.untrack(path + ".tmp")
+        os.replace(temp, path)
+        interrupts.untrack(temp)
       self._settings_written = True
 
   def on_train_end(self, logs=None):
@@ -86,9 +96,18 @@ class BackupTracker(keras.callbacks.Callback):
 
 def has_backup(path: str) -> bool:
   """Whether `path` holds a backup of an interrupted run (not only our settings file)."""
-  return os.path.isfile(os.path.join(path, _BACKUP_SETTINGS_FILENAME)) and set(
-    os.listdir(path)
-  ) != {_BACKUP_SETTINGS_FILENAME}
+  settings_path = os.path.join(path, _BACKUP_SETTINGS_FILENAME)
+  return (
+    not os.path.islink(path)
+    and os.path.isfile(settings_path)
+    and set(os.listdir(path)) != {_BACKUP_SETTINGS_FILENAME}
+  )
+
+
+def _output_dir_and_name(path: str) -> tuple[str, str]:
+  """(output folder, path of the backup inside it) for `backup_dir`'s `path`."""
+  output_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  return output_dir, os.path.relpath(os.path.abspath(path), output_dir)
 
 
 def prepare_backup(config, path: str, chief: bool) -> dict[str, Any]:
@@ -102,12 +121,13 @@ def prepare_backup(config, path: str, chief: bool) -> dict[str, Any]:
   """
   current = json.loads(json.dumps(settings.recorded_on_resume(config)))
   settings_path = os.path.join(path, _BACKUP_SETTINGS_FILENAME)
+  # The output folder is input too: a symlink in it is refused, never followed.
+  untrusted.check_no_links(*_output_dir_and_name(path))
   if not config.runtime.resume:
     if chief:
-      shutil.rmtree(path, ignore_errors=True)
+      untrusted.remove_inside(*_output_dir_and_name(path))
   elif has_backup(path):
-    with open(settings_path) as f:
-      saved = json.load(f)
+    saved = untrusted.read_json(settings_path, "training backup settings")
     changed = [f"--{k}={saved.get(k)} (now {v})" for k, v in current.items() if saved.get(k) != v]
     if changed:
       raise UserError(
