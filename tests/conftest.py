@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -134,13 +135,24 @@ def target_model(source_model, small_mnist_dir, tmp_path_factory):
   from tl_keras.stages import finetune
 
   output_dir = tmp_path_factory.mktemp("target")
-  config = settings.make(
-    settings.FinetuneConfig,
-    model=source_model[0],
+  config = finetune_config(source_model[0], output_dir, data_dir=small_mnist_dir)
+  return output_dir, finetune.run(config)
+
+
+@pytest.fixture(scope="session")
+def mirrored_target(source_model, small_mnist_dir, tmp_path_factory):
+  """The source model finetuned on digits 5-9 under MirroredStrategy over the two logical
+  CPUs, 50 images per replica, 3 epochs: (output_dir, metrics). Trained once for the tests of
+  the strategy and of the per-replica batch."""
+  from tl_keras.stages import finetune
+
+  output_dir = tmp_path_factory.mktemp("mirrored_target")
+  config = finetune_config(
+    source_model[0],
+    output_dir,
     data_dir=small_mnist_dir,
-    output_dir=str(output_dir),
-    epochs=3,
-    strategy="default",
+    strategy="mirrored",
+    per_replica_batch_size=50,
   )
   return output_dir, finetune.run(config)
 
@@ -165,7 +177,7 @@ def write_image_folder(
 
 
 # Fixtures that train a model: tests using them belong to the slow tier.
-_TRAINING_FIXTURES = {"source_model", "target_model"}
+_TRAINING_FIXTURES = {"source_model", "target_model", "mirrored_target"}
 
 
 def pytest_collection_modifyitems(items):
@@ -184,3 +196,85 @@ def assert_refused(result, output_dir, *fragments):
     assert fragment in lines[0], lines[0]
   assert not os.path.exists(output_dir) or not os.listdir(output_dir)
   return lines[0]
+
+
+def first_digits(data_dir, train_per_class, test_per_class=0, spec="mnist:5-7"):
+  """The first images of each class of `spec` (default the digits 5-7, labels 0-2):
+  (x_train, y_train), and (x_test, y_test) after them when `test_per_class` is given."""
+  from tl_keras.data import targets
+
+  target = targets.load_target(spec, data_dir)
+  classes = range(len(target.class_names))
+  arrays = []
+  for x, y, count in (
+    (target.x_train, target.y_train, train_per_class),
+    (target.x_test, target.y_test, test_per_class),
+  ):
+    if count:
+      keep = np.concatenate([np.flatnonzero(y == c)[:count] for c in classes])
+      arrays += [x[keep], y[keep]]
+  return tuple(arrays)
+
+
+def write_npz(path, **arrays):
+  """An .npz target at `path` from x_train, y_train, x_test, y_test (by default six blank
+  28x28 images of the classes 0, 1, 2 in each split; an array given as None is left out).
+  Returns its target spec, `npz:PATH`."""
+  x, y = np.zeros((6, 28, 28), np.uint8), np.array([0, 1, 2, 0, 1, 2])
+  arrays = {**dict(x_train=x, y_train=y, x_test=x, y_test=y), **arrays}
+  np.savez(path, **{key: value for key, value in arrays.items() if value is not None})
+  return f"npz:{path}"
+
+
+def finetune_config(model, output_dir, **values):
+  """A FinetuneConfig of a small test run: `model` to mnist:5-9 for 3 epochs with the default
+  strategy, `values` over those."""
+  values = {"target": "mnist:5-9", "epochs": 3, "strategy": "default", **values}
+  return settings.make(settings.FinetuneConfig, model=model, output_dir=str(output_dir), **values)
+
+
+def wait_for(condition, process, what, timeout=120):
+  """Polls `condition` until it holds; fails if `process` ends first, or after `timeout`
+  seconds (a guard against hanging, not a measurement)."""
+  deadline = time.monotonic() + timeout
+  while not condition():
+    assert process.poll() is None, f"ended before {what}"
+    assert time.monotonic() < deadline, f"not {what} after {timeout} s"
+    time.sleep(0.05)
+
+
+def stop(process, sig, timeout=60):
+  """Sends `sig` and returns the exit code. A process still running `timeout` seconds later
+  is killed, so it reports -9 (SIGKILL), never -sig: only stopping on `sig` passes."""
+  process.send_signal(sig)
+  try:
+    return process.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    return process.wait()
+
+
+def leftovers(folder):
+  """Temporary files and folders of files.atomic_path (.NAME.*.tmp*) under `folder`."""
+  found = []
+  for root, dirs, files in os.walk(folder):
+    found += [
+      os.path.join(root, name) for name in dirs + files if name.startswith(".") and ".tmp" in name
+    ]
+  return found
+
+
+def lambda_payload(marker):
+  """The code a malicious model file would carry: a function that leaves `marker` when it
+  runs (when a Lambda layer holding it is built or rebuilt) and returns its input."""
+  return eval(f"lambda x: (open({str(marker)!r}, 'w').write('ran'), x)[1]")
+
+
+def lambda_model(marker, input_shape=(28, 28, 1)):
+  """A small Keras model with a Lambda layer running `lambda_payload(marker)`; building it
+  runs the payload once."""
+  from tl_keras.keras_api import keras
+
+  inputs = keras.Input(input_shape)
+  hidden = keras.layers.Lambda(lambda_payload(marker))(inputs)
+  return keras.Model(inputs, keras.layers.Dense(2)(hidden))

@@ -5,13 +5,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
 import pytest
 from conftest import REPO_ROOT
 from conftest import run_command
+from conftest import stop
+from conftest import wait_for
 
 from tl_keras.config import settings
 from tl_keras.data import labeled
@@ -49,13 +50,8 @@ def _interrupt(args, backup, sig, log_path):
       [sys.executable, *args], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
     )
     try:
-      deadline = time.monotonic() + 120
-      while not _has_checkpoint(backup):
-        assert process.poll() is None, "ended before a backup: " + log_path.read_text()[-3000:]
-        assert time.monotonic() < deadline, "no backup after 120 s"
-        time.sleep(0.05)
-      process.send_signal(sig)
-      assert process.wait(timeout=60) == -sig
+      wait_for(lambda: _has_checkpoint(backup), process, "a backup")
+      assert stop(process, sig) == -sig, log_path.read_text()[-3000:]
     finally:
       if process.poll() is None:
         process.kill()
