@@ -16,6 +16,8 @@ import tl_keras
 from tl_keras import api
 from tl_keras.data import mnist
 from tl_keras.errors import UserError
+from tl_keras.models import networks
+from tl_keras.outputs import model_io
 from tl_keras.training import distribute
 
 
@@ -88,10 +90,15 @@ def test_fit_under_a_mirrored_strategy(source_model, small_mnist_dir):
   assert clf.evaluate(target)["accuracy"] > max(0.7, before + 0.3)
 
 
-def test_bad_arguments_are_user_errors(source_model):
+def test_bad_arguments_are_user_errors(tmp_path):
+  # Refused before any training: an untrained source file will do (the fast tier).
+  source = str(tmp_path / "source.h5")
+  model_io.save_h5(
+    networks.build_source_model((28, 28, 1), 5), source, {"class_names": list("01234")}
+  )
   with pytest.raises(UserError, match="--unfreeze"):
-    tl_keras.TransferClassifier.from_source(source_model[0], ["a", "b"], unfreeze="bottom")
-  clf = tl_keras.TransferClassifier.from_source(source_model[0], ["a", "b"])
+    tl_keras.TransferClassifier.from_source(source, ["a", "b"], unfreeze="bottom")
+  clf = tl_keras.TransferClassifier.from_source(source, ["a", "b"])
   with pytest.raises(UserError, match="--learning_rate"):
     clf.compile(learning_rate=float("nan"))
   with pytest.raises(UserError, match="--epochs"):

@@ -10,8 +10,8 @@ from conftest import run_command
 
 from tl_keras.outputs import model_io
 
-# Every test here starts processes or trains: the full suite only.
-pytestmark = pytest.mark.slow
+# --help answers without TensorFlow (test_layers): those tests are in the fast tier; the others
+# start TensorFlow or train.
 
 
 @pytest.mark.parametrize(
@@ -41,6 +41,7 @@ def test_help_lists_the_stage_flags(script, flag):
   assert "--helpfull" in result.stdout and "I0000" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_stage_scripts_in_sequence(small_mnist_dir, tmp_path):
   out = str(tmp_path / "out")
   common = [f"--data_dir={small_mnist_dir}", f"--output_dir={out}"]
@@ -82,6 +83,7 @@ def test_stage_scripts_in_sequence(small_mnist_dir, tmp_path):
   ]
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end(small_mnist_dir, tmp_path):
   out = tmp_path / "out"
   result = run_command(
@@ -131,6 +133,7 @@ def test_pipeline_end_to_end(small_mnist_dir, tmp_path):
   ]
 
 
+@pytest.mark.slow
 def test_verbosity_shows_the_traceback(tmp_path):
   result = run_command(
     [
@@ -161,12 +164,14 @@ def _run_transfer_raising(exception, *flags):
   return run_command(["-c", code])
 
 
+@pytest.mark.slow
 def test_user_error_is_one_line_whatever_its_message():
   result = _run_transfer_raising('UserError("bad input\\nsecond line\\r\\n  third")')
   assert result.returncode == 2
   assert result.stderr.splitlines() == ["error: bad input second line third"]
 
 
+@pytest.mark.slow
 def test_unexpected_error_is_one_line_with_exit_code_1():
   result = _run_transfer_raising('RuntimeError("boom\\n  File x, line 1")')
   assert result.returncode == 1, result.stderr[-3000:]

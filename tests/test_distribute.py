@@ -12,11 +12,7 @@ from tl_keras.config import settings
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 from tl_keras.models import networks
-from tl_keras.stages import finetune
 from tl_keras.training import distribute
-
-# Every test here starts processes or trains: the full suite only.
-pytestmark = pytest.mark.slow
 
 
 def test_strategy_choice_on_cpu():
@@ -29,6 +25,7 @@ def test_strategy_choice_on_cpu():
     distribute.get_distribution_strategy("tpu")
 
 
+@pytest.mark.slow
 def test_multi_worker_training_in_two_processes(source_model, small_mnist_dir, tmp_path):
   output_dir = tmp_path / "out"
   # --head_init=probe: each worker fits the probe; the replicas must still agree.
@@ -62,17 +59,9 @@ def test_global_batch_size(batch_size, per_replica, strategy, expected):
   assert distribute.global_batch_size(chosen, batch_size, per_replica) == expected
 
 
-def test_per_replica_batch_under_mirrored(source_model, small_mnist_dir, tmp_path):
-  config = settings.make(
-    settings.FinetuneConfig,
-    model=source_model[0],
-    data_dir=small_mnist_dir,
-    output_dir=str(tmp_path),
-    epochs=1,
-    strategy="mirrored",
-    per_replica_batch_size=50,
-  )
-  metrics = finetune.run(config)
+@pytest.mark.slow
+def test_per_replica_batch_under_mirrored(mirrored_target):
+  _, metrics = mirrored_target  # --per_replica_batch_size=50, trained once (conftest)
   assert metrics["batch_size"] == 100 and metrics["per_replica_batch_size"] == 50
   assert metrics["history"]["loss"] and metrics["num_replicas"] == 2
 
@@ -82,6 +71,7 @@ def test_mixed_precision_is_refused_on_cpu(tmp_path):
     distribute.check_devices(settings.RuntimeSettings(mixed_precision=True))
 
 
+@pytest.mark.slow
 def test_mixed_precision_keeps_classifiers_float32(source_model):
   # What --mixed_precision does on a GPU, checked for structure (not speed) on the CPU.
   source = loading.load_model(source_model[0])
