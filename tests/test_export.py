@@ -102,12 +102,18 @@ def test_every_file_loads_and_agrees_with_keras(fmt, exported, keras_model, test
   images = test_images.x_test[::4]  # 250 of the 1,000 test images, every class
   keras_ids = networks.predict(keras_model, images).argmax(axis=1)
   ids = _classify(path, images)
-  assert (ids == keras_ids).mean() >= 0.97
+  # README "Deploy": every file within 0.5 points of the Keras model's accuracy; it measured
+  # 100% agreement for the float files and 99.94-99.98% for full integer (here: 100% and
+  # 99.7%, -0.1 points). At most one of these 250 images (0.4%) may be classified otherwise.
+  assert (ids != keras_ids).sum() <= 1, (ids != keras_ids).sum()
   assert (ids == test_images.y_test[::4]).mean() >= 0.9
   result = metrics["formats"][fmt]
   assert result["size_bytes"] == os.path.getsize(path)
-  assert result["agreement_with_keras"] >= 0.97 and result["latency_ms"] > 0
-  assert abs(result["test_accuracy"] - metrics["keras_test_accuracy"]) <= 0.02
+  assert result["agreement_with_keras"] >= 0.995, result
+  assert abs(result["test_accuracy"] - metrics["keras_test_accuracy"]) <= 0.005, result
+  assert result["accuracy_change"] == pytest.approx(
+    result["test_accuracy"] - metrics["keras_test_accuracy"], abs=1e-6
+  )
   assert (output_dir / artifacts.TFLITE_LABELS).read_text().split() == test_images.class_names
 
 
@@ -154,7 +160,14 @@ def test_metrics_and_report_list_every_format(exported):
   report = (output_dir / artifacts.REPORT).read_text()
   assert "## export" in report
   for fmt in FORMATS:
-    assert f"| {artifacts.TFLITE_FILES[fmt].replace('_', chr(92) + '_')} |" in report
+    (row,) = [
+      line
+      for line in report.splitlines()
+      if line.startswith(f"| {fmt.replace('_', chr(92) + '_')} |")
+    ]
+    assert f"| {artifacts.TFLITE_FILES[fmt].replace('_', chr(92) + '_')} |" in row
+    # The measured median latency (a time: reported, not judged here).
+    assert row.endswith(f"| {on_disk['formats'][fmt]['latency_ms']:.3f} ms |"), row
 
 
 @pytest.mark.slow
@@ -240,6 +253,9 @@ def test_export_of_a_streamed_folder_matches_the_in_memory_one(target_model, tes
   assert streamed["keras_test_accuracy"] == held["keras_test_accuracy"] > 0.6
   for fmt in ("tflite", "tflite_int8"):
     assert streamed["formats"][fmt]["test_accuracy"] == held["formats"][fmt]["test_accuracy"]
-    # The files get the fitted images rounded to uint8 pixels; the Keras model, floats.
-    assert streamed["formats"][fmt]["agreement_with_keras"] >= 0.9
+    # The files get the fitted images rounded to uint8 pixels, the Keras model floats; still
+    # within README's 0.5 points (measured: agreement 100%, no change; at most one of these 60
+    # images may change class).
+    assert streamed["formats"][fmt]["agreement_with_keras"] >= 0.98, streamed["formats"][fmt]
+    assert abs(streamed["formats"][fmt]["accuracy_change"]) <= 0.005
   assert (tmp_path / "none" / artifacts.TFLITE_FILES["tflite_int8"]).is_file()

@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import finetune_config
 
 from tl_keras import artifacts
-from tl_keras.config import settings
 from tl_keras.data import targets
 from tl_keras.evaluation import metrics
 
@@ -61,11 +61,9 @@ def imbalanced(small_mnist_dir):
 def _finetune(source_model, data, output_dir, **values):
   from tl_keras.stages import finetune
 
-  config = settings.make(
-    settings.FinetuneConfig,
-    model=source_model[0],
-    output_dir=str(output_dir),
-    epochs=3,
+  config = finetune_config(
+    source_model[0],
+    output_dir,
     batch_size=32,
     unfreeze="none",
     # A random head that only training shapes: a probe head would start every run alike.
@@ -113,14 +111,20 @@ def test_label_smoothing_makes_the_model_less_confident(runs, imbalanced):
   from tl_keras import loading
   from tl_keras.models import networks
 
-  confidence = {}
+  probabilities = {}
   for name in ("plain", "smoothed"):
     model = loading.load_model(str(runs[name][0] / artifacts.TARGET_MODEL))
-    confidence[name] = networks.predict(model, imbalanced.x_test).max(axis=1).mean()
+    probabilities[name] = networks.predict(model, imbalanced.x_test)
+  confidence = {name: p.max(axis=1).mean() for name, p in probabilities.items()}
   assert runs["smoothed"][1]["label_smoothing"] == 0.3
   assert confidence["smoothed"] < confidence["plain"] - 0.05
-  # Accuracy still measured as for integer labels.
-  assert 0.2 < runs["smoothed"][1]["test_accuracy"] <= 1
+  # Accuracy still measured as for integer labels: the share of test images whose most probable
+  # class is their label, recomputed here from the saved model (smoothed one-hot targets must
+  # not reach the metric). Its level is not promised for this run (frozen features, a random
+  # head, 3 epochs, 8 images of 7-9; measured 0.33), so no bound at chance stands in for it.
+  accuracy = runs["smoothed"][1]["test_accuracy"]
+  predicted = probabilities["smoothed"].argmax(axis=1)
+  assert accuracy == pytest.approx(np.mean(predicted == imbalanced.y_test), abs=1e-6)
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import finetune_config
 from conftest import run_command
 
 from tl_keras import artifacts
@@ -15,6 +16,7 @@ from tl_keras.config import settings
 from tl_keras.data import labeled
 from tl_keras.data import preprocessing
 from tl_keras.data import targets
+from tl_keras.models import networks
 from tl_keras.outputs import model_io
 from tl_keras.stages import finetune
 from tl_keras.stages import pretrain
@@ -91,35 +93,36 @@ def test_transfer_to_new_classes_has_no_accuracy(source_model, small_mnist_dir, 
   metrics = transfer.run(config)
   assert metrics["test_accuracy"] is None and metrics["num_matched_by_name"] == 0
   assert set(metrics["predicted_source_classes"]) == {"5", "6", "7", "8", "9"}
-  assert 0.2 < metrics["mean_confidence"] <= 1.0
+  # The mean of the source model's top probability on each target test image, as written per
+  # image to predictions.csv and as the model itself gives it.
+  target = targets.load_target("mnist:5-9", small_mnist_dir)
+  top = networks.predict(loading.load_model(path), target.x_test).max(axis=1)
+  with open(tmp_path / artifacts.PREDICTIONS) as f:
+    written = [float(row["confidence"]) for row in csv.DictReader(f)]
+  np.testing.assert_allclose(written, top, atol=1e-5)
+  assert metrics["mean_confidence"] == pytest.approx(top.mean(), abs=1e-5)
+  # A trained 0-4 model is sure of itself on other digits too (it cannot say "none of
+  # these"): measured 0.77; an untrained one is near 1/5, the least a softmax of 5 can give.
+  assert metrics["mean_confidence"] > 0.6
 
 
 def _finetune(source_model, small_mnist_dir, output_dir, **overrides):
-  path, _ = source_model
-  values = dict(
-    model=path,
-    target="mnist:5-9",
-    data_dir=small_mnist_dir,
-    output_dir=str(output_dir),
-    epochs=3,
-    strategy="default",
-  )
-  values.update(overrides)
-  return settings.make(settings.FinetuneConfig, **values)
+  return finetune_config(source_model[0], output_dir, data_dir=small_mnist_dir, **overrides)
 
 
-def test_finetune_learns_the_target_and_exports(source_model, small_mnist_dir, tmp_path):
-  metrics = finetune.run(_finetune(source_model, small_mnist_dir, tmp_path))
+def test_finetune_learns_the_target_and_exports(target_model, small_mnist_dir, tmp_path):
+  # The session's target model: this stage, this config (conftest.finetune_config), run once.
+  output_dir, metrics = target_model
   assert metrics["test_accuracy"] > 0.9  # chance is 0.2
   assert COMMON_METRICS <= set(metrics)
   assert metrics["classes"] == ["5", "6", "7", "8", "9"]
   assert metrics["source_classes"] == ["0", "1", "2", "3", "4"]
-  h5_path = str(tmp_path / artifacts.TARGET_MODEL)
+  h5_path = str(output_dir / artifacts.TARGET_MODEL)
   metadata = model_io.read_metadata(h5_path)
   assert metadata["class_names"] == ["5", "6", "7", "8", "9"]
   assert metadata["source_class_names"] == ["0", "1", "2", "3", "4"]
   assert metadata["label_map"] == {"5": 0, "6": 1, "7": 2, "8": 3, "9": 4}
-  assert sorted(os.listdir(tmp_path)) == sorted(
+  assert sorted(os.listdir(output_dir)) == sorted(
     [
       artifacts.TARGET_MODEL,
       artifacts.SAVED_MODEL_DIR,
@@ -133,11 +136,11 @@ def test_finetune_learns_the_target_and_exports(source_model, small_mnist_dir, t
 
   # The SavedModel, in a fresh process that never imports tl_keras, takes raw uint8 images.
   target = targets.load_target("mnist:5-9", small_mnist_dir)
-  images_path = tmp_path.parent / "images.npz"
+  images_path = tmp_path / "images.npz"
   np.savez(images_path, x=target.x_test[:, :, :, None], y=target.y_test)
   script = f"""
 import json, numpy as np, tensorflow as tf
-loaded = tf.saved_model.load({str(tmp_path / artifacts.SAVED_MODEL_DIR)!r})
+loaded = tf.saved_model.load({str(output_dir / artifacts.SAVED_MODEL_DIR)!r})
 serve = loaded.signatures["serving_default"]
 batch = np.load({str(images_path)!r})
 out = serve(images=tf.constant(batch["x"]))
@@ -155,13 +158,13 @@ print(json.dumps({{"accuracy": float((out["class_id"].numpy() == batch["y"]).mea
     preprocessing.preprocess_images(target.x_test[:5], (28, 28, 1)), verbose=0
   )
   np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
-  with open(tmp_path / artifacts.SAVED_MODEL_DIR / "assets" / artifacts.CLASS_NAMES_ASSET) as f:
+  with open(output_dir / artifacts.SAVED_MODEL_DIR / "assets" / artifacts.CLASS_NAMES_ASSET) as f:
     assert f.read().split() == ["5", "6", "7", "8", "9"]
 
 
-def test_finetune_mirrored_over_two_logical_cpus(source_model, small_mnist_dir, tmp_path):
+def test_finetune_mirrored_over_two_logical_cpus(mirrored_target):
   assert len(tf.config.list_logical_devices("CPU")) == 2
-  metrics = finetune.run(_finetune(source_model, small_mnist_dir, tmp_path, strategy="mirrored"))
+  _, metrics = mirrored_target  # trained once, shared with test_distribute
   assert metrics["strategy"] == "MirroredStrategy" and metrics["num_replicas"] == 2
   assert metrics["test_accuracy"] > 0.9
 
