@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import write_npz
 
 from tl_keras.data import mnist
 from tl_keras.data import pipelines
@@ -61,8 +62,7 @@ def test_data_dir_env_var_is_used(small_mnist_dir, monkeypatch):
 
 
 def _write_npz(path, x_train, y_train, x_test, y_test):
-  np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-  return f"npz:{path}"
+  return write_npz(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 
 
 def test_npz_target_any_labels(tmp_path):

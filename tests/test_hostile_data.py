@@ -20,8 +20,10 @@ import h5py
 import numpy as np
 import pytest
 from conftest import assert_refused
+from conftest import first_digits
 from conftest import run_command
 from conftest import write_image_folder
+from conftest import write_npz
 
 from tl_keras import artifacts
 from tl_keras import limits
@@ -40,9 +42,7 @@ PER_CLASS = 8
 @pytest.fixture(scope="module")
 def digits(small_mnist_dir):
   """PER_CLASS images of each of the digits 5-7: (images uint8 [N,28,28], labels 0-2)."""
-  target = targets.load_target("mnist:5-7", small_mnist_dir)
-  keep = np.concatenate([np.flatnonzero(target.y_train == c)[:PER_CLASS] for c in range(3)])
-  return target.x_train[keep], target.y_train[keep]
+  return first_digits(small_mnist_dir, PER_CLASS)
 
 
 def _folder(root, digits, names=("five", "six", "seven")):
@@ -248,10 +248,8 @@ def test_class_folder_name_with_a_newline_is_refused(digits, source_model, tmp_p
 
 
 def _npz_one_class(folder):
-  x = np.zeros((4, 28, 28), np.uint8)
-  y = np.full(4, 3)
-  np.savez(folder / "one.npz", x_train=x, y_train=y, x_test=x, y_test=y)
-  return f"npz:{folder / 'one.npz'}"
+  x, y = np.zeros((4, 28, 28), np.uint8), np.full(4, 3)
+  return write_npz(folder / "one.npz", x_train=x, y_train=y, x_test=x, y_test=y)
 
 
 @pytest.mark.parametrize("kind", ["mnist", "npz", "dir"])

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import first_digits
 from conftest import write_image_folder
 
 from tl_keras.config import settings
@@ -18,10 +19,7 @@ INPUT_SHAPE = (28, 28, 1)
 @pytest.fixture(scope="module")
 def digits(small_mnist_dir):
   """20 train and 10 test images of each of the digits 5-7: (x_train, y_train, x_test, y_test)."""
-  target = targets.load_target("mnist:5-7", small_mnist_dir)
-  train = np.concatenate([np.flatnonzero(target.y_train == c)[:20] for c in range(3)])
-  test = np.concatenate([np.flatnonzero(target.y_test == c)[:10] for c in range(3)])
-  return target.x_train[train], target.y_train[train], target.x_test[test], target.y_test[test]
+  return first_digits(small_mnist_dir, 20, 10)
 
 
 def test_train_and_test_folders_of_mixed_formats_sizes_and_colours(digits, tmp_path):

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import finetune_config
 from conftest import run_command
 from conftest import write_image_folder
 
@@ -25,17 +26,8 @@ pytestmark = pytest.mark.slow
 
 
 def _config(source_path, small_mnist_dir, tmp_path, **changes):
-  values = dict(
-    model=source_path,
-    data_dir=small_mnist_dir,
-    output_dir=str(tmp_path / "out"),
-    strategy="default",
-    batch_size=16,
-    epochs=2,
-    train_per_class=20,
-  )
-  values.update(changes)
-  return settings.make(settings.FinetuneConfig, **values)
+  values = dict(data_dir=small_mnist_dir, batch_size=16, epochs=2, train_per_class=20)
+  return finetune_config(source_path, tmp_path / "out", **{**values, **changes})
 
 
 def test_warmup_trains_the_head_then_the_unfrozen_layers(source_model, small_mnist_dir, tmp_path):

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import first_digits
 from conftest import write_image_folder
 
 from tl_keras import limits
@@ -23,9 +24,7 @@ NAMES = ["five", "six", "seven"]
 @pytest.fixture(scope="module")
 def digits(small_mnist_dir):
   """40 train images of each of the digits 5-7: (images uint8 [N,28,28], labels 0-2)."""
-  target = targets.load_target("mnist:5-7", small_mnist_dir)
-  keep = np.concatenate([np.flatnonzero(target.y_train == c)[:40] for c in range(3)])
-  return target.x_train[keep], target.y_train[keep]
+  return first_digits(small_mnist_dir, 40)
 
 
 @pytest.fixture(scope="module")
