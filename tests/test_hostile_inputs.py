@@ -322,3 +322,238 @@ def test_noresume_with_planted_files_in_the_output_folder(small_mnist_dir, tmp_p
   assert ".tl_keras_backup is a symbolic link" in line
   assert marker.read_bytes() == _MARKER and os.listdir(outside) == ["marker.txt"]
 
+
+# --- items 1, 3, 8: data sizes after framing, labels, decoder work, the environment ------------
+
+PEAK_WRAPPER = """
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[1:])
+print("maxrss_kib", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(code)
+"""
+INPUT_SHAPE = (28, 28, 1)
+
+
+def _tiny_model_file(tmp_path):
+  inputs = keras.Input(INPUT_SHAPE, name="image")
+  x = keras.layers.Flatten(name="flatten")(inputs)
+  model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="dense")(x))
+  path = tmp_path / "tiny.h5"
+  model.save(path)
+  return path
+
+
+def test_npz_of_many_tiny_images_is_refused_by_its_size_after_framing(tmp_path):
+  from tl_keras import limits
+  from tl_keras.data import targets
+
+  count = limits.MAX_FITTED_DATA_BYTES // (28 * 28 * 4) + 1000  # 1x1 images, ~170,000
+  x = np.zeros((count, 1, 1), np.uint8)
+  y = np.arange(count) % 3
+  path = tmp_path / "tiny_images.npz"
+  np.savez_compressed(path, x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
+  assert path.stat().st_size < 600_000
+  with pytest.raises(UserError, match="MAX_FITTED_DATA_BYTES"):
+    targets.load_target(f"npz:{path}", input_shape=INPUT_SHAPE)
+  output_dir = tmp_path / "out"
+  result = run_command(
+    [
+      "-c",
+      PEAK_WRAPPER,
+      sys.executable,
+      "scripts/transfer.py",
+      f"--model={_tiny_model_file(tmp_path)}",
+      f"--output_dir={output_dir}",
+      f"--target=npz:{path}",
+    ]
+  )
+  peak_kib = int(result.stdout.strip().splitlines()[-1].split()[-1])
+  result.stdout = ""
+  line = _one_error_line(result)
+  assert "images fitted to the model's input 28x28x1" in line, line
+  assert not output_dir.exists() or not os.listdir(output_dir)
+  assert peak_kib < 2 * 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
+  print(f"peak RSS {peak_kib / 1024:.0f} MiB")
+
+
+def test_huge_label_values_are_remapped_without_a_table(tmp_path):
+  from tl_keras.data import labeled
+  from tl_keras.data import targets
+
+  x = np.zeros((6, 28, 28), np.uint8)
+  y = np.array([0, 2**62, 7, 0, 2**62, 7], np.int64)
+  path = tmp_path / "labels.npz"
+  np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y)
+  target = targets.load_target(f"npz:{path}")
+  assert target.class_names == ["0", "7", str(2**62)]
+  assert target.y_train.tolist() == [0, 2, 1, 0, 2, 1]
+  assert labeled.remap_labels(np.array([7, 5, 9]), [9, 7]).tolist() == [1, -1, 0]
+  np.savez(path, x_train=x, y_train=y.astype(np.uint64) + 2**63, x_test=x, y_test=y)
+  with pytest.raises(UserError, match="labels must be at most"):
+    targets.load_target(f"npz:{path}")
+
+
+def _jpeg(progressive, extra_scans=0):
+  """A 32x32 JPEG from Pillow; `extra_scans` copies of its last scan before EOI."""
+  import io
+
+  from PIL import Image
+
+  pixels = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, "JPEG", progressive=progressive, quality=90)
+  data = buffer.getvalue()
+  last = data.rindex(b"\xff\xda")
+  return data[:-2] + data[last:-2] * extra_scans + data[-2:]
+
+
+def test_jpeg_with_too_many_scans_is_refused_before_decoding(tmp_path, monkeypatch):
+  import tensorflow as tf
+
+  from tl_keras import limits
+  from tl_keras.data import folders
+  from tl_keras.data import targets
+
+  assert folders._jpeg_scans(_jpeg(False)) == 1
+  assert 2 <= folders._jpeg_scans(_jpeg(True)) <= 20
+  hostile = _jpeg(True, extra_scans=2 * limits.MAX_JPEG_SCANS)
+  assert folders._jpeg_scans(hostile) > limits.MAX_JPEG_SCANS
+  root = tmp_path / "target"
+  for name in ("a", "b"):
+    (root / name).mkdir(parents=True)
+    for index in range(3):
+      (root / name / f"{index}.jpg").write_bytes(_jpeg(index % 2 == 0))
+  target = targets.load_target(f"dir:{root}", input_shape=INPUT_SHAPE)  # photos still load
+  assert len(target.x_train) + len(target.x_test) == 6
+  (root / "b" / "scans.jpg").write_bytes(hostile)
+  decoded = []
+  decode = tf.io.decode_image
+  monkeypatch.setattr(
+    tf.io, "decode_image", lambda data, *a, **k: decoded.append(data) or decode(data, *a, **k)
+  )
+  with pytest.raises(UserError, match=r"scans.jpg is a JPEG of more than 256 scans"):
+    targets.load_target(f"dir:{root}", input_shape=INPUT_SHAPE)
+  sizes = [len(data if isinstance(data, bytes) else data.numpy()) for data in decoded]
+  assert len(hostile) not in sizes
+
+
+def _gif(screen, frames):
+  """A GIF of `frames` (width, height) descriptors on a `screen` (width, height)."""
+  import struct
+
+  body = b"".join(
+    b"\x2c" + struct.pack("<HHHHB", 0, 0, w, h, 0) + b"\x02\x02\x44\x01\x00" for w, h in frames
+  )
+  return (
+    b"GIF89a" + struct.pack("<HHBBB", *screen, 0x80, 0, 0) + bytes(3) + b"\xff" * 3 + body + b";"
+  )
+
+
+def test_gif_canvas_counts_the_widest_by_the_tallest_frame(tmp_path):
+  from tl_keras.data import folders
+  from tl_keras.data import targets
+
+  wide_and_tall = _gif((1, 1), [(8000, 1), (1, 8000)])
+  assert folders._gif_frame_pixels(wide_and_tall) == 2 * 8000 * 8000  # frame areas: 16,000
+  assert folders._gif_frame_pixels(_gif((10, 10), [(10, 10)] * 3)) == 300
+  root = tmp_path / "target"
+  for name in ("a", "b"):
+    (root / name).mkdir(parents=True)
+    (root / name / "0.png").write_bytes(_png())
+  (root / "b" / "canvas.gif").write_bytes(wide_and_tall)
+  with pytest.raises(UserError, match="canvas.gif declares .* all frames"):
+    targets.load_target(f"dir:{root}", input_shape=INPUT_SHAPE)
+
+
+def _png(value=128):
+  import io
+
+  from PIL import Image
+
+  buffer = io.BytesIO()
+  Image.fromarray(np.full((28, 28), value, np.uint8)).save(buffer, "PNG")
+  return buffer.getvalue()
+
+
+def test_unlabeled_folder_nested_past_the_recursion_limit(tmp_path, monkeypatch):
+  from tl_keras.data import folders
+
+  root = tmp_path / "unlabeled"
+  (root / "top").mkdir(parents=True)
+  (root / "top" / "0.png").write_bytes(_png())
+  deep = str(root)
+  for _ in range(300):  # os.makedirs itself recurses
+    deep = os.path.join(deep, "d")
+    os.mkdir(deep)
+  with open(os.path.join(deep, "1.png"), "wb") as f:
+    f.write(_png(200))
+  expected = [os.path.join(deep, "1.png"), str(root / "top" / "0.png")]
+  limit = sys.getrecursionlimit()
+  try:
+    sys.setrecursionlimit(150)  # the tree is nested deeper than this
+    with pytest.raises(RecursionError):  # the control: os.walk recurses once per level
+      list(os.walk(root))
+    assert folders._files_under(str(root)) == expected
+  finally:
+    sys.setrecursionlimit(limit)
+  images = folders.load_image_tree(str(root), INPUT_SHAPE)
+  assert len(images) == 2
+
+
+def test_tf_config_port_already_taken_is_one_line(tmp_path):
+  import socket
+
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    config = {
+      "cluster": {"worker": [f"127.0.0.1:{port}", "127.0.0.1:1"]},
+      "task": {"type": "worker", "index": 0},
+    }
+    output_dir = tmp_path / "out"
+    result = run_command(
+      ["scripts/pipeline.py", "--strategy=multi_worker", f"--output_dir={output_dir}"],
+      env={"TF_CONFIG": json.dumps(config)},
+    )
+  line = _one_error_line(result)
+  assert f"port {port} cannot be opened" in line
+  assert not output_dir.exists() or not os.listdir(output_dir)
+
+
+def test_sigterm_removes_tensorflows_temporary_files(small_mnist_dir, tmp_path):
+  import signal
+  import subprocess
+
+  from conftest import REPO_ROOT
+  from conftest import stop
+  from conftest import wait_for
+
+  temp = tmp_path / "tmp"
+  temp.mkdir()
+  out = tmp_path / "out"
+  log = tmp_path / "stdout.log"
+  with open(log, "w") as stdout:
+    process = subprocess.Popen(
+      [
+        sys.executable,
+        "scripts/pretrain.py",
+        f"--data_dir={small_mnist_dir}",
+        f"--output_dir={out}",
+        "--epochs=100",
+      ],
+      cwd=REPO_ROOT,
+      env=dict(os.environ, TMPDIR=str(temp)),
+      stdout=stdout,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+
+    def generated():
+      return [
+        name for _, _, names in os.walk(temp) for name in names if name.startswith("__autograph")
+      ]
+
+    wait_for(lambda: generated(), process, "TensorFlow wrote its autograph files", 300)
+    assert stop(process, signal.SIGTERM) == -signal.SIGTERM
+  assert os.listdir(temp) == [], list(os.walk(temp))

@@ -8,17 +8,21 @@ mask, and a daemon thread waits for them with `sigwait`. On a signal it deletes 
 temporary files registered with `track` (outputs.files.atomic_path's), prints one line on stderr
 and ends the process by that same signal: the parent sees it killed by SIGINT or SIGTERM,
 and a shell reports exit status 130 or 143. Training backups in OUTPUT_DIR/.tl_keras_backup
-are kept, so the same command resumes.
+are kept, so the same command resumes. `install` also points `tempfile` (and TMPDIR, for child
+processes) at a folder of this run's own, removed at exit and on a signal alike: TensorFlow's
+generated `__autograph_generated_file*.py` and any other temporary file go with it.
 
 Without `install` (the library in your own program) nothing touches signal handling; `track`
 only records paths. Child processes the CLI starts inherit the blocked signals.
 """
 
+import atexit
 import contextlib
 import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 
@@ -62,7 +66,10 @@ def remove_temporaries() -> None:
 def _remove(paths) -> None:
   for path in reversed(paths):
     if os.path.isdir(path) and not os.path.islink(path):
-      shutil.rmtree(path, ignore_errors=True)
+      for _ in range(5):  # TensorFlow's threads may still add a file while it goes
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+          break
     else:
       with contextlib.suppress(OSError):
         os.remove(path)
@@ -84,6 +91,7 @@ def install() -> None:
     # only raise KeyboardInterrupt.
     signal.signal(signum, signal.SIG_DFL)
   signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+  _use_own_temp_dir()
   try:
     stderr_fd = os.dup(2)  # the terminal, even while the CLI captures native stderr
   except OSError:  # no stderr
@@ -92,6 +100,19 @@ def install() -> None:
     target=_watch, args=(watched, stderr_fd), name="tl_keras_interrupts", daemon=True
   ).start()
   _installed = True
+
+
+def _use_own_temp_dir() -> None:
+  """Makes a temporary folder for this process the default for `tempfile` and for children,
+  tracked (a signal removes it) and removed at exit."""
+  try:
+    folder = tempfile.mkdtemp(prefix="tl_keras_run_")
+  except OSError:  # no writable temporary folder: files go where they would have
+    return
+  track(folder)
+  tempfile.tempdir = folder
+  os.environ["TMPDIR"] = folder
+  atexit.register(shutil.rmtree, folder, ignore_errors=True)
 
 
 def _watch(watched, stderr_fd: int) -> None:

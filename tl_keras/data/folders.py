@@ -66,13 +66,14 @@ def _read_file(path: str, root: str) -> bytes | None:
 
 
 def _gif_frame_pixels(contents: bytes) -> int:
-  """Pixels TensorFlow decodes for a GIF: every frame at (at least) the screen's size, as
-  decode_image decodes all frames even for the first. Stops counting past the limit."""
+  """Pixels TensorFlow's GIF decoder allocates: every frame at the widest frame's width and
+  the tallest frame's height (decode_image decodes all frames, even for the first), and at
+  least the screen's size. Stops reading past the limit."""
   screen = int.from_bytes(contents[6:8], "little") * int.from_bytes(contents[8:10], "little")
-  pos, total = 13, 0
+  pos, frames, widest, tallest = 13, 0, 0, 0
   if contents[10] & 0x80:
     pos += 3 * (2 << (contents[10] & 7))
-  while pos < len(contents) and total <= limits.MAX_IMAGE_PIXELS:
+  while pos < len(contents) and frames * max(screen, widest * tallest) <= limits.MAX_IMAGE_PIXELS:
     block = contents[pos]
     if block == 0x21:  # extension: label, then sub-blocks
       pos += 2
@@ -80,7 +81,7 @@ def _gif_frame_pixels(contents: bytes) -> int:
       if pos + 10 > len(contents):
         break
       width, height, flags = struct.unpack_from("<HHB", contents, pos + 5)
-      total += max(screen, width * height)
+      frames, widest, tallest = frames + 1, max(widest, width), max(tallest, height)
       pos += 10
       if flags & 0x80:
         pos += 3 * (2 << (flags & 7))
@@ -90,7 +91,52 @@ def _gif_frame_pixels(contents: bytes) -> int:
     while pos < len(contents) and contents[pos]:
       pos += contents[pos] + 1
     pos += 1
-  return total
+  return frames * max(screen, widest * tallest)
+
+
+def _jpeg_scans(contents: bytes) -> int:
+  """How many scans (SOS markers) a JPEG holds before its end (EOI), walking its segments: a
+  progressive JPEG's decoder passes over the whole image once per scan. Stops counting past
+  the limit."""
+  pos, scans, size = 2, 0, len(contents)
+  while pos + 4 <= size and scans <= limits.MAX_JPEG_SCANS:
+    if contents[pos] != 0xFF:
+      break  # not a marker: the decoder fails here too
+    marker = contents[pos + 1]
+    if marker == 0xFF:  # fill byte
+      pos += 1
+      continue
+    if marker == 0xD9:  # EOI
+      break
+    if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
+      pos += 2
+      continue
+    pos += 2 + int.from_bytes(contents[pos + 2 : pos + 4], "big")
+    if marker != 0xDA:
+      continue
+    scans += 1
+    # Entropy-coded data up to the next marker: 0xFF followed by neither 0x00 (a stuffed
+    # byte) nor a restart marker.
+    while True:
+      pos = contents.find(b"\xff", pos)
+      if pos < 0 or pos + 1 >= size:
+        return scans
+      following = contents[pos + 1]
+      if following == 0 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+        pos += 1 if following == 0xFF else 2
+        continue
+      break
+  return scans
+
+
+def _check_jpeg_scans(contents: bytes, path: str) -> None:
+  scans = _jpeg_scans(contents)
+  if scans > limits.MAX_JPEG_SCANS:
+    raise UserError(
+      f"image {labeled.shown(path)} is a JPEG of more than {limits.MAX_JPEG_SCANS} scans, "
+      "each a pass of the decoder over the whole image (tl_keras.limits.MAX_JPEG_SCANS, as "
+      "libjpeg-turbo's -maxscans); re-encode or remove it"
+    )
 
 
 def _declared_pixels(contents: bytes, path: str) -> int | None:
@@ -108,9 +154,13 @@ def _declared_pixels(contents: bytes, path: str) -> int | None:
         if image.format == "GIF":
           pixels = max(pixels, _gif_frame_pixels(contents))
           declared = f"{pixels:,} pixels ({width}x{height}, all frames)"
+        elif image.format == "JPEG":
+          _check_jpeg_scans(contents, path)
     except Image.DecompressionBombError:  # Pillow's own limit, higher than ours
       pixels = limits.MAX_IMAGE_PIXELS + 1
       declared = f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels"
+    except UserError:
+      raise
     except Exception:  # any plugin error: not an image we read
       return None
   if pixels > limits.MAX_IMAGE_PIXELS:
@@ -366,12 +416,7 @@ def load_image_tree(
   _check_image_cache(image_cache)
   if not os.path.isdir(path):
     raise UserError(f"--unlabeled folder not found: {path}")
-  paths = []
-  for folder, subfolders, filenames in os.walk(path):
-    subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-    paths.extend(
-      os.path.join(folder, name) for name in sorted(filenames) if not name.startswith(".")
-    )
+  paths = _files_under(path)
   root = os.path.realpath(path)
   keep = _keep_in_memory(image_cache, len(paths), input_shape)
   unreadable = []
@@ -380,6 +425,32 @@ def load_image_tree(
   )
   _warn_unreadable(unreadable)
   return images if keep else ImageFiles(images, root, input_shape, fit, framing)
+
+
+def _files_under(path: str) -> list[str]:
+  """The visible files under `path` at any depth, in os.walk's sorted top-down order, walked
+  with a list rather than recursion (a tree nested deeper than Python's recursion limit is
+  fine); symlinked folders are not entered, folders that cannot be listed are skipped."""
+  paths, pending = [], [path]
+  while pending:
+    folder = pending.pop()
+    try:
+      with os.scandir(folder) as scan:
+        entries = sorted((e for e in scan if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError:  # vanished, unreadable, or its path too long for the system
+      continue
+    subfolders = []
+    for entry in entries:
+      try:
+        is_folder = entry.is_dir()
+      except OSError:
+        is_folder = False
+      if not is_folder:
+        paths.append(entry.path)
+      elif not entry.is_symlink():
+        subfolders.append(entry.path)
+    pending.extend(reversed(subfolders))
+  return paths
 
 
 def _check_image_cache(image_cache: str) -> None:

@@ -6,13 +6,12 @@ digits), `npz` (.npz targets) and `folders` (a folder of images per class).
 """
 
 import dataclasses
-import os
-import stat
 import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
 
+from tl_keras import untrusted
 from tl_keras.errors import UserError
 
 
@@ -89,36 +88,21 @@ def check_class_names(names, origin: str) -> list[str]:
 
 
 def read_regular_file(path: str, max_bytes: int, what: str = "file") -> bytes | None:
-  """The contents of `path` if it is a regular file, else None (FIFOs, sockets, devices and
-  folders are never read). Does not follow a symlink at `path`: resolve it first. Opens
-  non-blocking, checks the open file, and refuses one over `max_bytes` before reading it.
-  """
-  flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-  try:
-    fd = os.open(path, flags)
-  except OSError:
-    return None
-  try:
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-      return None
-    if info.st_size > max_bytes:
-      raise UserError(
-        f"{what} {shown(path)} has {info.st_size:,} bytes, more than the limit of {max_bytes:,}"
-      )
-    with os.fdopen(os.dup(fd), "rb") as f:
-      contents = f.read(max_bytes + 1)
-    if len(contents) > max_bytes:
-      raise UserError(f"{what} {shown(path)} grew past the limit of {max_bytes:,} bytes")
-    return contents
-  finally:
-    os.close(fd)
+  """`untrusted.read_regular_file`: the bytes of a regular file, never a symlink, FIFO or
+  device, refused over `max_bytes` before reading."""
+  return untrusted.read_regular_file(path, max_bytes, what)
 
 
 def remap_labels(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
-  lookup = np.full(int(max(classes)) + 1, -1, dtype=np.int64)
-  lookup[list(classes)] = np.arange(len(classes))
-  return lookup[labels]
+  """Each label's index in `classes`, -1 for labels not in it. By binary search, not a table
+  as long as the largest label (an .npz's label 2**62 would ask for exabytes)."""
+  classes = np.asarray(classes, dtype=np.int64)
+  labels = np.asarray(labels)
+  order = np.argsort(classes, kind="stable")
+  ordered = classes[order]
+  position = np.clip(np.searchsorted(ordered, labels), 0, len(ordered) - 1)
+  found = ordered[position] == labels
+  return np.where(found, order[position], -1).astype(np.int64)
 
 
 def split_per_class(

@@ -174,6 +174,8 @@ def load_npz_target(path: str) -> LabeledData:
   labels = np.unique(y_train).tolist()
   if labels[0] < 0:
     raise UserError(f"{path}: labels must be non-negative integers, found {labels[0]}")
+  if max(labels[-1], int(y_test.max(initial=0))) > np.iinfo(np.int64).max:
+    raise UserError(f"{path}: labels must be at most {np.iinfo(np.int64).max:,}")
   unseen = sorted(set(np.unique(y_test).tolist()) - set(labels))
   if unseen:
     raise UserError(

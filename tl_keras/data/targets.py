@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tl_keras import limits
 from tl_keras.config import settings
 from tl_keras.data import folders
 from tl_keras.data import mnist
@@ -60,9 +61,30 @@ def load_target(
     )
   if input_shape:
     target.fit = resolve_fit(fit, target.x_train.shape[1:3], input_shape, framing)
+    check_fitted_size(target.description, input_shape, target.fit, target.x_train, target.x_test)
     target.x_train = fit_images(target.x_train, input_shape, target.fit, framing=framing)
     target.x_test = fit_images(target.x_test, input_shape, target.fit, framing=framing)
   return target
+
+
+def check_fitted_size(what: str, input_shape: Sequence[int], fit: str, *arrays) -> None:
+  """Refuses image `arrays` that would take more than limits.MAX_FITTED_DATA_BYTES once fitted
+  to `input_shape` as float32: the size after framing, not the file's (an .npz of 0.5 MB can
+  hold millions of 1x1 images, each 3 KiB at 28x28)."""
+  per_image = int(np.prod(input_shape)) * 4
+  count = sum(len(x) for x in arrays)
+  total = 0
+  for x in arrays:  # fit_images keeps an array that already has the input's shape
+    shape = tuple(x.shape[1:]) + ((1,) if x.ndim == 3 else ())
+    as_is = shape == tuple(input_shape) and fit != "source"
+    total += x.nbytes if as_is else len(x) * per_image
+  if total > limits.MAX_FITTED_DATA_BYTES:
+    raise UserError(
+      f"{what}: {count:,} images fitted to the model's input {'x'.join(map(str, input_shape))} "
+      f"take {total:,} bytes as float32, more than the limit of "
+      f"{limits.MAX_FITTED_DATA_BYTES:,} (tl_keras.limits.MAX_FITTED_DATA_BYTES): use fewer "
+      "images, or a dir: folder of image files, which is streamed"
+    )
 
 
 def resolve_fit(
@@ -149,6 +171,7 @@ def load_unlabeled(
     raise UserError(settings.unlabeled_spec_problem(spec))
   if kind != "dir":
     fit = resolve_fit(fit, images.shape[1:3], input_shape, framing)
+    check_fitted_size(f"--unlabeled={spec}", input_shape, fit, images)
     images = fit_images(images, input_shape, fit, framing=framing)
   return UnlabeledImages(images, labels, spec)
 

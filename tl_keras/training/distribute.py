@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -36,7 +37,7 @@ def get_distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
         "--strategy=multi_worker needs the TF_CONFIG environment variable "
         f"(cluster and task of this worker); {_TF_CONFIG_HELP}"
       )
-    check_tf_config(os.environ["TF_CONFIG"])
+    _check_own_port(check_tf_config(os.environ["TF_CONFIG"]))
     return tf.distribute.MultiWorkerMirroredStrategy()
   # Physical, not logical, devices: listing logical ones would start the runtime, after which
   # logical devices can no longer be configured.
@@ -122,6 +123,24 @@ def check_tf_config(text: str) -> dict[str, Any]:
       f"{task_type!r} address(es))"
     )
   return config
+
+
+def _check_own_port(config: dict[str, Any]) -> None:
+  """Refuses a TF_CONFIG whose address for this task has a port another program listens on
+  (TensorFlow would fail to start its server with an internal error)."""
+  task = config["task"]
+  address = config["cluster"][task["type"]][task["index"]]
+  port = int(address.rsplit(":", 1)[1])
+  with socket.socket(socket.AF_INET6 if address.startswith("[") else socket.AF_INET) as probe:
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no obstacle
+    try:
+      probe.bind(("", port))
+    except OSError as e:
+      raise UserError(
+        f"TF_CONFIG gives this worker ({task['type']} {task['index']}) the address {address}, "
+        f"but port {port} cannot be opened ({e.strerror}): free it or give another port; "
+        f"{_TF_CONFIG_HELP}"
+      ) from e
 
 
 def global_batch_size(
