@@ -11,20 +11,20 @@ def logme(features: np.ndarray, labels: np.ndarray, max_iterations: int = 100) -
 
   For each class's one-hot column y, the model y = F w + noise with priors w ~ N(0, 1/alpha)
   and noise ~ N(0, 1/beta) has alpha and beta fitted by MacKay's fixed-point iteration; the
-  evidence follows in closed form from the SVD of F (Algorithm 1 of the paper, run for all
-  classes at once in the eigenbasis). The evidence depends on F only through F F^T, so a
-  width above `width.MAX_WIDTH` is reduced exactly by `width.reduce_width` while there are at
-  most that many examples, approximately (random projection) beyond. The features are
-  rescaled first, which the evidence's maximum does not depend on.
+  evidence follows in closed form from the SVD of F (`width.spectrum`; Algorithm 1 of the
+  paper, run for all classes at once in the eigenbasis). The evidence depends on F only
+  through F F^T, so a width above `width.MAX_WIDTH` is reduced exactly by `width.reduce_width`
+  while there are at most that many examples, approximately (random projection) beyond. The
+  features are rescaled first, which the evidence's maximum does not depend on.
   """
   f = width.reduce_width(features)
   n = len(f)
   index, num_classes = width.class_index(labels)
-  u, s, _ = np.linalg.svd(f, full_matrices=False)
+  u, s = width.spectrum(f)
   # The maximum evidence is the same for c F and F (alpha takes c^2), but the iteration's
   # 1e-5 floors are not: rescaled to a mean squared row norm of 1, the score is invariant.
   s = s / max(np.sqrt((s**2).sum() / n), 1e-300)
-  sigma = s**2  # eigenvalues of F^T F; those not listed are 0 and cancel out of the evidence
+  sigma = s**2  # eigenvalues of F^T F; those left out are 0 and cancel out of the evidence
   evidences = []
   for start in range(0, num_classes, width.CLASS_CHUNK):
     chunk = np.arange(start, min(start + width.CLASS_CHUNK, num_classes))
