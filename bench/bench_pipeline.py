@@ -129,32 +129,24 @@ def stage_scripts(output_dir, env):
   return sum(stages.values()), {stage: round(seconds, 2) for stage, seconds in stages.items()}
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument(
-    "--data_dir",
-    default=os.environ.get(
-      "TL_KERAS_DATA_DIR", os.path.join(REPO_ROOT, "..", "shared", "datasets")
-    ),
-  )
-  parser.add_argument("--output", default=os.path.join(HERE, "results", "pipeline.json"))
-  parser.add_argument("--classic_only", action="store_true", help=argparse.SUPPRESS)
-  parser.add_argument("--inference_only", help=argparse.SUPPRESS)
-  args = parser.parse_args()
-  if args.classic_only:
-    print(json.dumps(classic_recipe(args.data_dir)))
-    return
-  if args.inference_only:
-    print(json.dumps(inference_speed(args.data_dir, args.inference_only)))
-    return
+def spread(values):
+  """Median, min and max of a list of numbers."""
+  ordered = sorted(values)
+  return {
+    "median": round(ordered[len(ordered) // 2], 3),
+    "min": round(ordered[0], 3),
+    "max": round(ordered[-1], 3),
+  }
 
+
+def one_repeat(args, env):
+  """One run each of tl-pipeline, the three scripts in sequence and the classic recipe."""
   with tempfile.TemporaryDirectory() as output_dir:
-    env = dict(os.environ, TL_KERAS_DATA_DIR=args.data_dir)
-    ours_seconds, _ = timed(
+    pipeline_seconds, _ = timed(
       [sys.executable, "scripts/pipeline.py", f"--output_dir={output_dir}"], env
     )
-    # Only finished children count, so this is the pipeline's peak resident memory.
-    ours_peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    # Only finished children count, so this is the largest peak of any process so far.
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     ours = {
       stage: json.load(open(os.path.join(output_dir, f"{stage}_metrics.json")))
       for stage in ("source", "transfer", "finetune")
@@ -170,57 +162,92 @@ def main():
     inference = json.loads(inference_out.strip().splitlines()[-1])
   with tempfile.TemporaryDirectory() as output_dir:
     scripts_seconds, scripts_stage_seconds = stage_scripts(output_dir, env)
-    scripts_target_accuracy = json.load(open(os.path.join(output_dir, "finetune_metrics.json")))[
-      "test_accuracy"
-    ]
+    scripts = {
+      stage: json.load(open(os.path.join(output_dir, f"{stage}_metrics.json")))
+      for stage in ("source", "finetune")
+    }
   classic_seconds, classic_out = timed(
     [sys.executable, __file__, "--classic_only", f"--data_dir={args.data_dir}"]
   )
   classic = json.loads(classic_out.strip().splitlines()[-1])
+  return {
+    "pipeline_seconds": round(pipeline_seconds, 2),
+    "pipeline_source_test_accuracy": ours["source"]["test_accuracy"],
+    "pipeline_target_test_accuracy": ours["finetune"]["test_accuracy"],
+    "pipeline_stage_wall_seconds": {stage: ours[stage]["wall_seconds"] for stage in ours},
+    "pipeline_train_seconds": {
+      "pretrain": ours["source"]["train_seconds"],
+      "finetune": ours["finetune"]["train_seconds"],
+    },
+    "transfer_images_per_second": ours["transfer"]["images_per_second"],
+    "peak_memory_mib": round(peak_mib, 1),
+    "scripts_seconds": round(scripts_seconds, 2),
+    "scripts_process_wall_seconds": scripts_stage_seconds,
+    "scripts_source_test_accuracy": scripts["source"]["test_accuracy"],
+    "scripts_target_test_accuracy": scripts["finetune"]["test_accuracy"],
+    "inference": inference,
+    "classic_seconds": round(classic_seconds, 2),
+    "classic": classic,
+    "wall_time_ratio": round(pipeline_seconds / classic_seconds, 3),
+    "scripts_wall_time_ratio": round(scripts_seconds / classic_seconds, 3),
+  }
 
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument(
+    "--data_dir",
+    default=os.environ.get(
+      "TL_KERAS_DATA_DIR", os.path.join(REPO_ROOT, "..", "shared", "datasets")
+    ),
+  )
+  parser.add_argument("--output", default=os.path.join(HERE, "results", "pipeline.json"))
+  parser.add_argument("--classic_only", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--inference_only", help=argparse.SUPPRESS)
+  parser.add_argument("--repeats", type=int, default=3, help="repeats of all three runs")
+  args = parser.parse_args()
+  load_before = os.getloadavg()
+  if args.classic_only:
+    print(json.dumps(classic_recipe(args.data_dir)))
+    return
+  if args.inference_only:
+    print(json.dumps(inference_speed(args.data_dir, args.inference_only)))
+    return
+
+  env = dict(os.environ, TL_KERAS_DATA_DIR=args.data_dir)
+  runs = [one_repeat(args, env) for _ in range(args.repeats)]
   report = {
     "machine": {
       "cpus": os.cpu_count(),
       "platform": platform.platform(),
       "python": platform.python_version(),
+      "load_average_before": list(load_before),
+      "load_average_after": list(os.getloadavg()),
     },
-    "tl_keras_pipeline": {
-      "wall_seconds": round(ours_seconds, 2),
-      "source_test_accuracy": ours["source"]["test_accuracy"],
-      "target_test_accuracy": ours["finetune"]["test_accuracy"],
-      "pretrain_train_seconds": ours["source"]["train_seconds"],
-      "finetune_train_seconds": ours["finetune"]["train_seconds"],
-      "stage_wall_seconds": {stage: ours[stage]["wall_seconds"] for stage in ours},
-      "transfer_images_per_second": ours["transfer"]["images_per_second"],
-      "train_images_per_second": {
-        "pretrain": ours["source"]["train_images_per_second"],
-        "finetune": ours["finetune"]["train_images_per_second"],
-      },
-      "peak_memory_mib": round(ours_peak_mib, 1),
+    "repeats": runs,
+    "summary": {
+      key: spread([run[key] for run in runs])
+      for key in (
+        "wall_time_ratio",
+        "scripts_wall_time_ratio",
+        "pipeline_seconds",
+        "scripts_seconds",
+        "classic_seconds",
+      )
     },
-    "tl_keras_scripts": {
-      "wall_seconds": round(scripts_seconds, 2),
-      "process_wall_seconds": scripts_stage_seconds,
-      "target_test_accuracy": scripts_target_accuracy,
-    },
-    "inference": inference,
-    "classic_recipe": {"wall_seconds": round(classic_seconds, 2), **classic},
-    "wall_time_ratio": round(ours_seconds / classic_seconds, 3),
-    "scripts_wall_time_ratio": round(scripts_seconds / classic_seconds, 3),
   }
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   with open(args.output, "w") as f:
     json.dump(report, f, indent=2)
   print(json.dumps(report, indent=2))
+  summary = report["summary"]
   print(
-    f"\ntl_keras pipeline {ours_seconds:.1f} s "
-    f"({report['tl_keras_pipeline']['source_test_accuracy']:.2%} / "
-    f"{report['tl_keras_pipeline']['target_test_accuracy']:.2%}); classic recipe "
-    f"{classic_seconds:.1f} s ({classic['source_test_accuracy']:.2%} / "
-    f"{classic['target_test_accuracy']:.2%}); ratio {report['wall_time_ratio']:.2f}; three "
-    f"scripts {scripts_seconds:.1f} s ({scripts_target_accuracy:.2%}), ratio "
-    f"{report['scripts_wall_time_ratio']:.2f}; "
-    f"peak memory {ours_peak_mib:.0f} MiB; inference {inference['speedup']:.2f}x model.predict"
+    f"\n{args.repeats} repeats (load {load_before[0]:.2f} before): tl-pipeline / classic "
+    f"{summary['wall_time_ratio']['median']:.3f} ({summary['wall_time_ratio']['min']:.3f}-"
+    f"{summary['wall_time_ratio']['max']:.3f}); scripts in sequence / classic "
+    f"{summary['scripts_wall_time_ratio']['median']:.3f} "
+    f"({summary['scripts_wall_time_ratio']['min']:.3f}-"
+    f"{summary['scripts_wall_time_ratio']['max']:.3f})"
   )
 
 

@@ -83,3 +83,14 @@ def test_optimizer_defaults():
   assert networks.make_optimizer("adam", 0.01).learning_rate.numpy() == pytest.approx(0.01)
   with pytest.raises(UserError, match="unknown optimizer"):
     networks.make_optimizer("sgd")
+
+
+def test_cosine_schedule_decays_from_the_default_peak_to_zero():
+  optimizer = networks.make_optimizer("adam", lr_schedule="cosine", decay_steps=100)
+  schedule = keras.optimizers.schedules.deserialize(optimizer.get_config()["learning_rate"])
+  rates = [float(schedule(step)) for step in (0, 50, 100)]
+  assert rates == pytest.approx([3e-3, 1.5e-3, 0.0], abs=1e-9)
+  assert networks.learning_rate_for("adam", lr_schedule="cosine") == 3e-3
+  assert networks.learning_rate_for("adam", 0.01, lr_schedule="cosine") == 0.01
+  with pytest.raises(ValueError, match="number of steps"):
+    networks.make_optimizer("adam", lr_schedule="cosine")

@@ -11,6 +11,7 @@ from tl_keras.errors import UserError
 _TRAINING = {
   "optimizer",
   "learning_rate",
+  "lr_schedule",
   "epochs",
   "batch_size",
   "steps_per_epoch",
@@ -69,6 +70,7 @@ def test_report_lists_the_same_settings_as_before():
     "conv_filters",
     "optimizer",
     "learning_rate",
+    "lr_schedule",
     "epochs",
     "warmup_epochs",
     "batch_size",
@@ -88,7 +90,9 @@ def test_report_lists_the_same_settings_as_before():
 
 
 def test_stage_defaults():
-  assert settings.PretrainConfig().epochs == 4
+  pretrain_config = settings.PretrainConfig()
+  assert (pretrain_config.epochs, pretrain_config.train.lr_schedule) == (4, "constant")
+  assert settings.FinetuneConfig().train.lr_schedule == "constant"
   # Finetune's epochs, batch and augmentation are chosen by the label count (see schedule).
   finetune_config = settings.FinetuneConfig()
   assert finetune_config.epochs is finetune_config.train.batch_size is None

@@ -8,6 +8,13 @@ from tl_keras.ranges import Range
 # rate of the original paper and of the classic Keras MNIST examples.
 DEFAULT_LEARNING_RATES = {"adadelta": 1.0, "adam": 1e-3}
 OPTIMIZERS = tuple(DEFAULT_LEARNING_RATES)
+# constant: the rate throughout; cosine: from the rate down to 0 over each training phase's steps.
+LR_SCHEDULES = ("constant", "cosine")
+# Under a cosine decay the default rate is the peak. Pretraining with Adam at 3e-3 decayed over
+# 3 epochs matched 4 constant epochs at 1e-3 on MNIST 0-4 (99.75-99.82% vs 99.75-99.81%, seeds
+# 1, 2, 3, 42), but the default 5-9 finetune from it scored 99.26% against 99.49% at seed 42:
+# the defaults stay constant.
+DEFAULT_PEAK_LEARNING_RATES = {"adadelta": 1.0, "adam": 3e-3}
 MAX_LEARNING_RATE = 10.0  # 10x Adadelta's usual 1.0
 LEARNING_RATE = Range(0, MAX_LEARNING_RATE, real=True, low_open=True)
 

@@ -22,8 +22,10 @@ from tl_keras.config import methods
 from tl_keras.config.choices import CONV_FILTERS
 from tl_keras.config.choices import DEFAULT_CONV_FILTERS
 from tl_keras.config.choices import DEFAULT_LEARNING_RATES
+from tl_keras.config.choices import DEFAULT_PEAK_LEARNING_RATES
 from tl_keras.config.choices import IMAGE_CACHES
 from tl_keras.config.choices import LEARNING_RATE
+from tl_keras.config.choices import LR_SCHEDULES
 from tl_keras.config.choices import OPTIMIZERS
 from tl_keras.config.choices import STRATEGIES
 from tl_keras.errors import UserError
@@ -191,9 +193,18 @@ class TrainSettings:
     None,
     "Learning rate (default per optimizer: "
     + ", ".join(f"{name} {rate:g}" for name, rate in DEFAULT_LEARNING_RATES.items())
+    + "; the peak under --lr_schedule=cosine: "
+    + ", ".join(f"{name} {rate:g}" for name, rate in DEFAULT_PEAK_LEARNING_RATES.items())
     + ").",
     allowed=LEARNING_RATE,
     report=30,
+  )
+  lr_schedule: str = setting(
+    "constant",
+    "Learning rate within each training phase: constant, or cosine (from --learning_rate "
+    "down to 0 over the phase's steps).",
+    choices=LR_SCHEDULES,
+    report=31,
   )
   batch_size: int | None = setting(
     128, "Global batch size, split over the replicas.", allowed=BATCH_SIZE, report=60

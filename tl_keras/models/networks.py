@@ -272,19 +272,37 @@ def select_unfrozen(layers: Sequence[keras.layers.Layer], unfreeze: str) -> list
 
 
 def learning_rate_for(
-  name: str, learning_rate: float | None = None, flag: str = "learning_rate"
+  name: str,
+  learning_rate: float | None = None,
+  flag: str = "learning_rate",
+  lr_schedule: str = "constant",
 ) -> float:
-  """The learning rate to use: `learning_rate`, or the default of optimizer `name`; a
-  UserError naming `flag` if it is outside `choices.LEARNING_RATE`."""
+  """The learning rate to use (the peak of a cosine schedule): `learning_rate`, or the default
+  of optimizer `name` for `lr_schedule`; a UserError naming `flag` if it is outside
+  `choices.LEARNING_RATE`."""
   if name not in choices.DEFAULT_LEARNING_RATES:
     raise UserError(f"unknown optimizer {name!r}: use one of {', '.join(choices.OPTIMIZERS)}")
   check_value(flag, learning_rate, choices.LEARNING_RATE)
-  return choices.DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate
+  if learning_rate is not None:
+    return learning_rate
+  if lr_schedule == "cosine":
+    return choices.DEFAULT_PEAK_LEARNING_RATES[name]
+  return choices.DEFAULT_LEARNING_RATES[name]
 
 
-def make_optimizer(name: str, learning_rate: float | None = None):
-  """An Adadelta or Adam optimizer; `learning_rate` None takes the default for that optimizer."""
-  rate = learning_rate_for(name, learning_rate)
+def make_optimizer(
+  name: str,
+  learning_rate: float | None = None,
+  lr_schedule: str = "constant",
+  decay_steps: int | None = None,
+):
+  """An Adadelta or Adam optimizer; `learning_rate` None takes the default for that optimizer.
+  With `lr_schedule='cosine'` the rate decays from it to 0 over `decay_steps` steps."""
+  rate = learning_rate_for(name, learning_rate, lr_schedule=lr_schedule)
+  if lr_schedule == "cosine":
+    if not decay_steps:
+      raise ValueError("a cosine schedule needs the phase's number of steps")
+    rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps)
   optimizer_class = {"adadelta": keras.optimizers.Adadelta, "adam": keras.optimizers.Adam}[name]
   return optimizer_class(learning_rate=rate)
 

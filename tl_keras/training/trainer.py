@@ -6,6 +6,7 @@ result. Its messages go to a `log` callable; what it prints is Keras's progress 
 
 import contextlib
 import dataclasses
+import math
 import os
 import random
 import sys
@@ -192,6 +193,13 @@ def fit_and_evaluate(
 STEPS_PER_EXECUTION = 32
 
 
+def peak_rate(config, phase: Phase) -> float:
+  """The phase's learning rate: the constant rate, or the peak of its cosine decay."""
+  return networks.learning_rate_for(
+    config.train.optimizer, phase.learning_rate, lr_schedule=config.train.lr_schedule
+  )
+
+
 def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log, verbose, adapt):
   chief = distribute.is_chief(strategy)
   say = log if log and chief else lambda message: None
@@ -252,7 +260,12 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
     with strategy.scope():
       networks.compile_classifier(
         trainer,
-        networks.make_optimizer(config.train.optimizer, phase.learning_rate),
+        networks.make_optimizer(
+          config.train.optimizer,
+          phase.learning_rate,
+          config.train.lr_schedule,
+          phase.epochs * (config.train.steps_per_epoch or math.ceil(num_train / batch_size)),
+        ),
         jit_compile=config.runtime.jit_compile,
         label_smoothing=config.train.label_smoothing,
         steps_per_execution=STEPS_PER_EXECUTION,
@@ -261,7 +274,7 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
       say(
         f"{phase.name}: training {', '.join(networks.trainable_layer_names(model))} for "
         f"{phase.epochs} epoch(s) at learning rate "
-        f"{networks.learning_rate_for(config.train.optimizer, phase.learning_rate):g}"
+        f"{peak_rate(config, phase):g}"
       )
     start = time.perf_counter()
     phase_history = trainer.fit(
@@ -280,7 +293,7 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
     record = {
       "name": phase.name,
       "epochs_run": len(phase_history.epoch),
-      "learning_rate": float(trainer.optimizer.learning_rate.numpy()),
+      "learning_rate": peak_rate(config, phase),
       "trainable_layers": networks.trainable_layer_names(model),
     }
     if early_stopping and early_stopping.best_weights is not None:
