@@ -150,3 +150,33 @@ def test_metadata_framing_other_than_mnists_is_refused(tmp_path, framing):
   with h5py.File(path, "w") as f:
     f.attrs[artifacts.METADATA_ATTR] = json.dumps({"framing": mnist.FRAMING})
   assert model_io.read_metadata(path)["framing"] == mnist.FRAMING
+
+
+@pytest.mark.parametrize("text", ["{not json", b"\xff\xfe", '{"class_names": ["a", "b"'])
+@pytest.mark.parametrize("kind", ["h5", "savedmodel"])
+def test_corrupt_metadata_is_refused_in_one_line_naming_the_file(tmp_path, kind, text):
+  # Not silently {}: the classes would then be named 0..k-1 and every output would look right.
+  if kind == "h5":
+    path = str(tmp_path / "model.h5")
+    with h5py.File(path, "w") as f:
+      f.attrs[artifacts.METADATA_ATTR] = text
+  else:
+    path = str(tmp_path / "savedmodel")
+    os.makedirs(os.path.join(path, "assets"))
+    with open(os.path.join(path, "assets", artifacts.METADATA_ASSET), "wb") as f:
+      f.write(text.encode() if isinstance(text, str) else text)
+  with pytest.raises(UserError, match="is not valid JSON") as error:
+    model_io.read_metadata(path)
+  assert path in str(error.value) and "\n" not in str(error.value)
+
+
+def test_metadata_that_is_not_text_is_refused_and_none_is_empty(tmp_path):
+  path = str(tmp_path / "model.h5")
+  with h5py.File(path, "w") as f:
+    f.attrs[artifacts.METADATA_ATTR] = np.arange(3)
+  with pytest.raises(UserError, match=f"{artifacts.METADATA_ATTR} is not text"):
+    model_io.read_metadata(path)
+  with h5py.File(path, "w") as f:
+    f.attrs["other"] = 1
+  assert model_io.read_metadata(path) == {}  # a model from elsewhere: no metadata
+  assert model_io.read_metadata("keras:MobileNetV2") == {}

@@ -31,36 +31,56 @@ def save_h5(model: keras.Model, path: str, metadata: dict[str, Any]) -> None:
       f.attrs[artifacts.METADATA_ATTR] = json.dumps(metadata)
 
 
+def _metadata_text(source: str, origin: str) -> Any:
+  """The raw metadata of an .h5 file (its attribute) or SavedModel folder (its asset); None
+  where the model has none: no such attribute or asset, or a source of another kind."""
+  if os.path.isdir(source):
+    path = os.path.join(source, "assets", artifacts.METADATA_ASSET)
+    if not os.path.lexists(path):
+      return None
+    text = labeled.read_regular_file(
+      os.path.realpath(path), limits.MAX_METADATA_BYTES, f"{origin}: metadata"
+    )
+    if text is None:
+      raise UserError(f"{origin}: assets/{artifacts.METADATA_ASSET} is not a regular file")
+    return text
+  if not os.path.isfile(source) or not h5py.is_hdf5(source):  # .keras, keras:NAME, handles
+    return None
+  try:
+    with h5py.File(source, "r") as f:
+      return f.attrs.get(artifacts.METADATA_ATTR)
+  except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # what h5py raises
+    raise UserError(
+      f"{origin}: cannot read its {artifacts.METADATA_ATTR} attribute ({type(e).__name__})"
+    ) from e
+
+
 def read_metadata(source: str) -> dict[str, Any]:
   """The tl_keras metadata of an .h5 file or SavedModel folder; {} where there is none.
 
-  A model file may come from anyone: metadata over limits.MAX_METADATA_BYTES, that is not a
-  JSON object, with class names `labeled.check_class_names` refuses, or with a `framing`
-  other than the one tl_keras writes (MNIST's; its box size sets how much --target_fit=source
-  allocates), is a UserError.
+  A model file may come from anyone: metadata that is not text, over
+  limits.MAX_METADATA_BYTES, not valid JSON or not a JSON object, with class names
+  `labeled.check_class_names` refuses, or with a `framing` other than the one tl_keras writes
+  (MNIST's; its box size sets how much --target_fit=source allocates), is a UserError.
   """
   origin = f"model {labeled.shown(source)}"
-  try:
-    if os.path.isdir(source):
-      path = os.path.join(source, "assets", artifacts.METADATA_ASSET)
-      if not os.path.lexists(path):
-        return {}
-      text = labeled.read_regular_file(
-        os.path.realpath(path), limits.MAX_METADATA_BYTES, f"{origin}: metadata"
-      )
-      if text is None:
-        raise UserError(f"{origin}: assets/{artifacts.METADATA_ASSET} is not a regular file")
-    else:
-      with h5py.File(source, "r") as f:
-        text = f.attrs[artifacts.METADATA_ATTR]
-    if len(text) > limits.MAX_METADATA_BYTES:
-      raise UserError(
-        f"{origin}: its metadata has {len(text):,} bytes, more than the limit of "
-        f"{limits.MAX_METADATA_BYTES:,}"
-      )
-    metadata = json.loads(text)
-  except (OSError, KeyError, TypeError, ValueError):
+  text = _metadata_text(source, origin)
+  if text is None:
     return {}
+  if not isinstance(text, (str, bytes)):
+    raise UserError(f"{origin}: its {artifacts.METADATA_ATTR} is not text")
+  if len(text) > limits.MAX_METADATA_BYTES:
+    raise UserError(
+      f"{origin}: its metadata has {len(text):,} bytes, more than the limit of "
+      f"{limits.MAX_METADATA_BYTES:,}"
+    )
+  try:
+    metadata = json.loads(text)
+  except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+    raise UserError(
+      f"{origin}: its {artifacts.METADATA_ATTR} is not valid JSON ({type(e).__name__}); "
+      "re-create the model with tl_keras, or remove the metadata to name the classes 0..k-1"
+    ) from e
   if not isinstance(metadata, dict):
     raise UserError(f"{origin}: its {artifacts.METADATA_ATTR} is not a JSON object")
   for key in ("class_names", "source_class_names"):
