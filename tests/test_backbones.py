@@ -14,6 +14,7 @@ from conftest import run_command
 
 from tl_keras import loading
 from tl_keras.config import settings
+from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 from tl_keras.models import networks
 from tl_keras.outputs import model_io
@@ -183,3 +184,49 @@ def test_unknown_backbone_and_missing_weights_offline_exit_2(keras_home, tmp_pat
     output_dir,
     "--input_size is for --model=keras:NAME",
   )
+
+
+@pytest.mark.parametrize(
+  "failure, message",
+  [
+    (
+      Exception("URL fetch failure on https://x/w.h5: None -- [Errno 111] Connection refused"),
+      "downloading it failed (URL fetch failure",
+    ),
+    (ConnectionResetError("reset by peer"), "downloading it failed (reset by peer)"),
+    (ValueError("Incomplete or corrupted file detected."), "the download does not match its hash"),
+    (PermissionError("Permission denied"), "it cannot be written there (Permission denied)"),
+  ],
+)
+def test_missing_weights_are_told_apart_by_why_the_download_failed(keras_home, failure, message):
+  from tl_keras.loading import applications
+
+  def download(*args, **kwargs):
+    raise failure
+
+  data_utils = sys.modules[keras.utils.get_file.__module__]
+  saved, data_utils.get_file = data_utils.get_file, download
+  try:
+    with applications.weights_from_cache("keras:X", 1 << 30), pytest.raises(UserError) as error:
+      data_utils.get_file("w.h5", "https://x/w.h5", cache_subdir="models")
+  finally:
+    data_utils.get_file = saved
+  text = str(error.value)
+  assert text.startswith("no ImageNet weights for keras:X: w.h5 is not in ")
+  assert message in text and os.path.join(str(keras_home), "models") in text
+  assert ("connect to the internet" in text) == ("downloading it failed" in message)
+
+
+def test_a_bug_while_fetching_weights_is_not_a_user_error(keras_home):
+  from tl_keras.loading import applications
+
+  def download(*args, **kwargs):
+    raise ZeroDivisionError("planted bug")
+
+  data_utils = sys.modules[keras.utils.get_file.__module__]
+  saved, data_utils.get_file = data_utils.get_file, download
+  try:
+    with applications.weights_from_cache("keras:X", 1 << 30), pytest.raises(ZeroDivisionError):
+      data_utils.get_file("w.h5", "https://x/w.h5", cache_subdir="models")
+  finally:
+    data_utils.get_file = saved

@@ -6,6 +6,7 @@ with `allow_unsafe=True` shows the payload is real where that is safe to show.
 """
 
 import functools
+import importlib
 import json
 import os
 import random
@@ -403,17 +404,6 @@ def _features(images):
     ),
     ("read_file", lambda marker: lambda x: _after(tf.io.read_file(str(marker)), x), "ReadFile"),
     (
-      "delete_file",
-      lambda marker: (
-        lambda x: (
-          _after(tf.raw_ops.DeleteFile(filename=str(marker)), x)
-          if hasattr(tf.raw_ops, "DeleteFile")
-          else _after(tf.io.write_file(str(marker), ""), x)
-        )
-      ),
-      "File",
-    ),
-    (
       "dataset",
       lambda marker: (
         lambda x: (
@@ -436,6 +426,32 @@ def test_saved_model_with_file_or_stream_ops_is_refused(tmp_path, name, make_bod
 def _after(side_effect, images):
   with tf.control_dependencies([side_effect]):
     return _features(images)
+
+
+def test_saved_model_graph_that_deletes_files_is_refused(tmp_path):
+  # TF 2.21 has no DeleteFile op; MergeV2Checkpoints with delete_old_dirs deletes the files of
+  # the checkpoints it merges, and their folder: a graph can destroy a user's checkpoint.
+  victim = tf.train.Checkpoint(weight=tf.Variable(1.0)).write(str(tmp_path / "user" / "ckpt"))
+  victims = sorted((tmp_path / "user").iterdir())
+  assert len(victims) >= 2  # the index and a data file
+  merge = tf.raw_ops.MergeV2Checkpoints
+  path = _module_saved_model(
+    tmp_path,
+    "deleter",
+    lambda x: _after(
+      merge(
+        checkpoint_prefixes=[victim],
+        destination_prefix=str(tmp_path / "merged" / "ckpt"),
+        delete_old_dirs=True,
+      ),
+      x,
+    ),
+  )
+  _refused(path, "MergeV2Checkpoints")
+  assert all(file.exists() for file in victims)
+  # The payload is real: opting in and calling the model deletes the checkpoint's files.
+  loading.load_model(path, allow_unsafe=True)(np.zeros((1, 28, 28, 1), np.float32))
+  assert not any(file.exists() for file in victims)
 
 
 def test_print_to_file_payload_is_real(tmp_path):
@@ -686,3 +702,53 @@ def test_fuzzed_configs_load_built_ins_or_are_refused(tmp_path, monkeypatch, fmt
         assert type(layer).__module__.startswith("tf_keras."), type(layer)
     assert not marker.exists() and module not in sys.modules, f"mutation {index} ran code"
   assert refused and loaded, (loaded, refused)  # both outcomes were exercised
+
+
+# --- Our own bugs are not the file's fault ------------------------------------------------------
+
+
+def _planted_bug(*args, **kwargs):
+  raise ZeroDivisionError("planted bug in tl_keras")
+
+
+@pytest.mark.parametrize(
+  "fmt, module, function",
+  [
+    ("h5", "h5_check", "check_h5"),
+    ("h5", "config_check", "_object_problems"),
+    ("h5", "budgets", "check_activations"),
+    ("keras", "keras_archive", "_members"),
+    ("savedmodel", "graph_check", "_graph_ops"),
+  ],
+)
+def test_a_bug_in_the_loader_is_not_reported_as_a_bad_file(
+  tmp_path, monkeypatch, fmt, module, function
+):
+  if fmt == "savedmodel":
+    path = _module_saved_model(tmp_path, "plain", _features)
+  else:
+    path = _keras_file(tmp_path, lambda c: None) if fmt == "keras" else _h5_file(tmp_path)
+  loading.load_model(path)  # a good file
+  monkeypatch.setattr(importlib.import_module(f"tl_keras.loading.{module}"), function, _planted_bug)
+  with pytest.raises(ZeroDivisionError, match="planted"):  # not a UserError
+    loading.load_model(path)
+
+
+@pytest.mark.slow
+def test_a_bug_in_the_loader_exits_1_not_2(tmp_path):
+  path = _h5_file(tmp_path)
+  output_dir = tmp_path / "out"
+  script = (
+    "import sys\n"
+    "from tl_keras import cli\n"
+    "from tl_keras.loading import budgets\n"
+    "def bug(*args, **kwargs):\n"
+    "  raise ZeroDivisionError('planted bug')\n"
+    "budgets.check_activations = bug\n"
+    f"sys.argv = ['tl-transfer', '--model={path}', '--output_dir={output_dir}']\n"
+    "cli.transfer_main()\n"
+  )
+  result = run_command(["-c", script])
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert "internal error (ZeroDivisionError: planted bug)" in result.stderr
+  assert "cannot load model" not in result.stderr
