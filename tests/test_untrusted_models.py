@@ -288,6 +288,8 @@ def _assert_refused_in_small_process(path, message):
     "  print('LOADED')\n"
     "except UserError as e:\n"
     "  print('REFUSED', e)\n"
+    "import resource\n"
+    "print('CHILDREN_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
     "print('MAXRSS_KB', [line.split()[1] for line in open('/proc/self/status')\n"
     "                    if line.startswith('VmHWM')][0])\n"
   )
@@ -295,20 +297,18 @@ def _assert_refused_in_small_process(path, message):
   assert "REFUSED" in result.stdout and message in result.stdout, result.stdout + result.stderr
   peak_kb = int(result.stdout.split("MAXRSS_KB")[1])
   assert peak_kb < 1024 * 1024, f"peak memory {peak_kb / 1024:.0f} MiB: {result.stdout}"
+  # Children (the bounded HDF5 attribute reader): includes the parent's size when it forked.
+  children_kb = int(result.stdout.split("CHILDREN_KB")[1].split()[0])
+  assert children_kb < 2048 * 1024, f"a child peaked at {children_kb / 1024:.0f} MiB"
 
 
-@pytest.mark.slow
-def test_h5_names_pointing_many_times_at_one_large_string_are_refused(tmp_path):
-  # Every element of a variable-length string attribute points at the same 10 MiB string:
-  # 250 x 10 MiB when read, from a 10 MiB file.
-  path = str(tmp_path / "vlen.h5")
-  big, count = 10 << 20, 250
-  _tiny_model().save(path, save_format="h5")
+def _point_many_times_at_one_string(path, item_path, key, big, count):
+  """Gives `item_path` of HDF5 file `path` a variable-length string attribute `key` whose
+  `count` elements all point at the same `big`-byte string: count x big bytes when read."""
   with h5py.File(path, "a") as f:
-    del f["model_weights"].attrs["layer_names"]
-    f["model_weights"].attrs.create(
-      "layer_names", ["A" * big] + ["b"] * (count - 1), dtype=h5py.string_dtype()
-    )
+    if key in f[item_path].attrs:
+      del f[item_path].attrs[key]
+    f[item_path].attrs.create(key, ["A" * big] + ["b"] * (count - 1), dtype=h5py.string_dtype())
   raw = bytearray(open(path, "rb").read())
   # A stored element: u32 length, u64 heap collection address, u32 index in the collection.
   start = next(
@@ -319,6 +319,34 @@ def test_h5_names_pointing_many_times_at_one_large_string_are_refused(tmp_path):
   for index in range(1, count):
     raw[start + 16 * index : start + 16 * (index + 1)] = raw[start : start + 16]
   open(path, "wb").write(raw)
+
+
+@pytest.mark.slow
+def test_h5_names_pointing_many_times_at_one_large_string_are_refused(tmp_path):
+  # Every element of a variable-length string attribute points at the same 10 MiB string:
+  # 250 x 10 MiB when read, from a 10 MiB file.
+  path = str(tmp_path / "vlen.h5")
+  _tiny_model().save(path, save_format="h5")
+  _point_many_times_at_one_string(path, "model_weights", "layer_names", 10 << 20, 250)
+  _assert_refused_in_small_process(path, "attributes take more than")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["last_object", "dataset"])
+def test_h5_large_attribute_on_any_object_is_read_by_the_bounded_reader(tmp_path, where):
+  # A 4 MiB string pointed at 600 times (2.4 GiB when read) from a file of about 4 MiB: on the
+  # last object the walk visits, below 40 levels of groups, or on a weight dataset.
+  path = str(tmp_path / f"{where}.h5")
+  _tiny_model().save(path, save_format="h5")
+  with h5py.File(path, "a") as f:
+    deep = "/".join(["zz"] * 40)
+    f.create_dataset(f"{deep}/last", data=np.zeros(2, np.float32))
+    visited = []
+    f.visit(visited.append)
+    assert visited[-1] == f"{deep}/last"
+  item = visited[-1] if where == "last_object" else _kernel_path(None)
+  _point_many_times_at_one_string(path, item, "weight_names", 4 << 20, 600)
+  assert os.path.getsize(path) < 5 << 20
   _assert_refused_in_small_process(path, "attributes take more than")
 
 

@@ -82,11 +82,16 @@ def check_h5(handle: Any, max_bytes: int, source: str) -> int:
   return budgets.budget(stored, max_bytes)
 
 
+# visititems stops at the first object whose callback returns anything but None: `read` must
+# return None, or only the first object's attributes would be read here (and the rest by Keras).
 _READ_ATTRIBUTES = """
 import sys, h5py
+def read(name, item):
+  for key in item.attrs:
+    item.attrs[key]
 with h5py.File(sys.argv[1], "r") as f:
-  f.visititems(lambda name, item: [item.attrs[key] for key in item.attrs])
-  [f.attrs[key] for key in f.attrs]
+  read("", f)
+  f.visititems(read)
 """
 
 
