@@ -1,4 +1,4 @@
-"""Packaging: setup.cfg holds the metadata once, and a wheel built from it installs the six
+"""Packaging: setup.cfg holds the metadata once, and a wheel built from it installs the seven
 commands with the dependencies setup.cfg names."""
 
 import configparser
@@ -13,7 +13,7 @@ import zipfile
 import pytest
 from conftest import REPO_ROOT
 
-COMMANDS = ("pretrain", "transfer", "finetune", "pipeline", "export", "fuse")
+COMMANDS = ("pretrain", "transfer", "finetune", "pipeline", "export", "fuse", "rank")
 ALLOWLISTS = os.path.join("tl_keras", "loading", "allowlists")
 
 
@@ -99,7 +99,7 @@ def test_wheel_metadata_is_setup_cfg(wheel):
 
 
 @pytest.mark.slow
-def test_wheel_installs_the_six_commands(wheel, tmp_path):
+def test_wheel_installs_the_seven_commands(wheel, tmp_path):
   entry_points = configparser.ConfigParser()
   entry_points.read_string(_dist_info(wheel, "entry_points.txt"))
   scripts = dict(entry_points["console_scripts"])

@@ -196,6 +196,12 @@ def _run_fuse(config):
   fuse.run(config)
 
 
+def _run_rank(config):
+  from tl_keras.stages import rank
+
+  rank.run(config)
+
+
 def pretrain_main():
   """tl-pretrain: train the source CNN on MNIST digits, save source_model.h5."""
   _run(settings.PretrainConfig, _run_pretrain, pretrain_main.__doc__)
@@ -225,3 +231,8 @@ def export_main():
 def fuse_main():
   """tl-fuse: combine several models trained for the same classes into one."""
   _run(settings.FuseConfig, _run_fuse, fuse_main.__doc__)
+
+
+def rank_main():
+  """tl-rank: score candidate source models for the target before finetuning any of them."""
+  _run(settings.RankConfig, _run_rank, rank_main.__doc__)

@@ -637,6 +637,47 @@ class FuseConfig:
   seed: int = _seed("Random seed for --train_per_class, --test_split and --validation_split.")
 
 
+# The scores tl-rank computes (`tl_keras.ranking.rank.SCORES`); LogME is the default, the one
+# the small-data evidence supports (k-NN ranked a random-weight source above a trained one).
+RANK_SCORES = ("logme", "h_score", "knn_accuracy", "leep", "nce", "linear_probe_accuracy")
+
+
+@dataclasses.dataclass
+class RankConfig:
+  """tl-rank: candidate source models scored for the target before finetuning any of them."""
+
+  paths: PathSettings = group(PathSettings)
+  models: str = setting(
+    "",
+    "Comma-separated candidate source models, each as --model takes it (.h5, .keras, "
+    "SavedModel folder, TF Hub handle, keras:NAME at its default input size).",
+  )
+  target: TargetSettings = group(TargetSettings)
+  by: str = setting("logme", "The score the candidates are ranked by.", choices=RANK_SCORES)
+  max_images: int = setting(
+    1000,
+    "At most this many target training images (and as many test images), a seeded draw, "
+    "are scored.",
+    allowed=Range(2, 10_000_000),
+  )
+  seed: int = _seed("Random seed for --train_per_class, --test_split and --max_images.")
+  features_layer: str | None = _features_layer()
+  allow_unsafe_deserialization: bool = _allow_unsafe()
+  max_model_mb: int = _max_model_mb()
+
+  def model_list(self) -> list[str]:
+    """The candidates named by `models`, in order; refuses an empty or repeated name."""
+    names = [name.strip() for name in self.models.split(",")]
+    if not self.models.strip() or not all(names):
+      raise UserError(
+        f"invalid --models={self.models!r}: name the candidate models, separated by commas"
+      )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+      raise UserError(f"--models names {', '.join(repeated)} more than once")
+    return names
+
+
 COMMAND_CONFIGS = (
   PretrainConfig,
   TransferConfig,
@@ -644,6 +685,7 @@ COMMAND_CONFIGS = (
   PipelineConfig,
   ExportConfig,
   FuseConfig,
+  RankConfig,
 )
 
 
@@ -754,6 +796,8 @@ def validate(config) -> None:
     check_value(name, value, field.metadata.get("allowed"))
     if field.name in ("formats", "export_formats"):
       export_formats(value, name)
+  if isinstance(config, RankConfig):
+    config.model_list()
   if isinstance(config, ExportConfig) and not export_formats(config.formats):
     raise UserError(f"--formats is empty: use any of {', '.join(EXPORT_FORMATS)}")
   fuse = getattr(config, "fuse", config)

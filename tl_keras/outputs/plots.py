@@ -271,3 +271,19 @@ def misclassified_figure(
       label += f"\n{float(confidences[index]):.0%}"
     axes.set_title(label, fontsize=8)
   return figure
+
+
+def plot_scores(names: Sequence[str], values: Sequence[float | None], path: str, title: str) -> str:
+  """One horizontal bar per name (best first, top), its value written beside it; a missing
+  value (None) is a bar-less 'n/a'. Returns `path`."""
+  figure = Figure(figsize=(6, 0.45 * len(names) + 1.2), layout="constrained")
+  axes = figure.subplots()
+  rows = np.arange(len(names))[::-1]
+  shown = [0.0 if value is None else float(value) for value in values]
+  axes.barh(rows, shown, color="tab:blue")
+  for row, value in zip(rows, values):
+    axes.text(0, row, " n/a" if value is None else f" {value:.3g}", va="center", fontsize=8)
+  axes.set_yticks(rows, [str(name)[-40:] for name in names], fontsize=8)
+  axes.axvline(0, color="black", linewidth=0.5)
+  axes.set_title(title)
+  return _save(figure, path)
