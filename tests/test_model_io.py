@@ -180,3 +180,28 @@ def test_metadata_that_is_not_text_is_refused_and_none_is_empty(tmp_path):
     f.attrs["other"] = 1
   assert model_io.read_metadata(path) == {}  # a model from elsewhere: no metadata
   assert model_io.read_metadata("keras:MobileNetV2") == {}
+
+
+@pytest.mark.parametrize("kind", ["h5", "savedmodel"])
+def test_metadata_nested_100000_deep_is_one_line_not_a_recursion_error(tmp_path, kind):
+  text = "[" * 100_000 + "]" * 100_000
+  if kind == "h5":
+    path = str(tmp_path / "model.h5")
+    with h5py.File(path, "w") as f:
+      f.attrs[artifacts.METADATA_ATTR] = text
+  else:
+    path = str(tmp_path / "savedmodel")
+    os.makedirs(os.path.join(path, "assets"))
+    with open(os.path.join(path, "assets", artifacts.METADATA_ASSET), "w") as f:
+      f.write(text)
+  with pytest.raises(UserError, match="100,000 levels deep") as error:
+    model_io.read_metadata(path)
+  assert path in str(error.value) and "\n" not in str(error.value)
+
+
+def test_metadata_that_is_not_an_object_is_refused(tmp_path):
+  path = str(tmp_path / "model.h5")
+  with h5py.File(path, "w") as f:
+    f.attrs[artifacts.METADATA_ATTR] = json.dumps(["a", "b"])
+  with pytest.raises(UserError, match="list JSON where an object belongs"):
+    model_io.read_metadata(path)

@@ -544,6 +544,45 @@ def test_oversized_graph_is_refused(tmp_path):
   _assert_refused_in_small_process(path, "above the 32 MiB limit")
 
 
+_DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("where", ["h5", "config.json", "metadata.json"])
+def test_model_file_json_nested_100000_deep_is_refused_in_one_line(tmp_path, where):
+  # json.loads would raise RecursionError: refused by depth before it is parsed.
+  if where == "h5":
+    path = str(tmp_path / "deep.h5")
+    with h5py.File(path, "w") as f:
+      f.attrs["model_config"] = _DEEP_JSON
+  else:
+    clean = tmp_path / "clean.keras"
+    _tiny_model().save(str(clean))
+    path = str(tmp_path / "deep.keras")
+    with zipfile.ZipFile(clean) as source, zipfile.ZipFile(path, "w") as target:
+      for info in source.infolist():
+        deep = info.filename == where
+        target.writestr(info.filename, _DEEP_JSON if deep else source.read(info.filename))
+  with pytest.raises(UserError, match="100,000 levels deep") as error:
+    loading.load_model(path)
+  assert "\n" not in str(error.value)
+
+
+def test_keras_saved_model_metadata_nested_100000_deep_is_refused(tmp_path):
+  from tf_keras.protobuf import saved_metadata_pb2
+
+  path = str(tmp_path / "keras_saved_model")
+  _tiny_model().save(path, save_format="tf")
+  proto = saved_metadata_pb2.SavedMetadata()
+  with open(os.path.join(path, "keras_metadata.pb"), "rb") as f:
+    proto.ParseFromString(f.read())
+  proto.nodes[-1].metadata = _DEEP_JSON
+  with open(os.path.join(path, "keras_metadata.pb"), "wb") as f:
+    f.write(proto.SerializeToString())
+  with pytest.raises(UserError, match="100,000 levels deep") as error:
+    loading.load_model(path)
+  assert "Keras metadata" in str(error.value) and "\n" not in str(error.value)
+
+
 def _edit_saved_model(path, edit):
   from tensorflow.core.protobuf import saved_model_pb2
 

@@ -18,6 +18,9 @@ MIN_MODEL_BUDGET_BYTES = 64 * MIB
 # A model's description: a Keras JSON config (ResNet50's is 0.1 MiB) or metadata, and a
 # SavedModel graph (ResNet50's is 3 MiB; parsing takes about 20x its size).
 MAX_CONFIG_BYTES = 16 * MIB
+# How deep a Keras config or Keras metadata may nest (a Functional model: about 10 levels, and
+# about 8 more for each model nested in it); deeper is refused before json.loads recurses.
+MAX_CONFIG_DEPTH = 256
 MAX_MODEL_DESCRIPTION_BYTES = 32 * MIB
 # Memory for reading an HDF5 file's attributes (layer and weight names) in a child process.
 MAX_ATTRIBUTE_READ_BYTES = 1024 * MIB

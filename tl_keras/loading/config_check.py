@@ -8,12 +8,12 @@ read vocabulary files from paths in the config.
 """
 
 import functools
-import json
 import math
 from collections.abc import Iterator
 from typing import Any
 
 from tl_keras import limits
+from tl_keras import untrusted
 from tl_keras.errors import UserError
 from tl_keras.loading.allowlist import UNSAFE_HINT
 from tl_keras.loading.allowlist import names
@@ -155,7 +155,8 @@ def check_model_config(config: Any, source: str) -> None:
 
 
 def parse_config(raw: Any, source: str) -> Any:
-  """The JSON config `raw` (text or bytes read from a model file), within the size limit."""
+  """The JSON config `raw` (text or bytes read from a model file): an object within the size
+  and depth limits (`untrusted.parse_json`)."""
   if not isinstance(raw, (str, bytes)):
     raise UserError(f"cannot read the config of {source} ({type(raw).__name__}, not text)")
   if len(raw) > limits.MAX_CONFIG_BYTES:
@@ -163,7 +164,6 @@ def parse_config(raw: Any, source: str) -> Any:
       f"refusing to load {source}: its config is above the "
       f"{limits.MAX_CONFIG_BYTES >> 20} MiB limit"
     )
-  try:
-    return json.loads(raw)
-  except (ValueError, RecursionError) as e:
-    raise UserError(f"cannot read the config of {source} ({type(e).__name__})") from e
+  return untrusted.parse_json(
+    raw, f"the config of {source}", dict, limits.MAX_CONFIG_BYTES, limits.MAX_CONFIG_DEPTH
+  )

@@ -7,7 +7,6 @@ readers). Only TF2 SavedModels are accepted: loading a TF1 one runs its restore 
 Assets must be regular files inside the folder.
 """
 
-import json
 import math
 import os
 import re
@@ -20,6 +19,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from tl_keras import limits
+from tl_keras import untrusted
 from tl_keras.errors import UserError
 from tl_keras.loading import budgets
 from tl_keras.loading.allowlist import UNSAFE_HINT
@@ -228,6 +228,13 @@ def keras_saved_model_config(export_dir: str, source: str) -> list:
   try:
     with open(path, "rb") as f:
       proto.ParseFromString(f.read())
-    return [json.loads(node.metadata) for node in proto.nodes if node.metadata]
   except (DecodeError, OSError, ValueError, RecursionError) as e:
     raise UserError(f"cannot read the Keras metadata of {source} ({type(e).__name__})") from e
+  what = f"the Keras metadata of {source}"
+  return [
+    untrusted.parse_json(
+      node.metadata, what, dict, limits.MAX_CONFIG_BYTES, limits.MAX_CONFIG_DEPTH
+    )
+    for node in proto.nodes
+    if node.metadata
+  ]

@@ -11,6 +11,7 @@ from typing import Any
 import h5py
 
 from tl_keras import limits
+from tl_keras import untrusted
 from tl_keras.errors import UserError
 from tl_keras.loading import budgets
 from tl_keras.loading import h5_check
@@ -48,6 +49,13 @@ def keras_zip_config(path: str, max_bytes: int) -> tuple[Any, int]:
     with zipfile.ZipFile(path) as archive:
       members = _members(archive, path, max_bytes)
       config = parse_config(archive.read("config.json"), path)
+      untrusted.parse_json(
+        archive.read("metadata.json"),
+        f"metadata.json of {path}",
+        dict,
+        limits.MAX_CONFIG_BYTES,
+        limits.MAX_CONFIG_DEPTH,
+      )
       # HDF5 reads a file on disk far faster than through Python's zip reader.
       with (
         archive.open(members["model.weights.h5"]) as member,

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tl_keras import artifacts
 from tl_keras import limits
+from tl_keras import untrusted
 from tl_keras.data import labeled
 from tl_keras.data import mnist
 from tl_keras.data.preprocessing import preprocess_images
@@ -60,7 +61,8 @@ def read_metadata(source: str) -> dict[str, Any]:
 
   A model file may come from anyone: metadata that is not text, over
   limits.MAX_METADATA_BYTES, not valid JSON or not a JSON object, with class names
-  `labeled.check_class_names` refuses, or with a `framing` other than the one tl_keras writes
+  `labeled.check_class_names` refuses, nested deeper than limits.MAX_JSON_DEPTH
+  (`untrusted.parse_json`), or with a `framing` other than the one tl_keras writes
   (MNIST's; its box size sets how much --target_fit=source allocates), is a UserError.
   """
   origin = f"model {labeled.shown(source)}"
@@ -69,20 +71,9 @@ def read_metadata(source: str) -> dict[str, Any]:
     return {}
   if not isinstance(text, (str, bytes)):
     raise UserError(f"{origin}: its {artifacts.METADATA_ATTR} is not text")
-  if len(text) > limits.MAX_METADATA_BYTES:
-    raise UserError(
-      f"{origin}: its metadata has {len(text):,} bytes, more than the limit of "
-      f"{limits.MAX_METADATA_BYTES:,}"
-    )
-  try:
-    metadata = json.loads(text)
-  except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-    raise UserError(
-      f"{origin}: its {artifacts.METADATA_ATTR} is not valid JSON ({type(e).__name__}); "
-      "re-create the model with tl_keras, or remove the metadata to name the classes 0..k-1"
-    ) from e
-  if not isinstance(metadata, dict):
-    raise UserError(f"{origin}: its {artifacts.METADATA_ATTR} is not a JSON object")
+  metadata = untrusted.parse_json(
+    text, f"{origin}: its {artifacts.METADATA_ATTR}", dict, limits.MAX_METADATA_BYTES
+  )
   for key in ("class_names", "source_class_names"):
     if metadata.get(key) is not None:
       labeled.check_class_names(metadata[key], f"{origin}, {key} in its metadata")
