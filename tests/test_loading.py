@@ -4,6 +4,8 @@ refusal of files that would run code when loaded."""
 import hashlib
 import os
 import shutil
+import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -147,3 +149,37 @@ def test_saved_model_graph_that_writes_files_is_refused(tmp_path):
   # The payload is real: opting in and calling the model writes the file.
   loading.load_model(path, allow_unsafe=True).predict(np.zeros((1, 28, 28, 1)), verbose=0)
   assert marker.exists()
+
+
+def _zip_directory_bombs(tmp_path):
+  """A .keras of 100,000 empty entries, and one of 3 entries whose Zip64 end record declares
+  10^9 entries and a 1 TB directory."""
+  many = tmp_path / "many.keras"
+  with zipfile.ZipFile(many, "w") as archive:
+    for index in range(100_000):
+      archive.writestr(f"{index}", b"")
+  lying = tmp_path / "lying.keras"
+  with zipfile.ZipFile(lying, "w") as archive:
+    for name in ("config.json", "metadata.json", "model.weights.h5"):
+      archive.writestr(name, b"{}")
+  raw = bytearray(lying.read_bytes())
+  end = raw.rfind(b"PK\x05\x06")
+  zip64 = struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, 10**9, 10**9, 10**12, 0)
+  locator = struct.pack("<4sIQI", b"PK\x06\x07", 0, end, 1)
+  lying.write_bytes(bytes(raw[:end]) + zip64 + locator + bytes(raw[end:]))
+  return many, lying
+
+
+def test_zip_entry_count_is_checked_before_zipfile_parses_the_directory(tmp_path, monkeypatch):
+  many, lying = _zip_directory_bombs(tmp_path)
+  assert many.stat().st_size < 12_000_000
+
+  def parsing(*args, **kwargs):
+    raise AssertionError("zipfile parsed the central directory before the check")
+
+  monkeypatch.setattr(zipfile, "ZipFile", parsing)
+  with pytest.raises(UserError, match="declares 100,000 entries") as error:
+    loading.load_model(str(many))
+  assert "\n" not in str(error.value)
+  with pytest.raises(UserError, match="declares 1,000,000,000 entries"):
+    loading.load_model(str(lying))
