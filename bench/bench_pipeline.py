@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,11 +132,10 @@ def stage_scripts(output_dir, env):
 
 def spread(values):
   """Median, min and max of a list of numbers."""
-  ordered = sorted(values)
   return {
-    "median": round(ordered[len(ordered) // 2], 3),
-    "min": round(ordered[0], 3),
-    "max": round(ordered[-1], 3),
+    "median": round(statistics.median(values), 3),
+    "min": round(min(values), 3),
+    "max": round(max(values), 3),
   }
 
 
@@ -145,7 +145,8 @@ def one_repeat(args, env):
     pipeline_seconds, _ = timed(
       [sys.executable, "scripts/pipeline.py", f"--output_dir={output_dir}"], env
     )
-    # Only finished children count, so this is the largest peak of any process so far.
+    # Only finished children count, so this is the largest peak of any process so far: the
+    # first repeat's figure is the pipeline's own.
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     ours = {
       stage: json.load(open(os.path.join(output_dir, f"{stage}_metrics.json")))
