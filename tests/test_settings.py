@@ -62,6 +62,9 @@ def test_resume_records_the_same_settings_as_before():
     "confidence_threshold",
     "unlabeled_weight",
     "align_weight",
+    "teacher",
+    "teacher_decay",
+    "selection",
   }
 
 

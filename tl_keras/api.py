@@ -260,6 +260,9 @@ class TransferClassifier:
     confidence_threshold: float = 0.95,
     unlabeled_weight: float = 1.0,
     align_weight: float = 0.1,
+    teacher: str = "none",
+    teacher_decay: float = 0.99,
+    selection: str = "im",
     seed: int = 42,
     deterministic: bool | None = None,
     mixed_precision: bool = False,
@@ -285,7 +288,8 @@ class TransferClassifier:
     `unlabeled`: target images without labels (raw images, or `data.unlabeled` from
     `load_target(..., unlabeled=...)`), learnt from by `adapt` 'self_training' or 'align'
     (see `tl_keras.adaptation`; `unlabeled_ratio`, `confidence_threshold`,
-    `unlabeled_weight`, `align_weight` as the flags of those names). With no labelled images
+    `unlabeled_weight`, `align_weight`, `teacher`, `teacher_decay`, `selection` as the flags of
+    those names; 'shot' needs no source images). With no labelled images
     (`train_per_class=0`), the source's training images of the target's classes are the
     labelled ones: `source_data` (a LabeledData of the source's classes or a spec; 'auto': the
     MNIST digits of the source model's classes).
@@ -323,6 +327,9 @@ class TransferClassifier:
       confidence_threshold=confidence_threshold,
       unlabeled_weight=unlabeled_weight,
       align_weight=align_weight,
+      teacher=teacher,
+      teacher_decay=teacher_decay,
+      selection=selection,
       seed=seed,
       deterministic=deterministic,
       mixed_precision=mixed_precision,
@@ -378,7 +385,8 @@ class TransferClassifier:
       template.get_layer(networks.TARGET_CLASSIFIER).set_weights(classifier_weights)
     adapt_data = None
     if method.uses_unlabeled:
-      if source_data is None and (method.needs_source or not len(data.y_train)):
+      wants_source = method.needs_source or not (len(data.y_train) or method.source_free)
+      if source_data is None and wants_source:
         source_data = targets.load_source_data(
           config.adapt.source_data,
           self.source_class_names,
@@ -403,6 +411,9 @@ class TransferClassifier:
           total_steps=(config.epochs + config.finetune.warmup_epochs)
           * config.train.steps_per_epoch,
           adabn=networks.has_batch_norm(template),
+          teacher=config.adapt.teacher,
+          teacher_decay=config.adapt.teacher_decay,
+          selection=config.adapt.selection,
         ),
         unlabeled,
         source_data,

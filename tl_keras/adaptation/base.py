@@ -4,6 +4,7 @@ the one `train_step` hands its methods' terms, and the `Term` interface they imp
 import dataclasses
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from tl_keras.keras_api import keras
@@ -21,6 +22,9 @@ class Adaptation:
   total_steps: int  # over all phases: the alignment weight's ramp
   adabn: bool = False  # BatchNormalization statistics re-estimated on target images
   distribution_alignment: bool = True
+  teacher: str = "none"  # ema: pseudo-labels from a mean teacher (`teacher`)
+  teacher_decay: float = 0.99
+  selection: str = "im"  # the label-free criterion that keeps the best epoch (`selection`)
 
   def as_metrics(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -52,9 +56,10 @@ class Outputs:
 class Term(keras.layers.Layer):
   """One loss of an adaptation method and its hooks. A Keras layer, so that its variables
   (created in `__init__`, inside the strategy's scope) are the model's: checkpointed, and
-  trained when trainable. The train_step calls, per step: `prepare` (outside the gradient
-  tape), `inputs`, `loss` (inside it), then after the optimizer's step `after_step`; and
-  `on_epoch_end` after each epoch. `METRICS`: the names it logs (`metrics[name]`, Keras Mean
+  trained when trainable (those of `frozen` excepted). `attach` runs once after construction;
+  then per step the train_step calls `prepare` (outside the gradient tape), `inputs`, `loss`
+  (inside it), then after the optimizer's step `after_step`; `on_epoch_begin` runs before each
+  epoch and `on_epoch_end` after it. `METRICS`: the names it logs (`metrics[name]`, Keras Mean
   metrics it updates), after loss and accuracy in the history, the plots and the summary."""
 
   METRICS: tuple[str, ...] = ()
@@ -64,6 +69,14 @@ class Term(keras.layers.Layer):
     self.settings = settings
     self.num_classes = num_classes
     self.feature_size = feature_size
+
+  def attach(self, model: keras.Model, with_features: keras.Model) -> None:
+    """Once, in the strategy's scope: the classifier, and the same graph with the features
+    as a first output (for terms that read features outside the gradient tape)."""
+
+  def frozen(self, model: keras.Model) -> list[tf.Variable]:
+    """Variables of `model` this term keeps fixed (e.g. a frozen classifier)."""
+    return []
 
   def prepare(self, batch: Batch, model: keras.Model) -> dict[str, tf.Tensor]:
     """What the loss needs computed without gradient (e.g. pseudo-labels by `model`)."""
@@ -84,3 +97,18 @@ class Term(keras.layers.Layer):
 
   def on_epoch_end(self, epoch: int) -> None:
     """After each epoch (e.g. labels recomputed over the whole unlabelled set)."""
+
+  def on_epoch_begin(self, epoch: int, watched: "Watched") -> None:
+    """Before each epoch, with the current model's outputs on the watched unlabelled images
+    (e.g. class centroids in feature space)."""
+
+
+@dataclasses.dataclass
+class Watched:
+  """The model's outputs (eval mode) on a fixed, seeded sample of the unlabelled images,
+  computed once per state of the weights and shared by the terms' epoch hooks, the label-free
+  model selection and the collapse guard."""
+
+  features: np.ndarray  # float32 [N, feature_size]
+  probabilities: np.ndarray  # float32 [N, num_classes]
+  labels: np.ndarray | None  # their true labels where known (-1 elsewhere), for reports only

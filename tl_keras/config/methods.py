@@ -20,6 +20,9 @@ class AdaptationMethod:
   # against); without target labels every method trains on them instead.
   needs_source: bool = False
   flags: tuple[str, ...] = ()  # settings of its own (AdaptSettings), shown in the summary
+  # It needs no source images even without target labels (the batches' labelled part is then
+  # empty): a model someone else trained is enough.
+  source_free: bool = False
 
   def applies(self, num_unlabeled: int) -> bool:
     """Whether it can run with `num_unlabeled` unlabelled images."""
@@ -34,6 +37,11 @@ ADAPTATION = {
     "also a domain classifier trained adversarially on source and target features, DANN",
     needs_source=True,
     flags=("align_weight",),
+  ),
+  "shot": AdaptationMethod(
+    "source-free: the classifier frozen, features trained by information maximisation and "
+    "centroid pseudo-labels, SHOT; needs no source images",
+    source_free=True,
   ),
   "none": AdaptationMethod("", uses_unlabeled=False),
 }
@@ -71,6 +79,7 @@ class FusionMethod:
 
   help: str
   fitted: bool = True  # fitted on validation images (False: needs none)
+  averages_weights: bool = False  # one model of the members' mean weights (else probabilities)
 
 
 FUSION = {
@@ -78,6 +87,10 @@ FUSION = {
   "weighted": FusionMethod("one weight per member, fitted on the validation images"),
   "stacking": FusionMethod(
     "a logistic regression on all members' probabilities, fitted on the validation images"
+  ),
+  "soup": FusionMethod(
+    "the members' weights averaged into one model of one member's cost; see --soup",
+    averages_weights=True,
   ),
 }
 

@@ -432,6 +432,25 @@ class AdaptSettings:
     "--adapt=align: weight of the domain-adversarial gradient on the features.",
     allowed=Range(0, 100, real=True),
   )
+  teacher: str = setting(
+    "none",
+    "Where self-training's pseudo-labels come from: none (the model being trained) or ema (a "
+    "mean teacher, the moving average of its weights, French et al. 2018; kept at the end "
+    "when it scores better by --selection).",
+    choices=("none", "ema"),
+  )
+  teacher_decay: float = setting(
+    0.99,
+    "--teacher=ema: the moving average's decay per optimizer step.",
+    allowed=Range(0, 1, real=True, high_open=True),
+  )
+  selection: str = setting(
+    "im",
+    "With unlabelled images, which epoch's weights to keep, judged on them without labels: im "
+    "(confident and class-balanced predictions, SHOT's information maximisation), snd (soft "
+    "neighbourhood density, Saito et al. 2021) or last. Both criteria are recorded per epoch.",
+    choices=("im", "snd", "last"),
+  )
 
 
 def _representative_images() -> Any:

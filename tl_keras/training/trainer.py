@@ -232,6 +232,9 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
         adapt.settings,
         config.train.label_smoothing,
         class_weight,
+        unlabeled=adapt.unlabeled,
+        log=say,
+        seed=config.runtime.seed,
       )
 
   history, phase_records, train_seconds, resumed_from_epoch = {}, [], 0.0, 0
@@ -351,7 +354,7 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
     num_replicas=strategy.num_replicas_in_sync,
     weights_sha256=networks.weights_fingerprint(model),
     num_unlabeled=len(adapt.unlabeled) if adapt else 0,
-    adapt=adapt.settings.as_metrics() if adapt else None,
+    adapt={**adapt.settings.as_metrics(), **trainer.report()} if adapt else None,
     num_source=len(adapt.source.y_train) if adapt and adapt.source else 0,
     test_probabilities=probabilities,
   )
@@ -379,6 +382,12 @@ def training_split(dataset: LabeledData, config: settings.TrainingConfig):
   )
 
 
+def _no_labeled_images(input_shape, num_classes: int | None) -> tf.data.Dataset:
+  """Batches of no labelled image, without end: a source-free method without target labels."""
+  labels = tf.zeros([0, num_classes]) if num_classes else tf.zeros([0], tf.int64)
+  return tf.data.Dataset.from_tensors((tf.zeros([0, *input_shape]), labels)).repeat()
+
+
 def _training_datasets(
   dataset: LabeledData,
   config: settings.TrainingConfig,
@@ -399,18 +408,23 @@ def _training_datasets(
     else None
   )
   labeled_x, labeled_y = x_train, y_train
-  if adapt and not len(y_train):
+  source_free = adapt and not len(y_train) and methods.ADAPTATION[adapt.settings.method].source_free
+  if adapt and not len(y_train) and not source_free:
     mine = np.flatnonzero(adapt.source.y_train >= 0)
     labeled_x, labeled_y = adapt.source.x_train[mine], adapt.source.y_train[mine]
-  train = pipelines.make_dataset(
-    labeled_x,
-    labeled_y,
-    batch_size,
-    input_shape,
-    shuffle_seed=config.runtime.seed,
-    augment=config.train.augment,
-    num_classes=one_hot,
-    repeat=bool(config.train.steps_per_epoch or adapt),
+  train = (
+    _no_labeled_images(input_shape, one_hot)
+    if source_free
+    else pipelines.make_dataset(
+      labeled_x,
+      labeled_y,
+      batch_size,
+      input_shape,
+      shuffle_seed=config.runtime.seed,
+      augment=config.train.augment,
+      num_classes=one_hot,
+      repeat=bool(config.train.steps_per_epoch or adapt),
+    )
   )
   if adapt:
     settings_ = adapt.settings
