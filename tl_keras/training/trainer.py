@@ -200,26 +200,68 @@ def peak_rate(config, phase: Phase) -> float:
   )
 
 
+@dataclasses.dataclass
+class _Run:
+  """What the phases of one training run share, and what they have done so far."""
+
+  config: settings.TrainingConfig
+  strategy: tf.distribute.Strategy
+  chief: bool
+  say: Callable[[str], None]
+  adapt: AdaptData | None
+  model: keras.Model
+  trainer: keras.Model  # the model, or the adaptation model around it
+  train: tf.data.Dataset
+  validation: tf.data.Dataset | None
+  num_train: int
+  batch_size: int
+  class_weight: dict[int, float] | None
+  history: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+  records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  train_seconds: float = 0.0
+  resumed_from_epoch: int = 0
+
+
 def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log, verbose, adapt):
   chief = distribute.is_chief(strategy)
   say = log if log and chief else lambda message: None
+  # Before building the model: creating its variables syncs the workers, so none restores a
+  # backup the chief is about to delete.
+  backups = _prepare_backups(config, stage, phases, chief) if stage else []
+  run = _set_up(build_model, dataset, config, strategy, chief, say, adapt)
+  for index, phase in enumerate(phases):
+    later = backups[index + 1 :]
+    if config.runtime.resume and any(resume.has_backup(path) for path, _ in later):
+      say(f"{phase.name} finished before the interruption; resuming a later phase")
+      run.resumed_from_epoch += phase.epochs
+      continue
+    backup = backups[index] if backups else None
+    _run_phase(run, phase, backup, stage, len(phases) > 1, verbose)
+  probabilities, scores = _score_test(run.model, dataset)
+  return run.model, _result(run, dataset, phases, probabilities, scores)
+
+
+def _prepare_backups(config, stage: str, phases: Sequence[Phase], chief: bool) -> list[tuple]:
+  """(backup folder, recorded settings) of each phase: STAGE for the last, STAGE_PHASE before."""
   backups = []
-  if stage:
-    # Before building the model: creating its variables syncs the workers, so none restores
-    # a backup the chief is about to delete.
-    for index, phase in enumerate(phases):
-      path = resume.backup_dir(
-        config.paths.output_dir, stage if index == len(phases) - 1 else f"{stage}_{phase.name}"
-      )
-      backups.append((path, resume.prepare_backup(config, path, chief)))
+  for index, phase in enumerate(phases):
+    name = stage if index == len(phases) - 1 else f"{stage}_{phase.name}"
+    path = resume.backup_dir(config.paths.output_dir, name)
+    backups.append((path, resume.prepare_backup(config, path, chief)))
+  return backups
+
+
+def _set_up(build_model, dataset, config, strategy, chief, say, adapt) -> _Run:
+  """The model built in `strategy`'s scope, the training datasets, the class weights and,
+  with `adapt`, the adaptation model around the model."""
   with strategy.scope():
     model = build_model()
-  input_shape = model.input_shape[1:]
   batch_size = distribute.global_batch_size(
     strategy, config.train.batch_size, config.train.per_replica_batch_size
   )
-  train, validation, y_train = _training_datasets(dataset, config, batch_size, input_shape, adapt)
-  num_train = len(y_train)
+  train, validation, y_train = _training_datasets(
+    dataset, config, batch_size, model.input_shape[1:], adapt
+  )
   class_weight = None
   if config.train.class_weight == "balanced" and len(y_train):
     class_weight = metrics.balanced_class_weights(y_train, dataset.num_classes)
@@ -236,108 +278,133 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
         log=say,
         seed=config.runtime.seed,
       )
+  return _Run(
+    config,
+    strategy,
+    chief,
+    say,
+    adapt,
+    model,
+    trainer,
+    train,
+    validation,
+    len(y_train),
+    batch_size,
+    class_weight,
+  )
 
-  history, phase_records, train_seconds, resumed_from_epoch = {}, [], 0.0, 0
-  for index, phase in enumerate(phases):
-    callbacks = []
-    if backups:
-      backup_path, recorded_settings = backups[index]
-      if config.runtime.resume and any(resume.has_backup(path) for path, _ in backups[index + 1 :]):
-        say(f"{phase.name} finished before the interruption; resuming a later phase")
-        resumed_from_epoch += phase.epochs
-        continue
-      tracker = resume.BackupTracker(backup_path, recorded_settings, phase.epochs, chief)
-      callbacks = [tracker, resume.BackupAndRestore(backup_path)]
-      if config.runtime.tensorboard and chief:
-        callbacks.append(
-          keras.callbacks.TensorBoard(tensorboard_dir(config.paths.output_dir, stage))
-        )
-    early_stopping = None
-    if validation is not None:
-      early_stopping = keras.callbacks.EarlyStopping(
-        patience=config.train.patience, restore_best_weights=True
-      )
-      callbacks.append(early_stopping)
-    if phase.trainable is not None:
-      networks.set_trainable(model.layers, phase.trainable)
-    with strategy.scope():
-      networks.compile_classifier(
-        trainer,
-        networks.make_optimizer(
-          config.train.optimizer,
-          phase.learning_rate,
-          config.train.lr_schedule,
-          phase.epochs * (config.train.steps_per_epoch or math.ceil(num_train / batch_size)),
-        ),
-        jit_compile=config.runtime.jit_compile,
-        label_smoothing=config.train.label_smoothing,
-        steps_per_execution=STEPS_PER_EXECUTION,
-      )
-    if len(phases) > 1:
-      say(
-        f"{phase.name}: training {', '.join(networks.trainable_layer_names(model))} for "
-        f"{phase.epochs} epoch(s) at learning rate "
-        f"{peak_rate(config, phase):g}"
-      )
-    start = time.perf_counter()
-    phase_history = trainer.fit(
-      train,
-      epochs=phase.epochs,
-      steps_per_epoch=config.train.steps_per_epoch,
-      validation_data=validation,
-      verbose=verbose,
-      callbacks=callbacks,
-      class_weight=None if adapt else class_weight,  # the adaptation model weighs its own
+
+def _run_phase(run: _Run, phase: Phase, backup, stage, announce: bool, verbose: int) -> None:
+  """Trains one phase: which layers train, a fresh optimizer, its callbacks; records it."""
+  config = run.config
+  callbacks, tracker = [], None
+  if backup:
+    tracker = resume.BackupTracker(backup[0], backup[1], phase.epochs, run.chief)
+    callbacks = [tracker, resume.BackupAndRestore(backup[0])]
+    if config.runtime.tensorboard and run.chief:
+      callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir(config.paths.output_dir, stage)))
+  early_stopping = None
+  if run.validation is not None:
+    early_stopping = keras.callbacks.EarlyStopping(
+      patience=config.train.patience, restore_best_weights=True
     )
-    train_seconds += time.perf_counter() - start
-    if backups:
-      resume.remove_backup(backup_path, chief)  # Keras has deleted the checkpoint itself
-      resumed_from_epoch += tracker.start_epoch
-    record = {
-      "name": phase.name,
-      "epochs_run": len(phase_history.epoch),
-      "learning_rate": peak_rate(config, phase),
-      "trainable_layers": networks.trainable_layer_names(model),
-    }
-    if early_stopping and early_stopping.best_weights is not None:
-      # Keras restores the best weights only when it stops early; keep them in any case.
-      model.set_weights(early_stopping.best_weights)
-      record["best_epoch"] = early_stopping.best_epoch + 1
-    phase_records.append(record)
-    for name, values in phase_history.history.items():
-      if name == "pseudo_label_accuracy" and adapt and adapt.unlabeled.labels is None:
-        continue  # no unlabelled image's label is known
-      history.setdefault(name, []).extend(round(float(v), 5) for v in values)
+    callbacks.append(early_stopping)
+  if phase.trainable is not None:
+    networks.set_trainable(run.model.layers, phase.trainable)
+  _compile(run, phase)
+  if announce:
+    run.say(
+      f"{phase.name}: training {', '.join(networks.trainable_layer_names(run.model))} for "
+      f"{phase.epochs} epoch(s) at learning rate {peak_rate(config, phase):g}"
+    )
+  start = time.perf_counter()
+  phase_history = run.trainer.fit(
+    run.train,
+    epochs=phase.epochs,
+    steps_per_epoch=config.train.steps_per_epoch,
+    validation_data=run.validation,
+    verbose=verbose,
+    callbacks=callbacks,
+    class_weight=None if run.adapt else run.class_weight,  # the adaptation model weighs its own
+  )
+  run.train_seconds += time.perf_counter() - start
+  if backup:
+    resume.remove_backup(backup[0], run.chief)  # Keras has deleted the checkpoint itself
+    run.resumed_from_epoch += tracker.start_epoch
+  _record(run, phase, phase_history, early_stopping)
 
-  # One prediction of the test images serves every score. Data without a test split (the
-  # Python API's arrays) is evaluated by the caller.
-  probabilities, test_accuracy, scores = None, None, {}
-  if len(dataset.x_test):
-    probabilities = networks.predict(model, dataset.x_test)
-    predicted = probabilities.argmax(axis=1)
-    test_accuracy = float((predicted == dataset.y_test).mean())
-    scores = metrics.per_class_metrics(dataset.y_test, predicted, dataset.class_names)
-  epochs_run = sum(record["epochs_run"] for record in phase_records)
-  return model, FitResult(
-    test_accuracy=test_accuracy,
+
+def _compile(run: _Run, phase: Phase) -> None:
+  """Compiles the trainer for `phase` with a fresh optimizer (its schedule over the phase)."""
+  config = run.config
+  steps = config.train.steps_per_epoch or math.ceil(run.num_train / run.batch_size)
+  with run.strategy.scope():
+    networks.compile_classifier(
+      run.trainer,
+      networks.make_optimizer(
+        config.train.optimizer, phase.learning_rate, config.train.lr_schedule, phase.epochs * steps
+      ),
+      jit_compile=config.runtime.jit_compile,
+      label_smoothing=config.train.label_smoothing,
+      steps_per_execution=STEPS_PER_EXECUTION,
+    )
+
+
+def _record(run: _Run, phase: Phase, phase_history, early_stopping) -> None:
+  """The phase's record and history; with early stopping, the best epoch's weights kept."""
+  record = {
+    "name": phase.name,
+    "epochs_run": len(phase_history.epoch),
+    "learning_rate": peak_rate(run.config, phase),
+    "trainable_layers": networks.trainable_layer_names(run.model),
+  }
+  if early_stopping and early_stopping.best_weights is not None:
+    # Keras restores the best weights only when it stops early; keep them in any case.
+    run.model.set_weights(early_stopping.best_weights)
+    record["best_epoch"] = early_stopping.best_epoch + 1
+  run.records.append(record)
+  adapt = run.adapt
+  for name, values in phase_history.history.items():
+    if name == "pseudo_label_accuracy" and adapt and adapt.unlabeled.labels is None:
+      continue  # no unlabelled image's label is known
+    run.history.setdefault(name, []).extend(round(float(v), 5) for v in values)
+
+
+def _score_test(model: keras.Model, dataset: LabeledData) -> tuple[np.ndarray | None, dict]:
+  """The test images' probabilities, predicted once for every score, and the scores (accuracy,
+  per class, macro F1); (None, {}) without a test split (the API's arrays: the caller
+  evaluates)."""
+  if not len(dataset.x_test):
+    return None, {}
+  probabilities = networks.predict(model, dataset.x_test)
+  predicted = probabilities.argmax(axis=1)
+  scores = metrics.per_class_metrics(dataset.y_test, predicted, dataset.class_names)
+  return probabilities, {"test_accuracy": float((predicted == dataset.y_test).mean()), **scores}
+
+
+def _result(run: _Run, dataset, phases, probabilities, scores) -> FitResult:
+  config, adapt, strategy = run.config, run.adapt, run.strategy
+  epochs_run = sum(record["epochs_run"] for record in run.records)
+  seconds = run.train_seconds
+  class_weight = run.class_weight
+  return FitResult(
+    test_accuracy=scores.get("test_accuracy"),
     per_class=scores.get("per_class"),
     macro_f1=scores.get("macro_f1"),
-    train_seconds=round(train_seconds, 2),
-    train_images_per_second=round(epochs_run * num_train / train_seconds, 1)
-    if train_seconds
-    else None,
+    train_seconds=round(seconds, 2),
+    train_images_per_second=round(epochs_run * run.num_train / seconds, 1) if seconds else None,
     epochs=sum(phase.epochs for phase in phases),
-    resumed_from_epoch=resumed_from_epoch,
-    phases=phase_records,
-    num_train=num_train,
-    num_validation=len(dataset.x_train) - num_train,
+    resumed_from_epoch=run.resumed_from_epoch,
+    phases=run.records,
+    num_train=run.num_train,
+    num_validation=len(dataset.x_train) - run.num_train,
     num_test=int(len(dataset.x_test)),
     classes=list(dataset.class_names),
-    history=history,
+    history=run.history,
     optimizer=config.train.optimizer,
-    learning_rate=phase_records[-1]["learning_rate"] if phase_records else 0.0,
-    batch_size=batch_size,
-    per_replica_batch_size=batch_size / strategy.num_replicas_in_sync,
+    learning_rate=run.records[-1]["learning_rate"] if run.records else 0.0,
+    batch_size=run.batch_size,
+    per_replica_batch_size=run.batch_size / strategy.num_replicas_in_sync,
     steps_per_epoch=config.train.steps_per_epoch,
     augment=config.train.augment,
     validation_split=config.train.validation_split,
@@ -352,9 +419,9 @@ def _fit_and_evaluate(build_model, dataset, config, strategy, stage, phases, log
     deterministic=config.runtime.op_determinism(),
     strategy=distribute.strategy_name(strategy),
     num_replicas=strategy.num_replicas_in_sync,
-    weights_sha256=networks.weights_fingerprint(model),
+    weights_sha256=networks.weights_fingerprint(run.model),
     num_unlabeled=len(adapt.unlabeled) if adapt else 0,
-    adapt={**adapt.settings.as_metrics(), **trainer.report()} if adapt else None,
+    adapt={**adapt.settings.as_metrics(), **run.trainer.report()} if adapt else None,
     num_source=len(adapt.source.y_train) if adapt and adapt.source else 0,
     test_probabilities=probabilities,
   )
