@@ -632,6 +632,13 @@ class FuseSettings:
     f"How the members' probabilities are combined: {methods.fusion_help()}.",
     choices=tuple(methods.FUSION),
   )
+  soup: str = setting(
+    "greedy",
+    "--method=soup (model soups, Wortsman et al. 2022; members finetuned from one source): "
+    "greedy (members by validation accuracy, each kept only if the soup's validation accuracy "
+    "does not drop) or uniform (all members' weights, equally).",
+    choices=("greedy", "uniform"),
+  )
   validation_split: float = setting(
     0.2,
     "Fraction of each class's training images held out (seeded, as tl-finetune's "

@@ -80,10 +80,13 @@ def run(
       f"{options.method} fits {weights_to_fit} weights on {len(y_validation)} validation "
       f"images and may overfit them; --method={methods.unfitted_fusion()} fits nothing"
     )
-  fitted = fusion.fit_fusion(
-    options.method, validation, y_validation, len(class_names), count=len(members)
-  )
-  fused = fusion.build_fused_model(members, options.method, fitted)
+  if methods.FUSION[options.method].averages_weights:
+    fitted, fused = _soup(sources, paths, validation, x_validation, y_validation, options)
+  else:
+    fitted = fusion.fit_fusion(
+      options.method, validation, y_validation, len(class_names), count=len(members)
+    )
+    fused = fusion.build_fused_model(members, options.method, fitted)
   if not options.allow_unsafe_deserialization:
     _check_loadable(fused)
 
@@ -94,9 +97,7 @@ def run(
   member_test = [_accuracy(p, target.y_test) for p in test]
   member_validation = [_accuracy(p, y_validation) for p in validation] if validation else None
   fused_validation = (
-    _accuracy(fusion.fused_probabilities(options.method, fitted, validation), y_validation)
-    if validation
-    else None
+    _accuracy(networks.predict(fused, x_validation), y_validation) if validation else None
   )
   test_accuracy = float((predicted == target.y_test).mean())
   metrics = {
@@ -109,6 +110,7 @@ def run(
     "validation_accuracy": fused_validation,
     "member_validation_accuracy": member_validation,
     "method": options.method,
+    "soup_mode": options.soup if methods.FUSION[options.method].averages_weights else None,
     # Average and weighted: one per member; stacking: the logistic regression's kernel and bias.
     "weights": (
       fitted["weights"].tolist()
@@ -193,6 +195,16 @@ def _load_members(
       )
     sources.append(source)
   return sources, first_names
+
+
+def _soup(sources, paths, validation, x_validation, y_validation, options):
+  """(fitted, the model) of a method that averages the members' weights (see `fusion.soup`),
+  after refusing members of other architectures or origins."""
+  module = fusion.method(options.method)
+  members = [source.model for source in sources]
+  module.check_members(members, paths, [source.metadata for source in sources])
+  fitted = module.fit_members(members, validation, x_validation, y_validation, options.soup)
+  return fitted, module.build(members, fitted)
 
 
 def _listed(names: Sequence[str], limit: int = 8) -> str:
