@@ -5,11 +5,19 @@ Tensors a file declares (weights, variables, constants) are added up before anyt
 allocated and must fit `max_bytes` and what the file actually stores (a small file may not
 declare gigabytes). While Keras builds the model, variable creation is held to the same budget,
 so a config cannot allocate what its weights do not back.
+
+Activations: every layer's output and internal tensors (attention's heads x tokens^2 scores)
+per image are estimated from the model's shapes (`model_costs`); one image must fit the
+per-image limit, prediction picks its batch size to fit (`prediction_batch_size`), and training
+refuses a batch that cannot (`check_training_batch`). All derive from the memory budget
+(`tl_keras.limits`), as does TensorFlow's 2^31-element limit on one tensor.
 """
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import tensorflow as tf
 
@@ -68,16 +76,142 @@ def variable_budget(max_bytes: int, refusals: list) -> Iterator[None]:
     yield
 
 
-def check_activations(model: keras.Model, source: str) -> None:
-  """Refuses a model whose layers output more per image than any image model needs."""
+_ATTENTION = frozenset({"MultiHeadAttention", "Attention", "AdditiveAttention"})
+_UNBOUNDED_HINT = "the memory budget ($TL_KERAS_MEMORY_BUDGET_MB, in MiB)"
+
+
+@dataclasses.dataclass
+class Costs:
+  """Float32 elements per image: `step`, the most one layer holds at once (its inputs,
+  outputs and internal tensors); `largest`, the largest single tensor; and where they are."""
+
+  step: int = 0
+  largest: int = 0
+  step_layer: str = ""
+  largest_layer: str = ""
+
+  def add(self, name: str, step: int, largest: int) -> None:
+    if step > self.step:
+      self.step, self.step_layer = step, name
+    if largest > self.largest:
+      self.largest, self.largest_layer = largest, name
+
+
+def _elements(tensor: Any) -> int:
+  """Elements per image of a symbolic tensor (unknown dimensions count as 1)."""
+  shape = getattr(tensor, "shape", None)
+  if shape is None or shape.rank is None:
+    return 0
+  return math.prod(dim for dim in tuple(shape)[1:] if dim)
+
+
+def _tokens(tensor: Any, layer: Any, source: str) -> int:
+  """Positions attended over (all axes but the batch and the features), or a refusal."""
+  shape = tuple(getattr(tensor, "shape", ()) or ())
+  if len(shape) < 3 or any(dim is None for dim in shape[1:]):
+    raise UserError(
+      f"refusing to load {source}: the attention scores of layer {layer.name} cannot be "
+      f"estimated (its inputs have shape {shape}, not a fixed number of positions)"
+    )
+  return math.prod(shape[1:-1])
+
+
+def _attention_elements(layer: Any, node: Any, source: str) -> int:
+  """Elements per image of the tensors inside an attention layer: heads x tokens^2 scores,
+  their softmax, and the projections (AdditiveAttention: tokens^2 x features as well)."""
+  args, kwargs = list(node.call_args), dict(node.call_kwargs)
+  kind = type(layer).__name__
+  if kind == "MultiHeadAttention":
+    query = args[0] if args else kwargs.get("query")
+    value = args[1] if len(args) > 1 else kwargs.get("value")
+    key = args[2] if len(args) > 2 else kwargs.get("key")
+    config = layer.get_config()
+    heads, key_dim = int(config["num_heads"]), int(config["key_dim"])
+    value_dim = int(config.get("value_dim") or key_dim)
+    queries = _tokens(query, layer, source)
+    keys = _tokens(key if key is not None else value, layer, source)
+    return heads * (2 * queries * keys + key_dim * (queries + keys) + value_dim * (queries + keys))
+  inputs = tf.nest.flatten(args[0] if args else kwargs.get("inputs"))
+  queries, keys = _tokens(inputs[0], layer, source), _tokens(inputs[-1], layer, source)
+  scores = 2 * queries * keys
+  if kind == "AdditiveAttention":
+    scores += queries * keys * int(inputs[0].shape[-1])
+  return scores
+
+
+def model_costs(model: keras.Model, source: str) -> Costs:
+  """What `model` holds per image while it computes (see `Costs`); models nested in it are
+  followed. Refuses an attention layer whose scores cannot be estimated."""
+  costs = Costs()
+  for layer in model.layers:
+    inner = model_costs(layer, source) if isinstance(layer, keras.Model) else None
+    for node in layer.inbound_nodes:
+      tensors = tf.nest.flatten(node.input_tensors) + tf.nest.flatten(node.outputs)
+      sizes = [_elements(tensor) for tensor in tensors]
+      internal = (
+        _attention_elements(layer, node, source) if type(layer).__name__ in _ATTENTION else 0
+      )
+      if inner is not None:
+        internal = inner.step
+        costs.add(f"{layer.name}/{inner.largest_layer}", 0, inner.largest)
+      costs.add(layer.name, sum(sizes) + internal, max([internal, *sizes]))
+  return costs
+
+
+def check_activations(model: keras.Model, source: str) -> Costs:
+  """Refuses a model whose layers output, or hold inside (attention scores), more per image
+  than the per-image limit, or a tensor TensorFlow cannot index; returns its `Costs`."""
+  limit = limits.MAX_ACTIVATION_BYTES
   for layer in model.layers:
     for index in range(len(layer.inbound_nodes)):
       shapes = layer.get_output_shape_at(index)
       for shape in shapes if isinstance(shapes, list) else [shapes]:
         size = math.prod(dim for dim in tuple(shape or (None,))[1:] if dim) * 4
-        if size > limits.MAX_ACTIVATION_BYTES:
+        if size > limit:
           raise UserError(
             f"refusing to load {source}: layer {layer.name} outputs "
             f"{size / 2**20:,.0f} MiB per image, above the "
-            f"{limits.MAX_ACTIVATION_BYTES >> 20} MiB limit"
+            f"{limit >> 20} MiB limit; raise {_UNBOUNDED_HINT} if you trust it"
           )
+  costs = model_costs(model, source)
+  if costs.largest * 4 > limit or costs.largest > limits.MAX_TENSOR_ELEMENTS:
+    raise UserError(
+      f"refusing to load {source}: layer {costs.largest_layer} holds a tensor of "
+      f"{costs.largest * 4 / 2**20:,.0f} MiB per image inside (attention scores?), above the "
+      f"{limit >> 20} MiB limit; raise {_UNBOUNDED_HINT} if you trust it"
+    )
+  return costs
+
+
+def prediction_batch_size(model: keras.Model, asked: int, source: str = "the model") -> int:
+  """The largest batch up to `asked` whose activations fit limits.MAX_BATCH_ACTIVATION_BYTES
+  and whose largest tensor TensorFlow can index (at least 1: `check_activations` has refused
+  a model that one image does not fit)."""
+  costs = model_costs(model, source)
+  fits = limits.MAX_BATCH_ACTIVATION_BYTES // max(1, 4 * costs.step)
+  indexable = limits.MAX_TENSOR_ELEMENTS // max(1, costs.largest)
+  return max(1, min(asked, fits, indexable))
+
+
+def check_training_batch(model: keras.Model, batch_size: int, source: str = "the model") -> None:
+  """Refuses training at `batch_size` where one layer's step (its activations and their
+  gradients) would not fit limits.MAX_TRAINING_STEP_BYTES, or a tensor TensorFlow cannot index."""
+  costs = model_costs(model, source)
+  step = 2 * 4 * costs.step * batch_size
+  if (
+    step > limits.MAX_TRAINING_STEP_BYTES or costs.largest * batch_size > limits.MAX_TENSOR_ELEMENTS
+  ):
+    fits = max(
+      0,
+      min(
+        limits.MAX_TRAINING_STEP_BYTES // max(1, 8 * costs.step),
+        limits.MAX_TENSOR_ELEMENTS // max(1, costs.largest),
+      ),
+    )
+    raise UserError(
+      f"cannot train {source} at --batch_size={batch_size}: layer {costs.step_layer} alone "
+      f"needs {step / 2**20:,.0f} MiB a batch, above the memory budget of "
+      f"{limits.memory_budget_mb()} MiB; use --batch_size={fits} or less"
+      + ("" if fits else " (none fits)")
+      + f", or raise {_UNBOUNDED_HINT}"
+    )

@@ -11,6 +11,7 @@ from tl_keras.data.folders import ImageFiles
 from tl_keras.data.preprocessing import preprocess_images
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
+from tl_keras.loading import budgets
 from tl_keras.ranges import check_value
 
 SOURCE_CLASSIFIER = "classifier"
@@ -357,6 +358,7 @@ def predict(
   Keras's per-batch loop overhead.
   `ImageFiles` are read batch by batch, at most `_STREAMED_BATCH_BYTES` of images at a time.
   """
+  batch_size = budgets.prediction_batch_size(model, batch_size)  # fits the memory budget
   input_shape = model.input_shape[1:]
   forward = tf.function(
     lambda batch: model(preprocess_images(batch, input_shape), training=False),

@@ -1,0 +1,151 @@
+"""The memory budget: every limit derives from it, and a model's activations are counted per
+batch and inside layers (attention scores) before TensorFlow allocates them.
+
+Payloads are tiny models the tests build; what they would allocate is computed, not allocated,
+except where a child process shows the bound holds (its peak RSS).
+"""
+
+import numpy as np
+import pytest
+from conftest import run_command
+
+from tl_keras import limits
+from tl_keras.errors import UserError
+from tl_keras.keras_api import keras
+from tl_keras.loading import budgets
+from tl_keras.models import networks
+
+MIB = limits.MIB
+
+
+def _attention_model(tokens=4096, heads=8):
+  """A 64x64 grey image read as `tokens` tokens through self-attention: every layer output is
+  under 1 MiB per image; the scores inside are heads x tokens^2 (8 x 4096^2: 512 MiB)."""
+  inputs = keras.Input((64, 64, 1))
+  x = keras.layers.Reshape((tokens, 4096 // tokens))(inputs)
+  x = keras.layers.Dense(4)(x)
+  x = keras.layers.MultiHeadAttention(num_heads=heads, key_dim=2)(x, x)
+  x = keras.layers.GlobalAveragePooling1D()(x)
+  return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+
+def _wide_conv_model(filters=1024):
+  """40 KB of weights whose 1x1 convolution outputs 64x64x`filters` floats per image (16 MiB
+  at 1024): at 1024 images a batch, 4.3 * 10^9 elements, past TensorFlow's 2^31."""
+  inputs = keras.Input((64, 64, 1))
+  x = keras.layers.Conv2D(filters, 1)(inputs)
+  x = keras.layers.GlobalMaxPooling2D()(x)
+  return keras.Model(inputs, keras.layers.Dense(3)(x))
+
+
+def test_every_scaled_limit_derives_from_the_budget(monkeypatch):
+  monkeypatch.delenv(limits.BUDGET_ENV, raising=False)
+  assert limits.memory_budget_mb() == 1024
+  defaults = {name: getattr(limits, name) for name in limits._SCALED}
+  assert defaults["MAX_ACTIVATION_BYTES"] == 256 * MIB  # the README's figures
+  assert defaults["MAX_FITTED_DATA_BYTES"] == 512 * MIB
+  monkeypatch.setenv(limits.BUDGET_ENV, "4096")
+  assert all(getattr(limits, name) == 4 * value for name, value in defaults.items())
+  with limits.memory_budget(2048):
+    assert limits.MAX_BATCH_ACTIVATION_BYTES == 2 * defaults["MAX_BATCH_ACTIVATION_BYTES"]
+  for bad in ("lots", "-1", "100"):
+    monkeypatch.setenv(limits.BUDGET_ENV, bad)
+    with pytest.raises(UserError, match=limits.BUDGET_ENV):
+      limits.memory_budget_mb()
+
+
+def test_attention_scores_inside_a_layer_are_counted_and_refused(tmp_path):
+  model = _attention_model()
+  # Every output is small: the per-output check alone would pass this model.
+  assert all(np.prod(layer.output_shape[1:]) * 4 < MIB for layer in model.layers[1:])
+  with pytest.raises(UserError, match="multi_head_attention.*inside") as error:
+    budgets.check_activations(model, "attention.h5")
+  assert "TL_KERAS_MEMORY_BUDGET_MB" in str(error.value) and "\n" not in str(error.value)
+  small = _attention_model(tokens=256)  # 8 x 256^2 scores: 4 MiB, loads
+  assert budgets.check_activations(small, "small").largest >= 8 * 256**2
+
+
+def test_attention_over_unknown_token_counts_is_refused():
+  inputs = keras.Input((None, 8))
+  x = keras.layers.MultiHeadAttention(num_heads=2, key_dim=2)(inputs, inputs)
+  model = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(x))
+  with pytest.raises(UserError, match="cannot be estimated"):
+    budgets.check_activations(model, "unknown.h5")
+
+
+def test_prediction_batches_fit_the_budget_and_tensorflows_element_limit():
+  model = _wide_conv_model()
+  batch = budgets.prediction_batch_size(model, 1024)
+  costs = budgets.model_costs(model, "wide")
+  assert 1 <= batch < 1024
+  assert batch * costs.step * 4 <= limits.MAX_BATCH_ACTIVATION_BYTES
+  with limits.memory_budget(1 << 22):  # 4 TiB: memory would allow 1024, TF's indexing not
+    batch = budgets.prediction_batch_size(model, 1024)
+    assert batch * costs.largest <= limits.MAX_TENSOR_ELEMENTS < 1024 * costs.largest
+  # The default pipeline's source model keeps its batch of 1024 (speed unchanged).
+  assert budgets.prediction_batch_size(networks.build_source_model((28, 28, 1), 10), 1024) == 1024
+
+
+def test_training_that_cannot_fit_its_batch_is_refused_naming_both_flags():
+  model = _wide_conv_model()
+  budgets.check_training_batch(model, 16, "wide")  # 16 x 2 x 16 MiB fits 1024 MiB; 31 is the most
+  with pytest.raises(UserError, match=r"--batch_size=1024") as error:
+    budgets.check_training_batch(model, 1024, "wide")
+  message = str(error.value)
+  assert "TL_KERAS_MEMORY_BUDGET_MB" in message and "--batch_size=31 or less" in message
+  assert "\n" not in message
+
+
+_PREDICT = """
+import sys
+import numpy as np
+sys.path.insert(0, "tests")
+from test_budgets import _wide_conv_model
+from tl_keras.models import networks
+out = networks.predict(_wide_conv_model(), np.zeros((1024, 64, 64, 1), np.uint8))
+print("OUTPUTS", out.shape)
+print("PEAK_KB", [line.split()[1] for line in open("/proc/self/status")
+                  if line.startswith("VmHWM")][0])
+"""
+
+
+@pytest.mark.slow
+def test_a_wide_model_predicts_1024_images_within_the_budget():
+  # Before: one batch of 1024 (4.3 * 10^9 elements, 16 GiB): a segfault or killed.
+  result = run_command(["-c", _PREDICT])
+  assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+  assert "OUTPUTS (1024, 3)" in result.stdout
+  peak_kb = int(result.stdout.split("PEAK_KB")[1])
+  assert peak_kb < 2048 * 1024, f"peak {peak_kb >> 10} MiB"
+
+
+_LOAD = """
+import sys
+sys.path.insert(0, "tests")
+from test_budgets import _attention_model
+from tl_keras.outputs import model_io
+model_io.save_h5(_attention_model(), sys.argv[1], {})
+"""
+
+
+@pytest.mark.slow
+def test_an_attention_model_is_refused_in_one_line_by_the_cli(tmp_path):
+  path = str(tmp_path / "attention.h5")
+  made = run_command(["-c", _LOAD, path])
+  assert made.returncode == 0, made.stderr[-3000:]
+  output_dir = tmp_path / "out"
+  script = (
+    "import sys\n"
+    "from tl_keras import cli\n"
+    f"sys.argv = ['tl-transfer', '--model={path}', '--output_dir={output_dir}']\n"
+    "try:\n"
+    "  cli.transfer_main()\n"
+    "finally:\n"
+    "  print('PEAK_KB', [l.split()[1] for l in open('/proc/self/status')\n"
+    "                    if l.startswith('VmHWM')][0])\n"
+  )
+  result = run_command(["-c", script])
+  assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and "inside" in lines[0] and "TL_KERAS_MEMORY_BUDGET_MB" in lines[0], lines
+  assert int(result.stdout.split("PEAK_KB")[1]) < 2048 * 1024, result.stdout
