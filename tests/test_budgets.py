@@ -5,6 +5,8 @@ Payloads are tiny models the tests build; what they would allocate is computed, 
 except where a child process shows the bound holds (its peak RSS).
 """
 
+import types
+
 import numpy as np
 import pytest
 from conftest import run_command
@@ -149,3 +151,29 @@ def test_an_attention_model_is_refused_in_one_line_by_the_cli(tmp_path):
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and "inside" in lines[0] and "TL_KERAS_MEMORY_BUDGET_MB" in lines[0], lines
   assert int(result.stdout.split("PEAK_KB")[1]) < 2048 * 1024, result.stdout
+
+
+def test_fused_members_are_bounded_in_total(tmp_path, monkeypatch):
+  # The same file given 32 times, each load 8 MiB of weights: 256 MiB, above the 128 MiB a
+  # 256 MiB budget allows; refused at the 17th member, having held 16 x 8 MiB.
+  import tensorflow as tf
+
+  from tl_keras.config import settings
+  from tl_keras.stages import fuse
+
+  class Member:
+    model = types.SimpleNamespace(weights=[tf.zeros((2 * MIB,))])
+    input_shape = (28, 28, 1)
+
+    def class_names(self):
+      return ["a", "b"]
+
+  loaded = []
+  monkeypatch.setattr(fuse.base, "load_source", lambda path, *args: loaded.append(path) or Member())
+  path = tmp_path / "member.h5"
+  path.write_bytes(b"")
+  with limits.memory_budget(256), pytest.raises(UserError, match="fuse fewer models") as error:
+    fuse._load_members([str(path)] * 32, settings.FuseSettings())
+  assert len(loaded) == 17 and "\n" not in str(error.value)
+  with limits.memory_budget(512):
+    assert len(fuse._load_members([str(path)] * 32, settings.FuseSettings())[0]) == 32

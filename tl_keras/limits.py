@@ -85,6 +85,8 @@ _SCALED = {
   "MAX_IMAGE_CACHE_BYTES": 1 / 2,
   "MAX_BATCH_ACTIVATION_BYTES": 1 / 2,
   "MAX_TRAINING_STEP_BYTES": 1.0,
+  # The weights of all models held at once (tl-fuse's members): 512 MiB.
+  "MAX_FUSED_WEIGHT_BYTES": 1 / 2,
 }
 
 

@@ -99,10 +99,13 @@ class Costs:
 
 def _elements(tensor: Any) -> int:
   """Elements per image of a symbolic tensor (unknown dimensions count as 1)."""
-  shape = getattr(tensor, "shape", None)
-  if shape is None or shape.rank is None:
+  try:
+    shape = tf.TensorShape(getattr(tensor, "shape", None))
+  except (TypeError, ValueError):
     return 0
-  return math.prod(dim for dim in tuple(shape)[1:] if dim)
+  if shape.rank is None:
+    return 0
+  return math.prod(dim for dim in shape.as_list()[1:] if dim)
 
 
 def _tokens(tensor: Any, layer: Any, source: str) -> int:
@@ -215,3 +218,16 @@ def check_training_batch(model: keras.Model, batch_size: int, source: str = "the
       + ("" if fits else " (none fits)")
       + f", or raise {_UNBOUNDED_HINT}"
     )
+
+
+def check_fused_weights(total: int, model: keras.Model, source: str) -> int:
+  """`total` plus `model`'s weight bytes: the weights of models held together (fused members,
+  the same file given many times included), refused past limits.MAX_FUSED_WEIGHT_BYTES."""
+  total += sum(weight.shape.num_elements() * weight.dtype.size for weight in model.weights)
+  if total > limits.MAX_FUSED_WEIGHT_BYTES:
+    raise UserError(
+      f"refusing to load {source}: with the models before it, {total / 2**20:,.0f} MiB of "
+      f"weights, above {limits.MAX_FUSED_WEIGHT_BYTES >> 20} MiB (half the memory budget); "
+      f"fuse fewer models or raise {_UNBOUNDED_HINT}"
+    )
+  return total

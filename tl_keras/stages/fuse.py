@@ -25,6 +25,7 @@ from tl_keras.data.labeled import split_per_class
 from tl_keras.errors import UserError
 from tl_keras.errors import warn
 from tl_keras.keras_api import keras
+from tl_keras.loading import budgets
 from tl_keras.models import fusion
 from tl_keras.models import networks
 from tl_keras.outputs import files
@@ -176,9 +177,10 @@ def _load_members(
   for path in paths:  # every missing one before loading any
     if not os.path.exists(path):
       raise UserError(f"model not found: {path}; check --models")
-  sources, first_names = [], None
+  sources, first_names, weights = [], None, 0
   for path in paths:
     source = base.load_source(path, options.allow_unsafe_deserialization, options.max_model_mb)
+    weights = budgets.check_fused_weights(weights, source.model, path)
     names, shape = source.class_names(), source.input_shape
     if first_names is None:
       first_names = names
