@@ -105,6 +105,16 @@ def test_bad_arguments_are_user_errors(tmp_path):
     clf.fit((np.zeros((4, 28, 28), np.uint8), np.array([0, 1, 0, 1])), epochs=0)
   with pytest.raises(UserError, match="images and"):
     clf.fit((np.zeros((4, 28, 28), np.uint8), np.array([0, 1])))
+  with pytest.raises(TypeError, match="epoch"):  # a misspelt option is not silently Keras's
+    clf.fit((np.zeros((4, 28, 28), np.uint8), np.array([0, 1, 0, 1])), epoch=2)
+
+
+def test_the_finetune_options_are_the_settings_by_name():
+  """`fit(data, ...)` takes the finetune settings by flag name, defaults from the settings
+  (none copied into the API); what compile() and from_source() set is not among them."""
+  options = api.fit_options()
+  assert {"epochs", "batch_size", "warmup_epochs", "head_init", "adapt", "seed"} <= options
+  assert not {"learning_rate", "optimizer", "unfreeze", "head_units", "resume"} & options
 
 
 def test_importing_tl_keras_imports_no_tensorflow():
