@@ -217,3 +217,36 @@ def test_shot_without_source_images_beats_the_source_model(source_model, small_m
   assert result.adapt["kept"][0]["of"] == 3
   # The centroid labels grow more accurate than the source model was.
   assert result.history["pseudo_label_accuracy"][-1] > source_only
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "flags",
+  [
+    {"adapt": "shot", "train_per_class": 0, "source_data": "npz:/nonexistent/source.npz"},
+    {"adapt": "self_training", "train_per_class": 10, "teacher": "ema"},
+  ],
+  ids=["shot_without_labels", "mean_teacher"],
+)
+def test_under_mirrored_strategy(source_model, small_mnist_dir, tmp_path, flags):
+  from tl_keras.config import settings
+  from tl_keras.stages import finetune
+
+  config = settings.make(
+    settings.FinetuneConfig,
+    model=source_model[0],
+    target="mnist:0-4",
+    data_dir=small_mnist_dir,
+    output_dir=str(tmp_path),
+    strategy="mirrored",
+    unlabeled="rest",
+    epochs=2,
+    steps_per_epoch=5,
+    **flags,
+  )
+  metrics = finetune.run(config)
+  assert metrics["num_replicas"] == 2 and metrics["adapt"]["method"] == flags["adapt"]
+  assert metrics["adapt"]["teacher"] == flags.get("teacher", "none")
+  assert len(metrics["history"]["im_score"]) == 2 and metrics["adapt"]["collapse_events"] == []
+  # The source's own classes, barely adapted: the source model's accuracy, about.
+  assert metrics["test_accuracy"] > 0.9
