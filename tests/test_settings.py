@@ -23,6 +23,7 @@ _TRAINING = {
   "patience",
   "class_weight",
   "label_smoothing",
+  "average_weights_from_epoch",
 }
 
 

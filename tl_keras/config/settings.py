@@ -246,6 +246,12 @@ class TrainSettings:
     choices=CLASS_WEIGHTS,
     report=112,
   )
+  average_weights_from_epoch: int = setting(
+    0,
+    "Stochastic weight averaging (SWA): keep the mean of the weights at the end of each epoch "
+    "from this one on (counted within each training phase) as the model; 0: off.",
+    allowed=Range(0, MAX_EPOCHS),
+  )
   label_smoothing: float = setting(
     0.0,
     "Label smoothing of the cross-entropy loss: the targets become 1 - s + s/k for the true "

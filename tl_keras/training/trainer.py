@@ -35,6 +35,7 @@ from tl_keras.keras_api import keras
 from tl_keras.models import networks
 from tl_keras.training import distribute
 from tl_keras.training import resume
+from tl_keras.training import swa
 
 
 def progress_verbosity() -> int:
@@ -309,6 +310,10 @@ def _run_phase(run: _Run, phase: Phase, backup, stage, announce: bool, verbose: 
       patience=config.train.patience, restore_best_weights=True
     )
     callbacks.append(early_stopping)
+  averager = None
+  if config.train.average_weights_from_epoch:
+    averager = swa.AverageWeights(run.model, config.train.average_weights_from_epoch)
+    callbacks.append(averager)
   if phase.trainable is not None:
     networks.set_trainable(run.model.layers, phase.trainable)
   _compile(run, phase)
@@ -332,6 +337,8 @@ def _run_phase(run: _Run, phase: Phase, backup, stage, announce: bool, verbose: 
     resume.remove_backup(backup[0], run.chief)  # Keras has deleted the checkpoint itself
     run.resumed_from_epoch += tracker.start_epoch
   _record(run, phase, phase_history, early_stopping)
+  if averager:  # the mean of the last epochs' weights, over early stopping's best
+    run.records[-1]["averaged_epochs"] = averager.apply()
 
 
 def _compile(run: _Run, phase: Phase) -> None:
