@@ -31,7 +31,7 @@ from tl_keras.outputs import model_io
     ("pipeline", "--export_formats"),
     ("finetune", "--class_weight"),
     ("pipeline", "--label_smoothing"),
-    ("fuse", "--method: <average|weighted|stacking>"),
+    ("fuse", "--method: <average|weighted|stacking|soup>"),
   ],
 )
 def test_help_lists_the_stage_flags(script, flag):
