@@ -1,952 +1,142 @@
-"""Every setting of every command, in one tree of typed dataclasses, and their validation.
-
-A leaf field is one setting: its `metadata` (see `setting`) holds the flag's help text, its
-allowed choices or `ranges.Range`, whether a resumed run may change it and where report.md
-lists it. The CLI generates its flags from the stage configs (`PretrainConfig`,
-`TransferConfig`, `FinetuneConfig`, `PipelineConfig`), so a new setting is one field here.
-Leaf names are unique within a config and are the flag names, the keys a resumed run records
-and the metrics keys report.md reads. No TensorFlow here: --help and flag errors need none.
+"""Every setting of every command, in one tree of typed dataclasses, and their validation: the
+one door to `config/`. `schema` holds the machinery (a leaf `setting` with its flag's help,
+choices or `ranges.Range`, resume rule and report.md position; `group`; walking, building and
+copying configs), `groups` one settings dataclass per component (paths, runtime, training,
+target, head, source, model, finetune, adaptation, export, fusion), `commands` each command's
+config built from the groups it takes, and `rules` the checks across fields. The CLI generates
+its flags from the command configs, so a new setting is one field in its group. Leaf names are
+unique within a config and are the flag names, the keys a resumed run records and the metrics
+keys report.md reads. No TensorFlow here: --help and flag errors need none.
 """
 
-import copy
-import dataclasses
-import os
-import types
-import typing
-from collections.abc import Iterator
-from typing import Any
-
-from tl_keras import artifacts
-from tl_keras import limits
-from tl_keras.config import methods
-from tl_keras.config.choices import CONV_FILTERS
-from tl_keras.config.choices import DEFAULT_CONV_FILTERS
-from tl_keras.config.choices import DEFAULT_LEARNING_RATES
-from tl_keras.config.choices import DEFAULT_PEAK_LEARNING_RATES
 from tl_keras.config.choices import IMAGE_CACHES
-from tl_keras.config.choices import LEARNING_RATE
-from tl_keras.config.choices import LR_SCHEDULES
-from tl_keras.config.choices import OPTIMIZERS
-from tl_keras.config.choices import STRATEGIES
-from tl_keras.errors import UserError
-from tl_keras.ranges import Range
-from tl_keras.ranges import check_value
-
-# How images of another size reach the model's: stretched, or scaled into the box keeping the
-# aspect ratio, centred and padded with black (as MNIST centres its digits).
-# 'source': framed as the source model's training images were (its metadata's `framing`: for
-# MNIST, the digit's bounding box scaled into a 20x20 box, centred by mass, light on dark).
-# 'auto': 'source' for images of another size when the model records a framing, else resize.
-FITS = ("auto", "resize", "pad", "source")
-# 'auto': chosen by the label count (see `schedule`); 'source': the source classifier's rows for
-# the target's class names (every target class must be a source class).
-HEAD_INITS = ("auto", "random", "probe", "source")
-CLASS_WEIGHTS = ("none", "balanced")
-# TFLite files: float32, dynamic-range (int8 weights), float16 weights, full integer (uint8 in
-# and out).
-EXPORT_FORMATS = ("tflite", "tflite_dynamic", "tflite_float16", "tflite_int8")
-MAX_FUSED_MODELS = 32
-# --model=keras:NAME: an ImageNet backbone, the only models --input_size applies to.
-KERAS_MODEL_PREFIX = "keras:"
-
-MAX_EPOCHS = 10_000
-MAX_BATCH_SIZE = 65_536  # 205 MB of 28x28 float32 images in one step; far more for larger inputs
-MAX_HEAD_UNITS = 4_096  # the widest classic classifier head (VGG's)
-MAX_REPRESENTATIVE_IMAGES = 10_000  # calibration is one forward pass each, no batching
-
-EPOCHS = Range(1, MAX_EPOCHS)
-BATCH_SIZE = Range(1, MAX_BATCH_SIZE)
-# NumPy's and Python's generators take seeds below 2**32.
-SEED = Range(0, 2**32 - 1)
-
-
-def setting(
-  default: Any = None,
-  help_text: str = "",
-  *,
-  flag: str | None = "",
-  choices: tuple[str, ...] = (),
-  allowed: Range | None = None,
-  free_on_resume: bool = False,
-  report: int | None = None,
-) -> Any:
-  """A leaf field: `flag` '' is the field's name, None no flag; `allowed` its range; `report`
-  its position in report.md's settings list (None: not listed)."""
-  metadata = {
-    "help": help_text,
-    "flag": flag,
-    "choices": choices,
-    "allowed": allowed,
-    "free_on_resume": free_on_resume,
-    "report": report,
-  }
-  return dataclasses.field(default=default, metadata=metadata)
-
-
-def group(settings_class, help_texts: dict[str, str] | None = None, **values) -> Any:
-  """A field holding a settings dataclass, its defaults changed by `values` and the help of
-  its settings by `help_texts` ({setting name: text})."""
-  return dataclasses.field(
-    default_factory=lambda: settings_class(**values), metadata={"help": help_texts or {}}
-  )
-
-
-def _epochs(default: int, help_text: str) -> Any:
-  return setting(default, help_text, allowed=EPOCHS, report=40)
-
-
-def _seed(help_text: str) -> Any:
-  return setting(42, help_text, allowed=SEED)
-
-
-def _allow_unsafe() -> Any:
-  return setting(
-    False,
-    "Load models holding Lambda layers, custom classes or graph ops outside the "
-    "allowlist. This runs code from the file: only for files you trust.",
-  )
-
-
-def _max_model_mb() -> Any:
-  return setting(  # see loading.load_model
-    limits.MAX_MODEL_BYTES // limits.MIB,
-    "Refuse model files that declare more tensor data (weights, constants) than this many MiB.",
-    allowed=Range(1, 1 << 20),
-  )
-
-
-def _features_layer() -> Any:
-  return setting(
-    None,
-    "Source layer whose output the new head sits on (its later layers are "
-    "dropped); default: the source classifier's input.",
-    report=90,
-  )
-
-
-@dataclasses.dataclass
-class PathSettings:
-  """Where a command reads data and writes its files."""
-
-  output_dir: str = setting(
-    artifacts.DEFAULT_OUTPUT_DIR, "Folder for models, metrics and predictions.", free_on_resume=True
-  )
-  data_dir: str | None = setting(
-    None,
-    "Folder holding mnist.npz (default: $TL_KERAS_DATA_DIR, then the Keras cache, "
-    "downloading there if needed).",
-    free_on_resume=True,
-  )
-
-
-@dataclasses.dataclass
-class RuntimeSettings:
-  """How a training stage runs: seed, devices, resuming, logs."""
-
-  seed: int = _seed("Random seed for initialisation and shuffling.")
-  strategy: str = setting(
-    "auto",
-    "tf.distribute strategy. auto: all GPUs mirrored, one GPU, "
-    "else CPU; multi_worker reads TF_CONFIG.",
-    choices=STRATEGIES,
-    free_on_resume=True,
-    report=70,
-  )
-  resume: bool = setting(
-    True,
-    "Resume an interrupted run from its last finished epoch; --noresume starts over.",
-    free_on_resume=True,
-  )
-  deterministic: bool | None = setting(
-    None,
-    "TF op determinism for identical results with the same --seed (default: on, off with "
-    "--jit_compile, whose XLA kernels have no deterministic MaxPool gradient); "
-    "--nodeterministic may be faster on GPUs.",
-    free_on_resume=True,
-  )
-  mixed_precision: bool = setting(
-    False, "Float16 compute on GPUs (classifier layers stay float32); refused on CPU."
-  )
-  jit_compile: bool = setting(
-    False,
-    "XLA-compile the training step (faster on GPUs, slower on CPU); turns op determinism off "
-    "unless --deterministic is given, which it refuses.",
-    free_on_resume=True,
-  )
-
-  def op_determinism(self) -> bool:
-    """Whether training runs with op determinism: `deterministic`, by default on unless
-    `jit_compile` (see `validate`)."""
-    return self.deterministic if self.deterministic is not None else not self.jit_compile
-
-  tensorboard: bool = setting(
-    False, "Write TensorBoard logs to OUTPUT_DIR/logs/STAGE.", free_on_resume=True
-  )
-
-
-@dataclasses.dataclass
-class TrainSettings:
-  """How a training stage trains (its epochs are the stage config's)."""
-
-  optimizer: str = setting("adam", "Training optimizer.", choices=OPTIMIZERS, report=20)
-  learning_rate: float | None = setting(
-    None,
-    "Learning rate (default per optimizer: "
-    + ", ".join(f"{name} {rate:g}" for name, rate in DEFAULT_LEARNING_RATES.items())
-    + "; the peak under --lr_schedule=cosine: "
-    + ", ".join(f"{name} {rate:g}" for name, rate in DEFAULT_PEAK_LEARNING_RATES.items())
-    + ").",
-    allowed=LEARNING_RATE,
-    report=30,
-  )
-  lr_schedule: str = setting(
-    "constant",
-    "Learning rate within each training phase: constant, or cosine (from --learning_rate "
-    "down to 0 over the phase's steps).",
-    choices=LR_SCHEDULES,
-    report=31,
-  )
-  batch_size: int | None = setting(
-    128, "Global batch size, split over the replicas.", allowed=BATCH_SIZE, report=60
-  )
-  # When set, the global batch is this times the number of replicas and batch_size is unused.
-  per_replica_batch_size: int | None = setting(
-    None,
-    "Batch size per replica; when set, the global batch is this times the number of "
-    "replicas and --batch_size is ignored.",
-    allowed=BATCH_SIZE,
-  )
-  augment: bool | None = setting(
-    False, "Random shifts, rotations and zoom of the training images.", report=110
-  )
-  steps_per_epoch: int | None = setting(
-    None,
-    "Optimizer steps per epoch, drawn from the repeated, reshuffled training images (default: "
-    "one pass over them).",
-    allowed=Range(1, 1_000_000),
-    report=62,
-  )
-  validation_split: float = setting(
-    0.0,
-    "Fraction of each class's training images held out for validation; when set, "
-    "training stops early once the validation loss stalls and keeps the best epoch's "
-    "weights.",
-    allowed=Range(0, 1, real=True, high_open=True),
-    report=120,
-  )
-  patience: int = setting(
-    3,
-    "With --validation_split: epochs without a better validation loss before stopping.",
-    allowed=Range(1, MAX_EPOCHS),
-  )
-  class_weight: str = setting(
-    "none",
-    "Loss weight of each class: none, or balanced (n_images / (n_classes * the class's "
-    "training images), so rare classes count as much as common ones).",
-    choices=CLASS_WEIGHTS,
-    report=112,
-  )
-  average_weights_from_epoch: int = setting(
-    0,
-    "Stochastic weight averaging (SWA): keep the mean of the weights at the end of each epoch "
-    "from this one on (counted within each training phase) as the model; 0: off.",
-    allowed=Range(0, MAX_EPOCHS),
-  )
-  label_smoothing: float = setting(
-    0.0,
-    "Label smoothing of the cross-entropy loss: the targets become 1 - s + s/k for the true "
-    "class and s/k for the others.",
-    allowed=Range(0, 1, real=True, high_open=True),
-    report=114,
-  )
-
-
-@dataclasses.dataclass
-class TargetSettings:
-  """Which target data to use and how to read it."""
-
-  target: str = setting(
-    "mnist:5-9",
-    "Target data: 'mnist:CLASSES' (e.g. mnist:5-9; labels become 0..k-1), "
-    "'npz:PATH' (keys x_train y_train x_test y_test; any size, 1 or 3 channels) or 'dir:PATH' "
-    "(a folder per class of PNG/JPEG/BMP/GIF images, optionally inside train/ and test/ "
-    "folders).",
-    report=130,
-  )
-  target_fit: str = setting(
-    "auto",
-    "How target images reach the model's input: resize (stretch to its size), pad (keep the "
-    "aspect ratio, centre, pad with black), source (frame them as the source's training images "
-    "were, from the model's metadata: for MNIST sources, light ink on black, the digit scaled "
-    "into a 20x20 box centred by mass); auto: source for images of another size when the model "
-    "records a framing, else resize.",
-    choices=FITS,
-  )
-  image_cache: str = setting(
-    "auto",
-    "For dir: targets: memory keeps the fitted images in memory; none reads them from the files "
-    "on every pass (tf.data), so memory does not grow with the folder; auto: memory up to "
-    f"{limits.MAX_IMAGE_CACHE_BYTES // limits.MIB} MiB of fitted images, else none.",
-    choices=IMAGE_CACHES,
-    free_on_resume=True,  # the same images either way
-  )
-  test_split: float = setting(
-    0.2,
-    "For dir: targets without train/ and test/ folders: the fraction of each class held "
-    "out for testing (seeded).",
-    allowed=Range(0, 1, real=True, low_open=True, high_open=True),
-  )
-  train_per_class: int | None = setting(
-    None,
-    "Use only this many training images per target class (a seeded, stratified subset); 0 with "
-    "--unlabeled: no target labels at all (the target's classes must be source classes).",
-    allowed=Range(0, 10_000_000),
-  )
-
-
-@dataclasses.dataclass
-class HeadSettings:
-  """The new head: where it sits, an optional hidden Dense layer, dropout, L2 weight decay on
-  its kernels, and how its classifier starts."""
-
-  features_layer: str | None = _features_layer()
-  head_units: int = setting(
-    0,
-    "Units of a hidden ReLU Dense layer in the new head; 0: the "
-    "classifier sits directly on the source features.",
-    allowed=Range(0, MAX_HEAD_UNITS),
-  )
-  head_dropout: float = setting(
-    0.0, "Dropout rate in the new head.", allowed=Range(0, 1, real=True, high_open=True)
-  )
-  head_l2: float = setting(
-    0.0, "L2 weight decay on the new head's kernels.", allowed=Range(0, 1, real=True)
-  )
-  head_init: str = setting(
-    "auto",
-    "How the new classifier starts: random, probe (a linear probe fitted on the frozen source "
-    "features), or source (the source classifier's rows for the target's class names, which "
-    "must be source classes); auto: probe with few labelled images or with --unlabeled, source "
-    "with no labels, else random.",
-    choices=HEAD_INITS,
-    report=100,
-  )
-
-
-@dataclasses.dataclass
-class SourceSettings:
-  """The source CNN pretrain builds and the MNIST digits it learns."""
-
-  source_classes: str = setting(
-    "0-4", "MNIST digits to pretrain on: 'all', or digits and ranges such as '0-4' or '0,2,4-6'."
-  )
-  conv_filters: str = setting(
-    ",".join(str(f) for f in DEFAULT_CONV_FILTERS),
-    "Filters of each convolution of the source CNN, e.g. 16,32 (fast) or 32,64 (transfers "
-    f"better to a few target labels); one to three, each {CONV_FILTERS}.",
-    report=10,
-  )
-
-
-@dataclasses.dataclass
-class ModelSettings:
-  """The source model file and the limits of loading it."""
-
-  model: str = setting(
-    os.path.join(artifacts.DEFAULT_OUTPUT_DIR, artifacts.SOURCE_MODEL),
-    "Source model: an .h5 or .keras file, a SavedModel folder, a TF Hub handle, or "
-    "keras:NAME, an ImageNet backbone from tf_keras.applications (keras:MobileNetV2, "
-    "keras:ResNet50, keras:EfficientNetB0, ...; weights from the Keras cache, "
-    "$KERAS_HOME/models or ~/.keras/models, downloaded there when online).",
-  )
-  input_size: int | None = setting(
-    None,
-    "For --model=keras:NAME: the height and width of its input in pixels (default 224).",
-    allowed=Range(32, 1024),
-  )
-  allow_unsafe_deserialization: bool = _allow_unsafe()
-  max_model_mb: int = _max_model_mb()
-
-
-@dataclasses.dataclass
-class FinetuneSettings:
-  """Which source layers train and when: with `warmup_epochs`, only the new head trains first;
-  then the `unfreeze`d layers join it at `finetune_learning_rate`."""
-
-  unfreeze: str = setting(
-    "all",
-    "Source layers that train besides the new head: none, all, last:N (the last N "
-    "layers with weights) or comma-separated layer names. BatchNormalization layers always "
-    "stay frozen, in inference mode.",
-    report=80,
-  )
-  warmup_epochs: int = setting(
-    0,
-    "Epochs that train only the new head before the --unfreeze'd layers join it.",
-    allowed=Range(0, MAX_EPOCHS),
-    report=50,
-  )
-  finetune_learning_rate: float | None = setting(
-    None,
-    "Learning rate after the warmup epochs (default: a tenth of --learning_rate).",
-    allowed=LEARNING_RATE,
-  )
-  compare_scratch: bool = setting(
-    False,
-    "Also train the same model from random weights for as "
-    "many epochs and report the transfer gain.",
-  )
-
-
-@dataclasses.dataclass
-class AdaptSettings:
-  """Unlabelled target images, and how training learns from them (see `adaptation`)."""
-
-  unlabeled: str = setting(
-    "",
-    "Target images without labels, used in training: rest (the target's training images "
-    "--train_per_class left out, labels dropped), dir:PATH (every image under PATH, any "
-    "nesting), npz:PATH (key x_train or x) or mnist:CLASSES; default none.",
-    report=116,
-  )
-  adapt: str = setting(
-    "auto",
-    "How the unlabelled images are used: " + methods.adaptation_help(),
-    choices=methods.adaptation_choices(),
-    report=115,
-  )
-  source_data: str = setting(
-    "auto",
-    "The source's training images, for --adapt=align and for training with "
-    "--train_per_class=0: a target spec (mnist:CLASSES, npz:PATH, dir:PATH); auto: MNIST "
-    "digits of the source model's classes, from its metadata.",
-  )
-  unlabeled_ratio: int = setting(
-    3, "Unlabelled images per labelled image in each batch.", allowed=Range(1, 64)
-  )
-  confidence_threshold: float = setting(
-    0.95,
-    "Self-training: the confidence a weakly augmented unlabelled image needs for its "
-    "pseudo-label to count.",
-    allowed=Range(0, 1, real=True, low_open=True),
-  )
-  unlabeled_weight: float = setting(
-    1.0, "Weight of the unlabelled (pseudo-label) loss.", allowed=Range(0, 100, real=True)
-  )
-  align_weight: float = setting(
-    0.1,
-    "--adapt=align: weight of the domain-adversarial gradient on the features.",
-    allowed=Range(0, 100, real=True),
-  )
-  teacher: str = setting(
-    "none",
-    "Where self-training's pseudo-labels come from: none (the model being trained) or ema (a "
-    "mean teacher, the moving average of its weights, French et al. 2018; kept at the end "
-    "when it scores better by --selection).",
-    choices=("none", "ema"),
-  )
-  teacher_decay: float = setting(
-    0.99,
-    "--teacher=ema: the moving average's decay per optimizer step.",
-    allowed=Range(0, 1, real=True, high_open=True),
-  )
-  selection: str = setting(
-    "im",
-    "With unlabelled images, which epoch's weights to keep, judged on them without labels: im "
-    "(confident and class-balanced predictions, SHOT's information maximisation), snd (soft "
-    "neighbourhood density, Saito et al. 2021) or last. Both criteria are recorded per epoch.",
-    choices=("im", "snd", "last"),
-  )
-
-
-def _representative_images() -> Any:
-  return setting(
-    300,
-    "Training images, drawn at random (--seed), that calibrate tflite_int8's value ranges.",
-    allowed=Range(1, MAX_REPRESENTATIVE_IMAGES),
-    free_on_resume=True,
-  )
-
-
-@dataclasses.dataclass
-class ExportSettings:
-  """TFLite files written after finetuning (see `ExportConfig` for tl-export)."""
-
-  export_formats: str = setting(
-    "",
-    f"TFLite files to export and evaluate after finetuning: comma-separated, any of "
-    f"{', '.join(EXPORT_FORMATS)}; default none (see tl-export).",
-    free_on_resume=True,
-  )
-  representative_images: int = _representative_images()
-
-
-# Finetune's defaults that depend on the data (see `schedule`).
-_FEW_LABELS = "with few labelled images or with --unlabeled"
-_FINETUNE_EPOCHS_HELP = (
-  f"(default: 4, or {_FEW_LABELS}, as many as give enough optimizer steps; see --steps_per_epoch)."
-)
-_FINETUNE_TRAIN_HELP = {
-  "batch_size": f"Global batch size, split over the replicas (default: 128, or 32 {_FEW_LABELS}).",
-  "augment": "Random shifts, rotations and zoom of the training images (default: on "
-  f"{_FEW_LABELS}, else off).",
-  "steps_per_epoch": "Optimizer steps per epoch, drawn from the repeated, reshuffled training "
-  f"images (default: one pass over them, or {_FEW_LABELS}, chosen with the epochs so that "
-  "training takes enough steps).",
-}
-# The pipeline's pretrain stage keeps the fixed defaults.
-_PIPELINE_TRAIN_HELP = {
-  "batch_size": "Global batch size, split over the replicas (default: 128; in finetune, 32 "
-  f"{_FEW_LABELS}).",
-  "augment": "Random shifts, rotations and zoom of the training images (default: off; in "
-  f"finetune, on {_FEW_LABELS}).",
-  "steps_per_epoch": _FINETUNE_TRAIN_HELP["steps_per_epoch"],
-}
-
-
-@dataclasses.dataclass
-class TrainingConfig:
-  """What every training stage has: paths, runtime, training settings and epochs."""
-
-  paths: PathSettings = group(PathSettings)
-  runtime: RuntimeSettings = group(RuntimeSettings)
-  train: TrainSettings = group(TrainSettings)
-  epochs: int = _epochs(3, "Training epochs.")
-
-
-@dataclasses.dataclass
-class PretrainConfig(TrainingConfig):
-  """tl-pretrain: the source CNN on MNIST digits."""
-
-  epochs: int = _epochs(4, "Training epochs.")
-  source: SourceSettings = group(SourceSettings)
-
-
-@dataclasses.dataclass
-class TransferConfig:
-  """tl-transfer: predictions of a saved model on the target, before any training."""
-
-  paths: PathSettings = group(PathSettings)
-  load: ModelSettings = group(ModelSettings)
-  target: TargetSettings = group(TargetSettings)
-  seed: int = _seed("Random seed for --train_per_class and --test_split.")
-  features_layer: str | None = _features_layer()
-  batch_size: int = setting(1024, flag=None, allowed=BATCH_SIZE)  # of prediction
-
-
-@dataclasses.dataclass
-class FinetuneConfig(TrainingConfig):
-  """tl-finetune: a new head on the source model, trained on the target."""
-
-  train: TrainSettings = group(TrainSettings, _FINETUNE_TRAIN_HELP, batch_size=None, augment=None)
-  epochs: int | None = _epochs(None, f"Training epochs {_FINETUNE_EPOCHS_HELP}")
-  load: ModelSettings = group(ModelSettings)
-  target: TargetSettings = group(TargetSettings)
-  head: HeadSettings = group(HeadSettings)
-  finetune: FinetuneSettings = group(FinetuneSettings)
-  adapt: AdaptSettings = group(AdaptSettings)
-  export: ExportSettings = group(ExportSettings)
-
-
-@dataclasses.dataclass
-class ExportConfig:
-  """tl-export: TFLite files of a trained model, each evaluated on the target's test set."""
-
-  paths: PathSettings = group(PathSettings)
-  load: ModelSettings = group(
-    ModelSettings, model=os.path.join(artifacts.DEFAULT_OUTPUT_DIR, artifacts.TARGET_MODEL)
-  )
-  target: TargetSettings = group(TargetSettings)
-  seed: int = _seed("Random seed for --train_per_class, --test_split and the int8 calibration.")
-  formats: str = setting(
-    ",".join(EXPORT_FORMATS),
-    f"TFLite files to write, comma-separated, any of {', '.join(EXPORT_FORMATS)}: float32, "
-    "dynamic-range (int8 weights), float16 weights, full integer (uint8 input and output).",
-  )
-  representative_images: int = _representative_images()
-
-
-@dataclasses.dataclass
-class PipelineConfig:
-  """tl-pipeline: pretrain, transfer and finetune into one output folder (see `stages`)."""
-
-  paths: PathSettings = group(PathSettings)
-  runtime: RuntimeSettings = group(RuntimeSettings)
-  train: TrainSettings = group(TrainSettings, _PIPELINE_TRAIN_HELP, batch_size=None, augment=None)
-  pretrain_epochs: int = setting(4, "Epochs of the pretrain stage.", allowed=EPOCHS)
-  finetune_epochs: int | None = setting(
-    None, f"Epochs of the finetune stage {_FINETUNE_EPOCHS_HELP}", allowed=EPOCHS
-  )
-  source: SourceSettings = group(SourceSettings)
-  target: TargetSettings = group(TargetSettings)
-  head: HeadSettings = group(HeadSettings)
-  finetune: FinetuneSettings = group(FinetuneSettings)
-  adapt: AdaptSettings = group(AdaptSettings)
-  export: ExportSettings = group(ExportSettings)
-
-  def stages(self) -> tuple[PretrainConfig, TransferConfig, FinetuneConfig]:
-    """The three stages' configs; transfer and finetune read the model pretrain writes."""
-    config = copy.deepcopy(self)
-    model = ModelSettings(model=os.path.join(config.paths.output_dir, artifacts.SOURCE_MODEL))
-    pretrain_train = copy.deepcopy(config.train)
-    defaults = TrainSettings()  # the finetune stage chooses its own by the label count
-    if pretrain_train.batch_size is None:
-      pretrain_train.batch_size = defaults.batch_size
-    if pretrain_train.augment is None:
-      pretrain_train.augment = defaults.augment
-    return (
-      PretrainConfig(
-        paths=copy.deepcopy(config.paths),
-        runtime=copy.deepcopy(config.runtime),
-        train=pretrain_train,
-        epochs=config.pretrain_epochs,
-        source=config.source,
-      ),
-      TransferConfig(
-        paths=copy.deepcopy(config.paths),
-        load=copy.deepcopy(model),
-        target=copy.deepcopy(config.target),
-        seed=config.runtime.seed,
-        features_layer=config.head.features_layer,
-      ),
-      FinetuneConfig(
-        paths=config.paths,
-        runtime=config.runtime,
-        train=config.train,
-        epochs=config.finetune_epochs,
-        load=model,
-        target=config.target,
-        head=config.head,
-        finetune=config.finetune,
-        adapt=config.adapt,
-        export=config.export,
-      ),
-    )
-
-
-@dataclasses.dataclass
-class FuseSettings:
-  """The members of a fusion, how they are combined, and the limits of loading them."""
-
-  models: str = setting(
-    "",
-    "Comma-separated models to fuse (.h5 or .keras files or SavedModel folders), at least two, "
-    "trained for the same classes and taking the same input shape.",
-  )
-  method: str = setting(
-    "average",
-    f"How the members' probabilities are combined: {methods.fusion_help()}.",
-    choices=tuple(methods.FUSION),
-  )
-  soup: str = setting(
-    "greedy",
-    "--method=soup (model soups, Wortsman et al. 2022; members finetuned from one source): "
-    "greedy (members by validation accuracy, each kept only if the soup's validation accuracy "
-    "does not drop) or uniform (all members' weights, equally).",
-    choices=("greedy", "uniform"),
-  )
-  validation_split: float = setting(
-    0.2,
-    "Fraction of each class's training images held out (seeded, as tl-finetune's "
-    "--validation_split) to fit the weights and score the members; never the test images.",
-    allowed=Range(0, 1, real=True, low_open=True, high_open=True),
-  )
-  allow_unsafe_deserialization: bool = _allow_unsafe()
-  max_model_mb: int = _max_model_mb()
-
-  def model_paths(self) -> list[str]:
-    """The member models named by `models`, in order."""
-    return [path.strip() for path in self.models.split(",")]
-
-
-@dataclasses.dataclass
-class FuseConfig:
-  """tl-fuse: several models for the same classes combined into one."""
-
-  paths: PathSettings = group(PathSettings)
-  fuse: FuseSettings = group(FuseSettings)
-  target: TargetSettings = group(TargetSettings)
-  seed: int = _seed("Random seed for --train_per_class, --test_split and --validation_split.")
-
-
-# The scores tl-rank computes (`tl_keras.ranking.rank.SCORES`); LogME is the default, the one
-# the small-data evidence supports (k-NN ranked a random-weight source above a trained one).
-RANK_SCORES = ("logme", "h_score", "knn_accuracy", "leep", "nce", "linear_probe_accuracy")
-
-
-@dataclasses.dataclass
-class RankConfig:
-  """tl-rank: candidate source models scored for the target before finetuning any of them."""
-
-  paths: PathSettings = group(PathSettings)
-  models: str = setting(
-    "",
-    "Comma-separated candidate source models, each as --model takes it (.h5, .keras, "
-    "SavedModel folder, TF Hub handle, keras:NAME at its default input size).",
-  )
-  target: TargetSettings = group(TargetSettings)
-  by: str = setting("logme", "The score the candidates are ranked by.", choices=RANK_SCORES)
-  max_images: int = setting(
-    1000,
-    "At most this many target training images (and as many test images), a seeded draw, "
-    "are scored.",
-    allowed=Range(2, 10_000_000),
-  )
-  seed: int = _seed("Random seed for --train_per_class, --test_split and --max_images.")
-  features_layer: str | None = _features_layer()
-  allow_unsafe_deserialization: bool = _allow_unsafe()
-  max_model_mb: int = _max_model_mb()
-
-  def model_list(self) -> list[str]:
-    """The candidates named by `models`, in order; refuses an empty or repeated name."""
-    names = [name.strip() for name in self.models.split(",")]
-    if not self.models.strip() or not all(names):
-      raise UserError(
-        f"invalid --models={self.models!r}: name the candidate models, separated by commas"
-      )
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-      raise UserError(f"--models names {', '.join(repeated)} more than once")
-    return names
-
-
-COMMAND_CONFIGS = (
-  PretrainConfig,
-  TransferConfig,
-  FinetuneConfig,
-  PipelineConfig,
-  ExportConfig,
-  FuseConfig,
-  RankConfig,
-)
-
-
-def _is_group(field: dataclasses.Field) -> bool:
-  return dataclasses.is_dataclass(field.type)
-
-
-def leaves(config) -> Iterator[tuple[Any, dataclasses.Field]]:
-  """(owner, field) of every setting of `config` (a config or a settings dataclass), depth
-  first in field order."""
-  for field in dataclasses.fields(config):
-    if not _is_group(field):
-      yield config, field
-      continue
-    for owner, leaf in leaves(getattr(config, field.name)):
-      text = field.metadata["help"].get(leaf.name)
-      if text:  # this config's own help for the setting
-        leaf = copy.copy(leaf)
-        leaf.metadata = types.MappingProxyType({**leaf.metadata, "help": text})
-      yield owner, leaf
-
-
-def flag_name(field: dataclasses.Field) -> str | None:
-  """The flag that sets `field`: its name unless its metadata says otherwise; None: no flag."""
-  flag = field.metadata.get("flag", "")
-  return field.name if flag == "" else flag
-
-
-def value_type(field: dataclasses.Field) -> type:
-  """bool, int, float or str: the type of the field's values, Optional removed."""
-  kind = field.type
-  if typing.get_origin(kind) in (typing.Union, types.UnionType):
-    kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-  return kind
-
-
-def flag_help(field: dataclasses.Field) -> str:
-  """The field's help text and, for --help, its allowed range."""
-  text = field.metadata.get("help", "")
-  allowed = field.metadata.get("allowed")
-  if allowed is None:
-    return text
-  allowed = str(allowed)
-  return f"{text} {allowed[0].upper()}{allowed[1:]}."
-
-
-def as_dict(config) -> dict[str, Any]:
-  """{setting name: value} over every leaf of `config`."""
-  return {field.name: getattr(owner, field.name) for owner, field in leaves(config)}
-
-
-def recorded_on_resume(config) -> dict[str, Any]:
-  """The settings a resumed run must share with the interrupted one (all but those marked
-  free_on_resume)."""
-  return {
-    field.name: getattr(owner, field.name)
-    for owner, field in leaves(config)
-    if not field.metadata.get("free_on_resume")
-  }
-
-
-def _set(config, values: dict[str, Any]) -> None:
-  owners = {field.name: owner for owner, field in leaves(config)}
-  unknown = sorted(set(values) - set(owners))
-  if unknown:
-    raise TypeError(f"{type(config).__name__} has no setting {', '.join(unknown)}")
-  for name, value in values.items():
-    setattr(owners[name], name, value)
-
-
-def make(config_class, **values):
-  """A `config_class` with its defaults, leaves named in `values` set: make(FinetuneConfig,
-  epochs=3, target='mnist:5-9')."""
-  config = config_class()
-  _set(config, values)
-  return config
-
-
-def replace(config, **values):
-  """A copy of `config` with the leaves named in `values` set."""
-  config = copy.deepcopy(config)
-  _set(config, values)
-  return config
-
-
-def export_formats(spec: str, name: str = "formats") -> tuple[str, ...]:
-  """'tflite,tflite_int8' -> ('tflite', 'tflite_int8'); '' -> (). Refuses an unknown format
-  (a UserError naming flag `name`); repeats count once."""
-  formats = tuple(dict.fromkeys(part.strip() for part in spec.split(",") if part.strip()))
-  unknown = [part for part in formats if part not in EXPORT_FORMATS]
-  if unknown:
-    raise UserError(
-      f"unknown --{name} format {unknown[0]!r}: use any of {', '.join(EXPORT_FORMATS)}, "
-      "separated by commas"
-    )
-  return formats
-
-
-def validate(config) -> None:
-  """Refuses bad settings with a UserError naming the flag, before anything is written: a
-  value outside its choices or range, a non-finite float, then the rules across fields."""
-  for owner, field in leaves(config):
-    name = flag_name(field) or field.name
-    value = getattr(owner, field.name)
-    choices = field.metadata.get("choices")
-    if choices and value not in choices:
-      raise UserError(f"unknown --{name}={value!r}: use one of {', '.join(choices)}")
-    check_value(name, value, field.metadata.get("allowed"))
-    if field.name in ("formats", "export_formats"):
-      export_formats(value, name)
-  if isinstance(config, RankConfig):
-    config.model_list()
-  if isinstance(config, ExportConfig) and not export_formats(config.formats):
-    raise UserError(f"--formats is empty: use any of {', '.join(EXPORT_FORMATS)}")
-  fuse = getattr(config, "fuse", config)
-  if isinstance(fuse, FuseSettings):
-    paths = fuse.model_paths()
-    if not fuse.models.strip() or not all(paths):
-      raise UserError(
-        f"invalid --models={fuse.models!r}: name the model files to fuse, separated by commas"
-      )
-    if not 2 <= len(paths) <= MAX_FUSED_MODELS:
-      raise UserError(f"--models names {len(paths)} model(s); fuse 2 to {MAX_FUSED_MODELS}")
-  head = getattr(config, "head", config)
-  if isinstance(head, HeadSettings) and head.head_init in ("probe", "source") and head.head_units:
-    raise UserError(
-      f"--head_init={head.head_init} sets the classifier on the source features, so it needs "
-      "--head_units=0"
-    )
-  if isinstance(head, HeadSettings) and head.head_init == "source" and head.features_layer:
-    raise UserError(
-      "--head_init=source starts from the source classifier, so the head must sit where it "
-      "did: drop --features_layer"
-    )
-  _validate_runtime(config)
-  _validate_adaptation(config)
-
-
-def _validate_runtime(config) -> None:
-  """Settings that cannot work together: --input_size on a model other than keras:NAME (which
-  has its own input size), and --jit_compile with --deterministic (XLA has no deterministic
-  kernel for MaxPool's gradient: TensorFlow stops at the first training step)."""
-  load = getattr(config, "load", config)
-  if isinstance(load, ModelSettings) and load.input_size is not None:
-    if not load.model.startswith(KERAS_MODEL_PREFIX):
-      raise UserError(
-        f"--input_size is for --model={KERAS_MODEL_PREFIX}NAME backbones; {load.model} has "
-        "its own input size: drop --input_size"
-      )
-  runtime = getattr(config, "runtime", config)
-  if isinstance(runtime, RuntimeSettings) and runtime.jit_compile and runtime.deterministic:
-    raise UserError(
-      "--jit_compile cannot train with --deterministic: XLA has no deterministic kernel for "
-      "MaxPool's gradient; pass --nodeterministic (or drop --deterministic) to use XLA, or "
-      "drop --jit_compile for identical results with the same --seed"
-    )
-
-
-def notes(config) -> list[str]:
-  """What a run does that its flags do not say: the defaults the rules across settings
-  chose, one line each, for the CLI to print before any work."""
-  runtime = getattr(config, "runtime", None)
-  if isinstance(runtime, RuntimeSettings) and runtime.jit_compile and runtime.deterministic is None:
-    return [
-      "--jit_compile turns op determinism off (XLA has no deterministic kernel for MaxPool's "
-      "gradient): runs with the same --seed may differ slightly"
-    ]
-  return []
-
-
-def unlabeled_spec_problem(spec: str) -> str | None:
-  """None for a well-formed --unlabeled spec (or none), else the message refusing it."""
-  kind, _, path = spec.partition(":")
-  if not spec or spec == "rest" or (kind in ("dir", "npz") and path) or kind == "mnist":
-    return None
-  return (
-    f"unknown --unlabeled={spec!r}: use rest, dir:PATH (images at any depth), npz:PATH "
-    "(key x_train or x) or mnist:CLASSES"
-  )
-
-
-def _validate_adaptation(config) -> None:
-  """The rules of --unlabeled, --adapt and --train_per_class=0, for configs that have them."""
-  target = getattr(config, "target", None)
-  adapt = getattr(config, "adapt", None)
-  if not isinstance(target, TargetSettings) or target.train_per_class != 0:
-    no_labels = False
-  elif isinstance(adapt, AdaptSettings):
-    no_labels = True
-  elif isinstance(config, (ExportConfig, FuseConfig)):
-    raise UserError("--train_per_class=0 leaves no training images; give at least 1")
-  else:  # transfer: predictions only
-    return
-  if not isinstance(adapt, AdaptSettings):
-    return
-  problem = unlabeled_spec_problem(adapt.unlabeled)
-  if problem:
-    raise UserError(problem)
-  method = methods.ADAPTATION[methods.choose_adaptation(adapt.adapt, int(bool(adapt.unlabeled)))]
-  if method.uses_unlabeled and not adapt.unlabeled:
-    raise UserError(f"--adapt={adapt.adapt} learns from unlabelled images: give --unlabeled")
-  if not no_labels:
-    return
-  if not method.uses_unlabeled:
-    raise UserError(
-      "--train_per_class=0 leaves no labelled target images: give --unlabeled (e.g. rest) to "
-      "adapt without labels, or at least 1 image per class"
-    )
-  head = config.head
-  refused = [
-    (head.features_layer, "--features_layer"),
-    (head.head_units, "--head_units"),
-    (head.head_init not in ("auto", "source"), f"--head_init={head.head_init}"),
-    (config.train.validation_split, "--validation_split"),
-    (config.finetune.compare_scratch, "--compare_scratch"),
-  ]
-  given = [name for value, name in refused if value]
-  if given:
-    raise UserError(
-      f"--train_per_class=0 (no target labels) starts the classifier from the source's and "
-      f"has no images to validate or train from scratch on: drop {', '.join(given)}"
-    )
-
-
-def report_keys() -> list[str]:
-  """The settings report.md lists, in its order."""
-  positions = {}
-  for config_class in COMMAND_CONFIGS:
-    for _, field in leaves(config_class()):
-      if field.metadata.get("report") is not None:
-        positions[field.name] = field.metadata["report"]
-  return sorted(positions, key=positions.get)
+from tl_keras.config.commands import _FEW_LABELS
+from tl_keras.config.commands import _FINETUNE_EPOCHS_HELP
+from tl_keras.config.commands import _FINETUNE_TRAIN_HELP
+from tl_keras.config.commands import _PIPELINE_TRAIN_HELP
+from tl_keras.config.commands import COMMAND_CONFIGS
+from tl_keras.config.commands import RANK_SCORES
+from tl_keras.config.commands import ExportConfig
+from tl_keras.config.commands import FinetuneConfig
+from tl_keras.config.commands import FuseConfig
+from tl_keras.config.commands import PipelineConfig
+from tl_keras.config.commands import PretrainConfig
+from tl_keras.config.commands import RankConfig
+from tl_keras.config.commands import TrainingConfig
+from tl_keras.config.commands import TransferConfig
+from tl_keras.config.groups import BATCH_SIZE
+from tl_keras.config.groups import CLASS_WEIGHTS
+from tl_keras.config.groups import EPOCHS
+from tl_keras.config.groups import EXPORT_FORMATS
+from tl_keras.config.groups import FITS
+from tl_keras.config.groups import HEAD_INITS
+from tl_keras.config.groups import KERAS_MODEL_PREFIX
+from tl_keras.config.groups import MAX_BATCH_SIZE
+from tl_keras.config.groups import MAX_EPOCHS
+from tl_keras.config.groups import MAX_FUSED_MODELS
+from tl_keras.config.groups import MAX_HEAD_UNITS
+from tl_keras.config.groups import MAX_REPRESENTATIVE_IMAGES
+from tl_keras.config.groups import SEED
+from tl_keras.config.groups import AdaptSettings
+from tl_keras.config.groups import ExportSettings
+from tl_keras.config.groups import FinetuneSettings
+from tl_keras.config.groups import FuseSettings
+from tl_keras.config.groups import HeadSettings
+from tl_keras.config.groups import ModelSettings
+from tl_keras.config.groups import PathSettings
+from tl_keras.config.groups import RuntimeSettings
+from tl_keras.config.groups import SourceSettings
+from tl_keras.config.groups import TargetSettings
+from tl_keras.config.groups import TrainSettings
+from tl_keras.config.groups import _allow_unsafe
+from tl_keras.config.groups import _epochs
+from tl_keras.config.groups import _features_layer
+from tl_keras.config.groups import _max_model_mb
+from tl_keras.config.groups import _representative_images
+from tl_keras.config.groups import _seed
+from tl_keras.config.groups import export_formats
+from tl_keras.config.rules import _validate_adaptation
+from tl_keras.config.rules import _validate_runtime
+from tl_keras.config.rules import notes
+from tl_keras.config.rules import report_keys
+from tl_keras.config.rules import unlabeled_spec_problem
+from tl_keras.config.rules import validate
+from tl_keras.config.schema import _is_group
+from tl_keras.config.schema import _set
+from tl_keras.config.schema import as_dict
+from tl_keras.config.schema import flag_help
+from tl_keras.config.schema import flag_name
+from tl_keras.config.schema import group
+from tl_keras.config.schema import leaves
+from tl_keras.config.schema import make
+from tl_keras.config.schema import recorded_on_resume
+from tl_keras.config.schema import replace
+from tl_keras.config.schema import setting
+from tl_keras.config.schema import value_type
+
+__all__ = [
+  "IMAGE_CACHES",
+  "FITS",
+  "HEAD_INITS",
+  "CLASS_WEIGHTS",
+  "EXPORT_FORMATS",
+  "MAX_FUSED_MODELS",
+  "KERAS_MODEL_PREFIX",
+  "MAX_EPOCHS",
+  "MAX_BATCH_SIZE",
+  "MAX_HEAD_UNITS",
+  "MAX_REPRESENTATIVE_IMAGES",
+  "EPOCHS",
+  "BATCH_SIZE",
+  "SEED",
+  "setting",
+  "group",
+  "_epochs",
+  "_seed",
+  "_allow_unsafe",
+  "_max_model_mb",
+  "_features_layer",
+  "PathSettings",
+  "RuntimeSettings",
+  "TrainSettings",
+  "TargetSettings",
+  "HeadSettings",
+  "SourceSettings",
+  "ModelSettings",
+  "FinetuneSettings",
+  "AdaptSettings",
+  "_representative_images",
+  "ExportSettings",
+  "_FEW_LABELS",
+  "_FINETUNE_EPOCHS_HELP",
+  "_FINETUNE_TRAIN_HELP",
+  "_PIPELINE_TRAIN_HELP",
+  "TrainingConfig",
+  "PretrainConfig",
+  "TransferConfig",
+  "FinetuneConfig",
+  "ExportConfig",
+  "PipelineConfig",
+  "FuseSettings",
+  "FuseConfig",
+  "RANK_SCORES",
+  "RankConfig",
+  "COMMAND_CONFIGS",
+  "_is_group",
+  "leaves",
+  "flag_name",
+  "value_type",
+  "flag_help",
+  "as_dict",
+  "recorded_on_resume",
+  "_set",
+  "make",
+  "replace",
+  "export_formats",
+  "validate",
+  "_validate_runtime",
+  "notes",
+  "unlabeled_spec_problem",
+  "_validate_adaptation",
+  "report_keys",
+]
