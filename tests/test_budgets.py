@@ -177,3 +177,116 @@ def test_fused_members_are_bounded_in_total(tmp_path, monkeypatch):
   assert len(loaded) == 17 and "\n" not in str(error.value)
   with limits.memory_budget(512):
     assert len(fuse._load_members([str(path)] * 32, settings.FuseSettings())[0]) == 32
+
+
+def _separable_model(depth_multiplier, layer=keras.layers.SeparableConv2D, shape=(28, 28, 1)):
+  """`layer` with 2 filters, kernel 3 on `shape`: its output is under 6 KB per image whatever
+  `depth_multiplier`; inside, the depthwise result is positions x channels x depth_multiplier."""
+  inputs = keras.Input(shape)
+  x = layer(2, 3, depth_multiplier=depth_multiplier, name="conv")(inputs)
+  x = keras.layers.Flatten()(x)
+  return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+
+def test_a_separable_convolutions_depthwise_intermediate_is_counted_and_refused():
+  # The red-team payload's model: 26 x 26 x 400000 floats inside (1.08 GB), 5 KB out.
+  model = _separable_model(400_000)
+  assert all(np.prod(layer.output_shape[1:]) * 4 < MIB for layer in model.layers[1:])
+  with pytest.raises(UserError, match=r"layer conv holds .* inside .*TL_KERAS_MEMORY") as error:
+    budgets.check_activations(model, "sepconv.h5")
+  assert "1,031 MiB" in str(error.value) and "\n" not in str(error.value)
+  with pytest.raises(UserError, match="layer conv holds"):  # 1D: 26 x 3 x 1_000_000
+    budgets.check_activations(
+      _separable_model(1_000_000, keras.layers.SeparableConv1D, (28, 3)), "sepconv1d.h5"
+    )
+  normal = _separable_model(4, shape=(28, 28, 3))  # 26 x 26 x 3 x 4 inside: loads
+  assert budgets.check_activations(normal, "normal").largest == 26 * 26 * 3 * 4
+  # A separable layer's step counts its input, output and intermediate: batches shrink.
+  assert budgets.model_costs(_separable_model(20_000), "mid").step >= 26 * 26 * 20_000
+
+
+def test_a_depthwise_convolutions_expansion_is_its_output_and_is_refused():
+  def depthwise(depth_multiplier, layer=keras.layers.DepthwiseConv2D, shape=(28, 28, 1)):
+    inputs = keras.Input(shape)
+    x = layer(3, depth_multiplier=depth_multiplier, name="depthwise")(inputs)
+    return keras.Model(
+      inputs, keras.layers.GlobalAveragePooling1D()(keras.layers.Reshape((-1, x.shape[-1]))(x))
+    )
+
+  with pytest.raises(UserError, match="layer depthwise outputs"):
+    budgets.check_activations(depthwise(400_000), "depthwise.h5")
+  with pytest.raises(UserError, match="layer depthwise outputs"):
+    budgets.check_activations(
+      depthwise(1_000_000, keras.layers.DepthwiseConv1D, (28, 3)), "depthwise1d.h5"
+    )
+  assert budgets.check_activations(depthwise(8), "normal").largest == 26 * 26 * 8
+
+
+def test_a_layer_whose_output_shape_is_unknown_is_refused():
+  # RandomHeight's upper factor is unbounded: 28 rows may become 28 000 in training, and its
+  # output (None, None, 28, 1) leaves it and every layer after it uncountable.
+  inputs = keras.Input((28, 28, 1))
+  x = keras.layers.RandomHeight((0.0, 1000.0), name="taller")(inputs)
+  x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(512, 3)(x))
+  with pytest.raises(UserError, match="output of layer taller cannot be estimated") as error:
+    budgets.check_activations(keras.Model(inputs, x), "taller.h5")
+  assert "\n" not in str(error.value)
+
+
+_SEPCONV_PAYLOAD = """
+import json, sys
+import h5py, numpy as np
+sys.path.insert(0, "tests")
+from test_budgets import _separable_model
+from tl_keras.outputs import model_io
+path, depth = sys.argv[1], int(sys.argv[2])
+model_io.save_h5(_separable_model(1), path, {"class_names": ["a", "b", "c"]})
+# As the red-team builder: the config asks for `depth`, the weights are declared at that size
+# in chunks never written, so the file stores about nothing of them.
+with h5py.File(path, "r+") as f:
+  config = json.loads(f.attrs["model_config"])
+  conv = next(layer for layer in config["config"]["layers"] if layer["name"] == "conv")
+  conv["config"]["depth_multiplier"] = depth
+  f.attrs["model_config"] = json.dumps(config)
+  group = f["model_weights/conv/conv"]
+  del group["depthwise_kernel:0"], group["pointwise_kernel:0"]
+  group.create_dataset("depthwise_kernel:0", (3, 3, 1, depth), "f4", chunks=(3, 3, 1, 4096))
+  group.create_dataset("pointwise_kernel:0", (1, 1, depth, 2), "f4", chunks=(1, 1, 4096, 2))
+"""
+
+
+@pytest.mark.slow
+def test_the_separable_payload_is_refused_in_one_line_by_the_cli(tmp_path):
+  # Before: tl-transfer grew past 4 GiB on this 37 KB file (red-team F4).
+  path = str(tmp_path / "sepconv.h5")
+  made = run_command(["-c", _SEPCONV_PAYLOAD, path, "400000"])
+  assert made.returncode == 0, made.stderr[-3000:]
+  assert (tmp_path / "sepconv.h5").stat().st_size < 256 * 1024  # declares 17 MB of weights
+  output_dir = tmp_path / "out"
+  script = (
+    "import sys\n"
+    "from tl_keras import cli\n"
+    f"sys.argv = ['tl-transfer', '--model={path}', '--output_dir={output_dir}']\n"
+    "try:\n"
+    "  cli.transfer_main()\n"
+    "finally:\n"
+    "  print('PEAK_KB', [l.split()[1] for l in open('/proc/self/status')\n"
+    "                    if l.startswith('VmHWM')][0])\n"
+  )
+  result = run_command(["-c", script])
+  assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and "layer conv holds" in lines[0] and "inside" in lines[0], lines
+  assert int(result.stdout.split("PEAK_KB")[1]) < 2048 * 1024, result.stdout
+  # A normal separable model saved the same way still loads.
+  made = run_command(["-c", _SEPCONV_PAYLOAD, str(tmp_path / "normal.h5"), "4"])
+  assert made.returncode == 0, made.stderr[-3000:]
+  loaded = run_command(
+    [
+      "-c",
+      "import sys; from tl_keras import loading; "
+      "print('LAYERS', len(loading.load_model(sys.argv[1]).layers))",
+      str(tmp_path / "normal.h5"),
+    ]
+  )
+  assert loaded.returncode == 0 and "LAYERS 4" in loaded.stdout, loaded.stderr[-3000:]

@@ -6,10 +6,11 @@ allocated and must fit `max_bytes` and what the file actually stores (a small fi
 declare gigabytes). While Keras builds the model, variable creation is held to the same budget,
 so a config cannot allocate what its weights do not back.
 
-Activations: every layer's output and internal tensors (attention's heads x tokens^2 scores)
-per image are estimated from the model's shapes (`model_costs`); one image must fit the
-per-image limit, prediction picks its batch size to fit (`prediction_batch_size`), and training
-refuses a batch that cannot (`check_training_batch`). All derive from the memory budget
+Activations: every layer's output and internal tensors (attention's heads x tokens^2 scores,
+a separable convolution's depthwise intermediate) per image are estimated from the model's
+shapes (`model_costs`); one image must fit the per-image limit, prediction picks its batch size
+to fit (`prediction_batch_size`), and training refuses a batch that cannot
+(`check_training_batch`). All derive from the memory budget
 (`tl_keras.limits`), as does TensorFlow's 2^31-element limit on one tensor.
 """
 
@@ -142,18 +143,67 @@ def _attention_elements(layer: Any, node: Any, source: str) -> int:
   return scores
 
 
+_SEPARABLE = frozenset(
+  {"SeparableConv1D", "SeparableConv2D", "SeparableConvolution1D", "SeparableConvolution2D"}
+)
+
+
+def _known_elements(tensor: Any, layer: Any, what: str, source: str) -> int:
+  """Elements per image of `tensor`, or a refusal naming `layer` where a dimension is unknown."""
+  shape = tuple(getattr(tensor, "shape", ()) or ())
+  if not shape or any(dim is None for dim in shape[1:]):
+    raise UserError(
+      f"refusing to load {source}: the {what} of layer {layer.name} cannot be estimated "
+      f"(shape {shape}, not fixed)"
+    )
+  return math.prod(shape[1:])
+
+
+def _internal_elements(layer: Any, node: Any, source: str) -> int:
+  """Elements per image of the tensors a layer holds inside beyond its inputs and outputs:
+  attention scores; a separable convolution's depthwise result (output positions x input
+  channels x depth_multiplier, before the 1x1 pointwise step shrinks it to `filters`). Every
+  other allowlisted layer holds at most about its inputs and outputs, counted already
+  (depthwise and transposed convolutions, upsampling: their outputs are the expansion)."""
+  kind = type(layer).__name__
+  if kind in _ATTENTION:
+    return _attention_elements(layer, node, source)
+  if kind in _SEPARABLE:
+    config = layer.get_config()
+    output = _known_elements(
+      tf.nest.flatten(node.outputs)[0], layer, "depthwise intermediate", source
+    )
+    inputs = tf.nest.flatten(node.input_tensors)[0]
+    channels = inputs.shape[layer._get_channel_axis()]
+    if channels is None:
+      _known_elements(inputs, layer, "depthwise intermediate", source)
+    return output // int(config["filters"]) * int(channels) * int(config["depth_multiplier"])
+  return 0
+
+
+def _check_estimable(layer: Any, node: Any, source: str) -> None:
+  """Refuses a Keras layer whose output shape is unknown where its inputs' are known
+  (RandomHeight, RandomWidth): neither it nor the layers after it could be counted."""
+  if not type(layer).__module__.startswith(("keras.", "tf_keras.")):
+    return  # hub.KerasLayer and other wrappers: their shapes are whatever they declare
+  shapes = [tuple(getattr(t, "shape", ()) or ()) for t in tf.nest.flatten(node.input_tensors)]
+  if any(not shape or None in shape[1:] for shape in shapes):
+    return
+  for tensor in tf.nest.flatten(node.outputs):
+    _known_elements(tensor, layer, "output", source)
+
+
 def model_costs(model: keras.Model, source: str) -> Costs:
   """What `model` holds per image while it computes (see `Costs`); models nested in it are
-  followed. Refuses an attention layer whose scores cannot be estimated."""
+  followed. Refuses a layer whose internal tensors or output shape cannot be estimated."""
   costs = Costs()
   for layer in model.layers:
     inner = model_costs(layer, source) if isinstance(layer, keras.Model) else None
     for node in layer.inbound_nodes:
       tensors = tf.nest.flatten(node.input_tensors) + tf.nest.flatten(node.outputs)
       sizes = [_elements(tensor) for tensor in tensors]
-      internal = (
-        _attention_elements(layer, node, source) if type(layer).__name__ in _ATTENTION else 0
-      )
+      _check_estimable(layer, node, source)
+      internal = _internal_elements(layer, node, source)
       if inner is not None:
         internal = inner.step
         costs.add(f"{layer.name}/{inner.largest_layer}", 0, inner.largest)
@@ -162,7 +212,8 @@ def model_costs(model: keras.Model, source: str) -> Costs:
 
 
 def check_activations(model: keras.Model, source: str) -> Costs:
-  """Refuses a model whose layers output, or hold inside (attention scores), more per image
+  """Refuses a model whose layers output, or hold inside (attention scores, a depthwise
+  intermediate), more per image
   than the per-image limit, or a tensor TensorFlow cannot index; returns its `Costs`."""
   limit = limits.MAX_ACTIVATION_BYTES
   for layer in model.layers:
@@ -180,7 +231,8 @@ def check_activations(model: keras.Model, source: str) -> Costs:
   if costs.largest * 4 > limit or costs.largest > limits.MAX_TENSOR_ELEMENTS:
     raise UserError(
       f"refusing to load {source}: layer {costs.largest_layer} holds a tensor of "
-      f"{costs.largest * 4 / 2**20:,.0f} MiB per image inside (attention scores?), above the "
+      f"{costs.largest * 4 / 2**20:,.0f} MiB per image inside (attention scores, a depthwise "
+      f"intermediate), above the "
       f"{limit >> 20} MiB limit; raise {_UNBOUNDED_HINT} if you trust it"
     )
   return costs
