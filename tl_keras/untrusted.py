@@ -120,12 +120,54 @@ def _link_refused(root: str, relative: str, part: str) -> UserError:
 
 def check_no_links(root: str, relative: str) -> None:
   """Refuses (UserError) if any existing part of `relative` under folder `root` (the output
-  folder) is a symbolic link: whatever tl_keras writes or deletes there stays inside `root`."""
+  folder) is a symbolic link or not a folder: whatever tl_keras writes or deletes there stays
+  inside `root`."""
   path = root
   for part in [part for part in relative.split(os.sep) if part]:
     path = os.path.join(path, part)
-    if part in (".", "..") or os.path.islink(path):
+    if part in (".", ".."):
       raise _link_refused(root, relative, part)
+    try:
+      info = os.lstat(path)
+    except FileNotFoundError:
+      return
+    if not stat.S_ISDIR(info.st_mode):
+      raise _link_refused(root, relative, part)
+
+
+def walk_tree(path: str, max_depth: int, max_entries: int) -> list[tuple[str, bool, int]]:
+  """(path relative to `path`, is a folder, size) of every entry under folder `path`, walked
+  without following a symbolic link; [] if `path` is absent. Raises ValueError naming the
+  entry that is a link or anything but a folder or regular file, or lies deeper than
+  `max_depth`, or past `max_entries` entries. Entries removed while walking are left out."""
+  try:
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+      raise ValueError(f"{os.path.basename(path)} is a symbolic link or not a folder")
+  except FileNotFoundError:
+    return []
+  found, pending = [], [("", 0)]
+  while pending:
+    relative, depth = pending.pop()
+    try:
+      entries = list(os.scandir(os.path.join(path, relative)))
+    except (FileNotFoundError, NotADirectoryError):
+      continue
+    for entry in entries:
+      name = os.path.join(relative, entry.name)
+      try:
+        info = entry.stat(follow_symlinks=False)
+      except FileNotFoundError:
+        continue
+      if stat.S_ISDIR(info.st_mode):
+        if depth + 1 >= max_depth:
+          raise ValueError(f"{name} lies more than {max_depth} levels deep")
+        pending.append((name, depth + 1))
+      elif not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{name} is a symbolic link or not a regular file")
+      found.append((name, stat.S_ISDIR(info.st_mode), info.st_size))
+      if len(found) > max_entries:
+        raise ValueError(f"it holds more than {max_entries:,} files and folders")
+  return found
 
 
 def remove_inside(root: str, relative: str) -> None:

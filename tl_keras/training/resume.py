@@ -9,6 +9,8 @@ and clean-up once training finishes.
 
 import json
 import os
+import re
+import stat
 import tempfile
 from typing import Any
 
@@ -16,6 +18,7 @@ import tensorflow as tf
 
 from tl_keras import artifacts
 from tl_keras import interrupts
+from tl_keras import limits
 from tl_keras import sinks
 from tl_keras import untrusted
 from tl_keras.config import settings
@@ -23,6 +26,19 @@ from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 
 _BACKUP_SETTINGS_FILENAME = artifacts.BACKUP_SETTINGS
+# TensorFlow's checkpoint-state file (a text protobuf) and what it may hold: Keras's
+# CheckpointManager writes names relative to its folder (`ckpt-3`), one a line.
+_CHECKPOINT_STATE = "checkpoint"
+MAX_CHECKPOINT_STATE_BYTES = 16 * 1024
+_STATE_PATH_LINE = re.compile(r'(?:model_checkpoint_path|all_model_checkpoint_paths): "([^"\\]*)"')
+_STATE_TIME_LINE = re.compile(
+  r"(?:all_model_checkpoint_timestamps|last_preserved_timestamp): "
+  r"[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?"
+)
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# STAGE/chief/ckpt-N_temp/part-...: a save interrupted part way.
+_MAX_BACKUP_DEPTH = 4
+_MAX_BACKUP_ENTRIES = 1000
 
 
 def backup_dir(output_dir: str, stage: str) -> str:
@@ -97,11 +113,94 @@ class BackupTracker(keras.callbacks.Callback):
 def has_backup(path: str) -> bool:
   """Whether `path` holds a backup of an interrupted run (not only our settings file)."""
   settings_path = os.path.join(path, _BACKUP_SETTINGS_FILENAME)
-  return (
-    not os.path.islink(path)
-    and os.path.isfile(settings_path)
-    and set(os.listdir(path)) != {_BACKUP_SETTINGS_FILENAME}
+  try:
+    return (
+      stat.S_ISDIR(os.lstat(path).st_mode)
+      and stat.S_ISREG(os.lstat(settings_path).st_mode)
+      and set(os.listdir(path)) != {_BACKUP_SETTINGS_FILENAME}
+    )
+  except OSError:
+    return False
+
+
+def _checkpoint_names(text: bytes) -> list[str]:
+  """The checkpoint names a TensorFlow checkpoint-state file lists, parsed strictly: each
+  line one `model_checkpoint_path: "NAME"` or `all_model_checkpoint_paths: "NAME"` or a
+  timestamp; anything else (escapes, other quoting, other fields) is a ValueError."""
+  names = []
+  for line in text.decode("ascii").split("\n"):
+    if not line.strip():
+      continue
+    path = _STATE_PATH_LINE.fullmatch(line)
+    if path:
+      names.append(path.group(1))
+    elif not _STATE_TIME_LINE.fullmatch(line):
+      raise ValueError(f"line {line[:80]!r} is not one TensorFlow writes")
+  return names
+
+
+def _check_checkpoint_state(path: str, relative: str) -> None:
+  """Refuses (ValueError) a checkpoint-state file naming a checkpoint other than a plain name
+  in its own folder: TensorFlow's clean-up deletes what it names, globs and all."""
+  contents = untrusted.read_regular_file(
+    os.path.join(path, relative), MAX_CHECKPOINT_STATE_BYTES, "checkpoint state"
   )
+  if contents is None:
+    raise ValueError(f"{relative} is not a regular file")
+  try:
+    names = _checkpoint_names(contents)
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{relative} is not text TensorFlow writes") from e
+  for name in names:
+    if not _PLAIN_NAME.fullmatch(name) or ".." in name:
+      raise ValueError(
+        f"{relative} names checkpoint {name!r}, not a plain file name inside its folder"
+      )
+
+
+def check_backup_folder(path: str) -> None:
+  """Refuses (UserError) a backup folder Keras must not see: one holding anything but real
+  folders and regular files of bounded size, files without our settings file, or a
+  checkpoint-state file naming checkpoints elsewhere. Walks it without following links and
+  changes nothing; an absent folder passes."""
+  try:
+    entries = untrusted.walk_tree(path, _MAX_BACKUP_DEPTH, _MAX_BACKUP_ENTRIES)
+    files = {name: size for name, is_dir, size in entries if not is_dir}
+    for name, is_dir, size in entries:
+      top = os.sep not in name
+      if top and not is_dir and not _is_settings_file(name):
+        raise ValueError(f"{name} is a file where Keras keeps folders")
+      if top and is_dir and _is_settings_file(name):
+        raise ValueError(f"{name} is a folder")
+      limit = _file_limit(name)
+      if not is_dir and size > limit:
+        raise ValueError(f"{name} has {size:,} bytes, more than the limit of {limit:,}")
+    if files and _BACKUP_SETTINGS_FILENAME not in files:
+      raise ValueError(f"it has no {_BACKUP_SETTINGS_FILENAME}: not a backup tl_keras made")
+    for name in files:
+      if os.path.basename(name) == _CHECKPOINT_STATE:
+        _check_checkpoint_state(path, name)
+  except ValueError as e:
+    raise UserError(
+      f"{path} is not a training backup tl_keras can resume ({e}); remove that folder, or "
+      "rerun with --noresume to discard it"
+    ) from e
+
+
+def _is_settings_file(name: str) -> bool:
+  """Our settings file, or a temporary one an interruption left (see `BackupTracker`)."""
+  return name == _BACKUP_SETTINGS_FILENAME or name.startswith(f".{_BACKUP_SETTINGS_FILENAME}.")
+
+
+def _file_limit(name: str) -> int:
+  """The largest a backup file `name` may be: the checkpoint state a few KiB, a checkpoint
+  index a model description, the rest a model's weights with the optimizer's slots."""
+  base = os.path.basename(name)
+  if base == _CHECKPOINT_STATE:
+    return MAX_CHECKPOINT_STATE_BYTES
+  if base.endswith(".index") or _is_settings_file(base):
+    return limits.MAX_MODEL_DESCRIPTION_BYTES
+  return 4 * limits.MAX_MODEL_BYTES
 
 
 def _output_dir_and_name(path: str) -> tuple[str, str]:
@@ -123,10 +222,11 @@ def prepare_backup(config, path: str, chief: bool) -> dict[str, Any]:
   settings_path = os.path.join(path, _BACKUP_SETTINGS_FILENAME)
   # The output folder is input too: a symlink in it is refused, never followed.
   untrusted.check_no_links(*_output_dir_and_name(path))
-  if not config.runtime.resume:
-    if chief:
-      untrusted.remove_inside(*_output_dir_and_name(path))
-  elif has_backup(path):
+  if not config.runtime.resume and chief:
+    untrusted.remove_inside(*_output_dir_and_name(path))  # never follows a link
+  # What Keras will see: its checkpoint clean-up deletes whatever a planted state file names.
+  check_backup_folder(path)
+  if config.runtime.resume and has_backup(path):
     saved = untrusted.read_json(settings_path, "training backup settings")
     changed = [f"--{k}={saved.get(k)} (now {v})" for k, v in current.items() if saved.get(k) != v]
     if changed:
