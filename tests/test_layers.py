@@ -159,6 +159,7 @@ SETTINGS_IMPORTERS_TO_MOVE = {
   "tl_keras.outputs.report",
   "tl_keras.training.resume",
   "tl_keras.training.schedule",
+  "tl_keras.training.inputs",
   "tl_keras.training.trainer",
 }
 

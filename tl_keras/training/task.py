@@ -20,6 +20,7 @@ from tl_keras.errors import UserError
 from tl_keras.evaluation import probes
 from tl_keras.keras_api import keras
 from tl_keras.models import networks
+from tl_keras.training import inputs
 from tl_keras.training import schedule
 from tl_keras.training import trainer
 
@@ -67,7 +68,7 @@ class FinetuneTask:
     (random)."""
     head_init = self.config.head.head_init
     if head_init == "probe":
-      x_train, y_train, _ = trainer.training_split(data, self.config)
+      x_train, y_train, _ = inputs.training_split(data, self.config)
       say(f"head_init: fitting a linear probe on the features of {len(x_train)} training images")
       return probe_classifier_weights(classifier, x_train, y_train)
     if head_init == "source":

@@ -20,20 +20,17 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import context as tf_context
 from tensorflow.python.framework import config as tf_config
-
-from tl_keras import adaptation
-from tl_keras import artifacts
-from tl_keras.config import methods
 from tl_keras.config import settings
-from tl_keras.data import pipelines
 from tl_keras.data.labeled import LabeledData
-from tl_keras.data.labeled import UnlabeledImages
-from tl_keras.data.labeled import split_per_class
-from tl_keras.errors import UserError
 from tl_keras.evaluation import metrics
 from tl_keras.keras_api import keras
 from tl_keras.models import networks
+from tl_keras.training.inputs import AdaptData
+
+from tl_keras import adaptation
+from tl_keras import artifacts
 from tl_keras.training import distribute
+from tl_keras.training import inputs
 from tl_keras.training import resume
 from tl_keras.training import swa
 
@@ -84,17 +81,6 @@ class Phase:
   epochs: int
   learning_rate: float | None = None  # None: the optimizer's default
   trainable: Sequence[str] | None = None  # layer names; None: as the model was built
-
-
-@dataclasses.dataclass
-class AdaptData:
-  """What adaptation trains on besides the target's labelled images (see `adaptation`)."""
-
-  settings: adaptation.Adaptation
-  unlabeled: UnlabeledImages
-  # The source's training images, labels their target class index or -1: the labelled
-  # batches when the target has no labels, and with align the source side of the alignment.
-  source: LabeledData | None = None
 
 
 @dataclasses.dataclass
@@ -260,7 +246,7 @@ def _set_up(build_model, dataset, config, strategy, chief, say, adapt) -> _Run:
   batch_size = distribute.global_batch_size(
     strategy, config.train.batch_size, config.train.per_replica_batch_size
   )
-  train, validation, y_train = _training_datasets(
+  train, validation, y_train = inputs.training_datasets(
     dataset, config, batch_size, model.input_shape[1:], adapt
   )
   class_weight = None
@@ -432,86 +418,3 @@ def _result(run: _Run, dataset, phases, probabilities, scores) -> FitResult:
     num_source=len(adapt.source.y_train) if adapt and adapt.source else 0,
     test_probabilities=probabilities,
   )
-
-
-def training_split(dataset: LabeledData, config: settings.TrainingConfig):
-  """(training images, their labels, (validation images, labels) or None): with
-  `config.train.validation_split`, that seeded, stratified part of the training data is held
-  out."""
-  x_train, y_train = dataset.x_train, dataset.y_train
-  if not config.train.validation_split:
-    return x_train, y_train, None
-  train_index, validation_index = split_per_class(
-    y_train, config.train.validation_split, config.runtime.seed
-  )
-  if not len(validation_index):
-    raise UserError(
-      f"--validation_split={config.train.validation_split} holds out no image of "
-      f"the {len(y_train)} training images; raise it or drop it"
-    )
-  return (
-    x_train[train_index],
-    y_train[train_index],
-    (x_train[validation_index], y_train[validation_index]),
-  )
-
-
-def _no_labeled_images(input_shape, num_classes: int | None) -> tf.data.Dataset:
-  """Batches of no labelled image, without end: a source-free method without target labels."""
-  labels = tf.zeros([0, num_classes]) if num_classes else tf.zeros([0], tf.int64)
-  return tf.data.Dataset.from_tensors((tf.zeros([0, *input_shape]), labels)).repeat()
-
-
-def _training_datasets(
-  dataset: LabeledData,
-  config: settings.TrainingConfig,
-  batch_size: int,
-  input_shape,
-  adapt: AdaptData | None = None,
-) -> tuple[tf.data.Dataset, tf.data.Dataset | None, np.ndarray]:
-  """(train, validation or None, training labels) of `training_split`; only the training
-  images are shuffled and augmented; labels are one-hot with label smoothing. With
-  `config.train.steps_per_epoch` or `adapt` the training images repeat without end; with
-  `adapt` each element adds unlabelled images (`pipelines.make_adaptation_dataset`), and a
-  target without labelled images takes the source images of its classes in their place."""
-  x_train, y_train, held_out = training_split(dataset, config)
-  one_hot = dataset.num_classes if config.train.label_smoothing else None
-  validation = (
-    pipelines.make_dataset(*held_out, batch_size, input_shape, num_classes=one_hot)
-    if held_out
-    else None
-  )
-  labeled_x, labeled_y = x_train, y_train
-  source_free = adapt and not len(y_train) and methods.ADAPTATION[adapt.settings.method].source_free
-  if adapt and not len(y_train) and not source_free:
-    mine = np.flatnonzero(adapt.source.y_train >= 0)
-    labeled_x, labeled_y = adapt.source.x_train[mine], adapt.source.y_train[mine]
-  train = (
-    _no_labeled_images(input_shape, one_hot)
-    if source_free
-    else pipelines.make_dataset(
-      labeled_x,
-      labeled_y,
-      batch_size,
-      input_shape,
-      shuffle_seed=config.runtime.seed,
-      augment=config.train.augment,
-      num_classes=one_hot,
-      repeat=bool(config.train.steps_per_epoch or adapt),
-    )
-  )
-  if adapt:
-    settings_ = adapt.settings
-    source = None
-    if methods.ADAPTATION[settings_.method].needs_source and len(y_train):
-      source = (adapt.source.x_train, batch_size)
-    train = pipelines.make_adaptation_dataset(
-      train,
-      adapt.unlabeled.images,
-      adapt.unlabeled.labels,
-      batch_size * settings_.unlabeled_ratio,
-      input_shape,
-      config.runtime.seed,
-      source,
-    )
-  return train, validation, y_train
