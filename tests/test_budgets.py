@@ -250,8 +250,9 @@ with h5py.File(path, "r+") as f:
   f.attrs["model_config"] = json.dumps(config)
   group = f["model_weights/conv/conv"]
   del group["depthwise_kernel:0"], group["pointwise_kernel:0"]
-  group.create_dataset("depthwise_kernel:0", (3, 3, 1, depth), "f4", chunks=(3, 3, 1, 4096))
-  group.create_dataset("pointwise_kernel:0", (1, 1, depth, 2), "f4", chunks=(1, 1, 4096, 2))
+  chunk = min(depth, 4096)
+  group.create_dataset("depthwise_kernel:0", (3, 3, 1, depth), "f4", chunks=(3, 3, 1, chunk))
+  group.create_dataset("pointwise_kernel:0", (1, 1, depth, 2), "f4", chunks=(1, 1, chunk, 2))
 """
 
 
