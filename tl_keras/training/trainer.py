@@ -20,19 +20,20 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import context as tf_context
 from tensorflow.python.framework import config as tf_config
+
+from tl_keras import adaptation
+from tl_keras import artifacts
+from tl_keras import untrusted
 from tl_keras.config import settings
 from tl_keras.data.labeled import LabeledData
 from tl_keras.evaluation import metrics
 from tl_keras.keras_api import keras
 from tl_keras.models import networks
-from tl_keras.training.inputs import AdaptData
-
-from tl_keras import adaptation
-from tl_keras import artifacts
 from tl_keras.training import distribute
 from tl_keras.training import inputs
 from tl_keras.training import resume
 from tl_keras.training import swa
+from tl_keras.training.inputs import AdaptData
 
 
 def progress_verbosity() -> int:
@@ -41,7 +42,10 @@ def progress_verbosity() -> int:
 
 
 def tensorboard_dir(output_dir: str, stage: str) -> str:
-  """Where --tensorboard writes a stage's logs: `tensorboard --logdir OUTPUT_DIR/logs`."""
+  """Where --tensorboard writes a stage's logs: `tensorboard --logdir OUTPUT_DIR/logs`.
+  Refuses (UserError) a symbolic link or a file on the way, so nothing is written outside."""
+  for folder in ("train", "validation"):  # Keras's TensorBoard writes into these
+    untrusted.check_no_links(output_dir, os.path.join(artifacts.LOGS_DIR, stage, folder))
   return os.path.join(output_dir, artifacts.LOGS_DIR, stage)
 
 
