@@ -202,9 +202,14 @@ def test_each_adaptation_method_trains_a_step(name):
   assert tuple(history) == registry.metric_names(name)
   assert all(np.isfinite(values).all() and len(values) == 2 for values in history.values())
   assert any(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
-  if methods.ADAPTATION[name].uses_unlabeled:
+  if "unlabeled_loss" in history:
     assert history["unlabeled_loss"][-1] > 0  # the unlabelled images were learnt from
     assert history["pseudo_label_rate"][-1] == 1.0  # threshold 0: every pseudo-label counts
+  if "im_loss" in history:
+    # Mean entropy minus the entropy of the mean prediction: below 0 unless every unlabelled
+    # image gets the same prediction (entropy is concave).
+    assert history["im_loss"][-1] < 0
+  assert not methods.ADAPTATION[name].uses_unlabeled or {"unlabeled_loss", "im_loss"} & set(history)
 
 
 @pytest.mark.slow
