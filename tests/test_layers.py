@@ -39,7 +39,7 @@ LAYERS = (
 # finer order inside `data` (preprocessing, then the readers, then targets and pipelines) is
 # kept by each module importing only what it names.
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
-COMMANDS = ("pretrain", "transfer", "finetune", "pipeline", "export", "fuse")
+COMMANDS = ("pretrain", "transfer", "finetune", "pipeline", "export", "fuse", "rank")
 
 
 def _modules():
