@@ -291,3 +291,22 @@ def test_the_separable_payload_is_refused_in_one_line_by_the_cli(tmp_path):
     ]
   )
   assert loaded.returncode == 0 and "LAYERS 4" in loaded.stdout, loaded.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_finetune_refuses_a_batch_that_cannot_fit_before_training(
+  source_model, small_mnist_dir, tmp_path
+):
+  from conftest import finetune_config
+
+  from tl_keras.stages import finetune
+
+  config = finetune_config(
+    source_model[0], tmp_path / "out", data_dir=small_mnist_dir, batch_size=65_536
+  )
+  with pytest.raises(UserError, match=r"cannot train .* at --batch_size=65536: .*--batch_size="):
+    finetune.run(config)
+  assert not (tmp_path / "out" / "target_model.h5").exists()
+  # The same run at a batch that fits trains.
+  small = finetune_config(source_model[0], tmp_path / "ok", data_dir=small_mnist_dir, epochs=1)
+  assert finetune.run(small)["epochs"] == 1

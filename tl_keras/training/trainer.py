@@ -28,6 +28,7 @@ from tl_keras.config import settings
 from tl_keras.data.labeled import LabeledData
 from tl_keras.evaluation import metrics
 from tl_keras.keras_api import keras
+from tl_keras.loading import budgets
 from tl_keras.models import networks
 from tl_keras.training import distribute
 from tl_keras.training import inputs
@@ -250,6 +251,7 @@ def _set_up(build_model, dataset, config, strategy, chief, say, adapt) -> _Run:
   batch_size = distribute.global_batch_size(
     strategy, config.train.batch_size, config.train.per_replica_batch_size
   )
+  budgets.check_training_batch(model, batch_size)
   train, validation, y_train = inputs.training_datasets(
     dataset, config, batch_size, model.input_shape[1:], adapt
   )
