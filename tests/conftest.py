@@ -278,3 +278,13 @@ def lambda_model(marker, input_shape=(28, 28, 1)):
   inputs = keras.Input(input_shape)
   hidden = keras.layers.Lambda(lambda_payload(marker))(inputs)
   return keras.Model(inputs, keras.layers.Dense(2)(hidden))
+
+
+def blobs(informative, seed=0, n=300, d=16):
+  """Features of 3 classes: class-dependent means when `informative`, else pure noise."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 3, n)
+  features = rng.normal(size=(n, d))
+  if informative:
+    features[:, :3] += 4.0 * np.eye(3)[labels]
+  return features, labels

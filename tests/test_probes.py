@@ -2,6 +2,7 @@
 other scores in test_ranking) in the transfer stage."""
 
 import numpy as np
+from conftest import blobs
 
 from tl_keras.config import settings
 from tl_keras.evaluation import probes
@@ -11,29 +12,19 @@ from tl_keras.outputs import model_io
 from tl_keras.stages import transfer
 
 
-def _blobs(informative, seed=0, n=300, d=16):
-  """Features of 3 classes: class-dependent means when `informative`, else pure noise."""
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, 3, n)
-  features = rng.normal(size=(n, d))
-  if informative:
-    features[:, :3] += 4.0 * np.eye(3)[labels]
-  return features, labels
-
-
 def test_linear_probe_separates_informative_features_only():
-  train, train_labels = _blobs(True, seed=0)
-  test, test_labels = _blobs(True, seed=1)
+  train, train_labels = blobs(True, seed=0)
+  test, test_labels = blobs(True, seed=1)
   assert probes.linear_probe_accuracy(train, train_labels, test, test_labels) > 0.9
-  noise, _ = _blobs(False, seed=2)
-  noise_test, _ = _blobs(False, seed=3)
+  noise, _ = blobs(False, seed=2)
+  noise_test, _ = blobs(False, seed=3)
   assert (
     probes.linear_probe_accuracy(noise, train_labels, noise_test, test_labels) < 0.6
   )  # chance is 1/3
 
 
 def test_linear_probe_weights_apply_to_the_raw_features():
-  train, labels = _blobs(True, seed=0)
+  train, labels = blobs(True, seed=0)
   train = train * 50 + 7  # far from standardised
   kernel, bias = probes.fit_linear_probe(train, labels, 3)
   assert kernel.shape == (16, 3) and bias.shape == (3,)

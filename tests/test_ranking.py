@@ -3,6 +3,7 @@ it promises, its bounded work, and `rank_sources` on real models."""
 
 import numpy as np
 import pytest
+from conftest import blobs
 
 from tl_keras import api
 from tl_keras.data.labeled import LabeledData
@@ -17,17 +18,6 @@ from tl_keras.ranking import logme
 from tl_keras.ranking import nce
 from tl_keras.ranking import rank
 from tl_keras.ranking import width
-
-
-def _blobs(informative, seed=0, n=300, d=16):
-  """Features of 3 classes: class-dependent means when `informative`, else pure noise."""
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, 3, n)
-  features = rng.normal(size=(n, d))
-  if informative:
-    features[:, :3] += 4.0 * np.eye(3)[labels]
-  return features, labels
-
 
 # LEEP
 
@@ -115,14 +105,14 @@ def test_regularised_h_score_by_hand():
 
 
 def test_ledoit_wolf_shortcut_matches_the_definition():
-  features, _ = _blobs(True, n=50, d=7)
+  features, _ = blobs(True, n=50, d=7)
   expected, sample, _ = _ledoit_wolf_by_definition(features)
   centred = features - features.mean(axis=0)
   assert hscore.ledoit_wolf_shrinkage(centred, sample) == pytest.approx(expected, abs=1e-12)
 
 
 def test_h_score_invariances():
-  features, labels = _blobs(True, n=80, d=6)
+  features, labels = blobs(True, n=80, d=6)
   mixing = np.random.default_rng(1).normal(size=(6, 6))  # invertible
   permuted = np.array([2, 0, 1])[labels]
   plain = hscore.h_score(features, labels, shrinkage=False)
@@ -136,8 +126,8 @@ def test_h_score_invariances():
 
 def test_regularised_h_score_separates_where_the_plain_one_cannot():
   """With more features than examples the plain score is its maximum for noise too."""
-  informative, labels = _blobs(True, n=40, d=200)
-  noise, _ = _blobs(False, seed=1, n=40, d=200)
+  informative, labels = blobs(True, n=40, d=200)
+  noise, _ = blobs(False, seed=1, n=40, d=200)
   assert hscore.h_score(noise, labels, shrinkage=False) == pytest.approx(2.0)
   assert hscore.h_score(informative, labels) > hscore.h_score(noise, labels) + 0.2
 
@@ -154,7 +144,7 @@ def _log_evidence(features, y, alpha, beta):
 
 
 def test_logme_is_the_maximum_evidence_of_the_bayesian_linear_model():
-  features, labels = _blobs(True, n=60, d=5)
+  features, labels = blobs(True, n=60, d=5)
   grid = np.logspace(-3, 3, 61)
   best = np.mean(
     [
@@ -172,13 +162,13 @@ def test_logme_is_the_maximum_evidence_of_the_bayesian_linear_model():
 
 
 def test_logme_prefers_informative_features():
-  informative, labels = _blobs(True)
-  noise, _ = _blobs(False)
+  informative, labels = blobs(True)
+  noise, _ = blobs(False)
   assert logme.logme(informative, labels) > logme.logme(noise, labels) + 0.1
 
 
 def test_logme_invariances():
-  features, labels = _blobs(True, n=100, d=8)
+  features, labels = blobs(True, n=100, d=8)
   value = logme.logme(features, labels)
   assert logme.logme(features * 255.0, labels) == pytest.approx(value, abs=1e-9)
   assert logme.logme(features, np.array([20, 10, 30])[labels]) == pytest.approx(value, abs=1e-12)
@@ -188,7 +178,7 @@ def test_logme_invariances():
 
 def test_wide_features_are_reduced_without_changing_logme_or_the_plain_h_score():
   """Width over MAX_WIDTH with fewer examples: the SVD reduction keeps F F^T, so both scores."""
-  features, labels = _blobs(True, n=50, d=12)
+  features, labels = blobs(True, n=50, d=12)
   basis, _ = np.linalg.qr(np.random.default_rng(3).normal(size=(width.MAX_WIDTH + 76, 12)))
   wide = features @ basis.T  # same inner products between examples, 1100 columns
   assert logme.logme(wide, labels) == pytest.approx(logme.logme(features, labels), abs=1e-9)
@@ -211,7 +201,7 @@ def test_reduce_width_bounds_the_columns():
 
 
 def test_classes_are_scored_in_chunks_without_changing_logme(monkeypatch):
-  features, labels = _blobs(True, n=120, d=6)
+  features, labels = blobs(True, n=120, d=6)
   labels = labels * 3 + np.random.default_rng(5).integers(0, 3, 120)  # 9 classes
   whole = logme.logme(features, labels)
   monkeypatch.setattr(width, "CLASS_CHUNK", 2)
@@ -239,8 +229,8 @@ def test_knn_accuracy_invariances():
   scales = np.array([1, 5, 0.1, 2, 7, 3, 0.5])[:, None]  # cosine: each example's scale
   assert knn.knn_accuracy(ON_A_CIRCLE * scales, CIRCLE_CLASSES, k=3) == pytest.approx(6 / 7)
   assert knn.knn_accuracy(ON_A_CIRCLE, 4 - CIRCLE_CLASSES, k=3) == pytest.approx(6 / 7)
-  informative, labels = _blobs(True, n=1100)  # more rows than one block of similarities
-  noise, _ = _blobs(False, n=1100)
+  informative, labels = blobs(True, n=1100)  # more rows than one block of similarities
+  noise, _ = blobs(False, n=1100)
   assert knn.knn_accuracy(informative, labels) > 0.9
   assert knn.knn_accuracy(noise, labels) < 0.5  # chance is 1/3
 
