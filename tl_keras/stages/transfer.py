@@ -65,7 +65,7 @@ def run(
 
   metrics = {
     "test_accuracy": test_accuracy,
-    **api.transferability(model, target, config.features_layer),
+    **api.transferability(model, target, config.features_layer, seed=config.seed),
     "num_matched_by_name": int(matched.sum()),
     "mean_confidence": float(confidence.mean()),
     "images_per_second": round(len(target.x_test) / predict_seconds, 1),
