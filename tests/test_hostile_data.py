@@ -416,7 +416,7 @@ def test_markdown_class_name_adds_no_image_to_the_report(hostile_names_run, tmp_
       "target": "dir:`x`_*y*",
     }
   }
-  with open(report.write_report(str(tmp_path), stages)) as f:
+  with open(report.write_report(str(tmp_path), stages, None, settings.report_keys())) as f:
     written = f.read()
   assert not re.search(r"(?<!\\)(\]\(|<img|\|b)", written)  # none left unescaped
   assert "- classes: \\!\\[x\\]\\(http://evil/track.png\\), \\<img src=x\\>, a\\|b" in written

@@ -2,6 +2,7 @@
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -14,13 +15,18 @@ from tl_keras.training import distribute
 
 
 def write_metrics(
-  metrics: dict[str, Any], path: str, start: float, chief: bool = True
+  metrics: dict[str, Any],
+  path: str,
+  start: float,
+  chief: bool = True,
+  listed_settings: Sequence[str] = (),
 ) -> str | None:
   """Adds `wall_seconds` since `start`, writes the metrics file, and on the chief rewrites the
-  folder's report.md; returns the report's path (None elsewhere)."""
+  folder's report.md (listing `listed_settings`, see `report.write_report`); returns the
+  report's path (None elsewhere)."""
   metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
   files.write_json(path, metrics)
-  return report.update_report(os.path.dirname(path)) if chief else None
+  return report.update_report(os.path.dirname(path), listed_settings) if chief else None
 
 
 def say(message: str) -> None:

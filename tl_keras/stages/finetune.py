@@ -55,7 +55,7 @@ def run(
       metrics.update(_compare_scratch(clf.settings, source.model, target, metrics, strategy))
     if distribute.is_chief(strategy):
       metrics["plots"] = _plot(result.test_probabilities, target, metrics, save_dir)
-    artifact_paths["report"] = summary.write_metrics(
+    artifact_paths["report"] = base.write_metrics(
       metrics, artifact_paths["metrics"], start, distribute.is_chief(strategy)
     )
   summary.print_summary("finetune", metrics, artifact_paths, strategy)
@@ -146,7 +146,7 @@ def _export(config: settings.FinetuneConfig, formats, target: LabeledData, model
   )
   metrics.update({"model": model_path, "target": target.description})
   path = os.path.join(output_dir, artifacts.METRICS["export"])
-  summary.write_metrics(metrics, path, start)
+  base.write_metrics(metrics, path, start)
   tflite.print_summary(metrics, {"files": output_dir, "metrics": path})
   return path
 

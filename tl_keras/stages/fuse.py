@@ -86,7 +86,7 @@ def run(
   _warn_if_members_saw_validation(metrics, options, config.seed)
   artifact_paths = _write_outputs(fused, target, probabilities, options, output_dir, paths)
   metrics["plots"] = [artifacts.FUSE_CONFUSION]
-  artifact_paths["report"] = summary.write_metrics(metrics, artifact_paths["metrics"], start)
+  artifact_paths["report"] = base.write_metrics(metrics, artifact_paths["metrics"], start)
   summary.print_summary("fuse", metrics, artifact_paths)
   return metrics
 

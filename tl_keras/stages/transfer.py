@@ -75,7 +75,7 @@ def run(
   confusion_path = _plot(target, predicted, source_names, output_dir)
   metrics["plots"] = [os.path.basename(confusion_path)]
   metrics_path = os.path.join(output_dir, artifacts.METRICS["transfer"])
-  report_path = summary.write_metrics(metrics, metrics_path, start)
+  report_path = base.write_metrics(metrics, metrics_path, start)
   summary.print_summary(
     "transfer",
     metrics,
