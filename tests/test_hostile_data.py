@@ -19,6 +19,7 @@ import zlib
 import h5py
 import numpy as np
 import pytest
+from conftest import PEAK_WRAPPER
 from conftest import assert_refused
 from conftest import first_digits
 from conftest import run_command
@@ -135,14 +136,6 @@ def test_symlinks_out_of_the_folder_are_not_read(digits, tmp_path, capsys, monke
   assert "leak.png" in warning and "leak_dir" in warning and "inside.png" not in warning
 
 
-BOMB_WRAPPER = """
-import resource, subprocess, sys
-code = subprocess.call(sys.argv[1:])
-print("maxrss_kib", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-sys.exit(code)
-"""
-
-
 def test_decompression_bomb_png_is_refused_before_decoding(
   digits, source_model, tmp_path, monkeypatch
 ):
@@ -184,7 +177,7 @@ def test_decompression_bomb_png_is_refused_before_decoding(
   result = run_command(
     [
       "-c",
-      BOMB_WRAPPER,
+      PEAK_WRAPPER,
       sys.executable,
       "scripts/transfer.py",
       f"--model={source_model[0]}",
