@@ -10,16 +10,15 @@ JSON report with the mean over seeds of each recipe and prints one line per run.
   python bench/bench_few_labels.py --data_dir=../shared/datasets
 """
 
-import argparse
 import json
 import os
 import tempfile
 
+from common import parser_with_data_dir
 from common import read  # bench/common.py: this folder is on sys.path when run as a script
 from common import run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(HERE)
 
 SOURCES = {"default": [], "wide": ["--conv_filters=32,64", "--epochs=8"]}
 # The seeds of the first measurements; later recipes add two more, so no recipe is judged on
@@ -63,13 +62,7 @@ MEANS = (
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument(
-    "--data_dir",
-    default=os.environ.get(
-      "TL_KERAS_DATA_DIR", os.path.join(REPO_ROOT, "..", "shared", "datasets")
-    ),
-  )
+  parser = parser_with_data_dir(__doc__.split("\n\n")[0])
   parser.add_argument("--output", default=os.path.join(HERE, "results", "few_labels.json"))
   args = parser.parse_args()
   report = {"sources": {}, "recipes": []}

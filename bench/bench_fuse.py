@@ -15,17 +15,16 @@ scripts. Writes a JSON report and prints one line per repeat.
   python bench/bench_fuse.py --data_dir=../shared/datasets
 """
 
-import argparse
 import json
 import os
 import statistics
 import tempfile
 
+from common import parser_with_data_dir
 from common import read  # bench/common.py: this folder is on sys.path when run as a script
 from common import run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(HERE)
 
 METHODS = ("average", "weighted", "stacking")
 # The README's few-label recipe (probe head on the convolutional features, Adam).
@@ -160,13 +159,7 @@ def bench_target(name, target, source_classes, args, work):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument(
-    "--data_dir",
-    default=os.environ.get(
-      "TL_KERAS_DATA_DIR", os.path.join(REPO_ROOT, "..", "shared", "datasets")
-    ),
-  )
+  parser = parser_with_data_dir(__doc__.split("\n\n")[0])
   parser.add_argument("--sources", type=int, default=5, help="members per fusion")
   parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
   parser.add_argument("--per_class", type=int, default=10)

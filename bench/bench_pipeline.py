@@ -19,13 +19,14 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
+from common import parser_with_data_dir  # bench/common.py: on sys.path when run as a script
+from common import timed
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(HERE)
 
 
 def classic_recipe(data_dir):
@@ -104,15 +105,6 @@ def inference_speed(data_dir, model_path, repeats=3):
     "tl_keras_predict_images_per_second": ours,
     "speedup": round(ours / plain, 2),
   }
-
-
-def timed(command, env=None):
-  start = time.perf_counter()
-  completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-  seconds = time.perf_counter() - start
-  if completed.returncode:
-    sys.exit(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
-  return seconds, completed.stdout
 
 
 def stage_scripts(output_dir, env):
@@ -195,13 +187,7 @@ def one_repeat(args, env):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument(
-    "--data_dir",
-    default=os.environ.get(
-      "TL_KERAS_DATA_DIR", os.path.join(REPO_ROOT, "..", "shared", "datasets")
-    ),
-  )
+  parser = parser_with_data_dir(__doc__.split("\n\n")[0])
   parser.add_argument("--output", default=os.path.join(HERE, "results", "pipeline.json"))
   parser.add_argument("--classic_only", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--inference_only", help=argparse.SUPPRESS)

@@ -67,6 +67,16 @@ def source_model(small_mnist_dir, tmp_path_factory):
   return os.path.join(output_dir, artifacts.SOURCE_MODEL), metrics
 
 
+# `python -c PEAK_WRAPPER COMMAND...` runs COMMAND, then prints "maxrss_kib N": the peak resident
+# memory of COMMAND (the largest of the wrapper's children), and exits with COMMAND's code.
+PEAK_WRAPPER = """
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[1:])
+print("maxrss_kib", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(code)
+"""
+
+
 def run_command(args, **kwargs):
   """Runs `python ARGS` (or an absolute-path program) in a fresh process from the repo root."""
   env = dict(os.environ, **kwargs.pop("env", {}))
@@ -231,6 +241,20 @@ def finetune_config(model, output_dir, **values):
   strategy, `values` over those."""
   values = {"target": "mnist:5-9", "epochs": 3, "strategy": "default", **values}
   return settings.make(settings.FinetuneConfig, model=model, output_dir=str(output_dir), **values)
+
+
+def finetuned_members(model, data_dir, tmp_path_factory, runs):
+  """The paths of models finetuned from `model` on digits 5-9 from 20 labels a class at batch
+  32 (`finetune_config`'s run), one for each dict of setting values in `runs`."""
+  from tl_keras.stages import finetune
+
+  paths = []
+  for values in runs:
+    output_dir = tmp_path_factory.mktemp("member")
+    values = {"train_per_class": 20, "batch_size": 32, **values}
+    finetune.run(finetune_config(model, output_dir, data_dir=data_dir, **values))
+    paths.append(str(output_dir / artifacts.TARGET_MODEL))
+  return paths
 
 
 def wait_for(condition, process, what, timeout=120):

@@ -18,11 +18,12 @@ from tl_keras.keras_api import keras
 from tl_keras.models import networks
 from tl_keras.stages import finetune
 from tl_keras.training import schedule
+from tl_keras.training import task
 
 
 def _plan(num_labeled, num_unlabeled=0, **flags):
   config = settings.make(settings.FinetuneConfig, **flags)
-  return schedule.choose(config, num_labeled, 5, num_unlabeled)
+  return task.choose_defaults(config, num_labeled, 5, num_unlabeled)
 
 
 def _total_steps(config, num_labeled):

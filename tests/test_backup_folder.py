@@ -9,6 +9,7 @@ import os
 import sys
 
 import pytest
+from conftest import PEAK_WRAPPER
 from conftest import run_command
 from conftest import write_npz
 
@@ -18,12 +19,6 @@ from tl_keras.errors import UserError
 from tl_keras.training import resume
 
 _MARKER = b"outside the output folder: must survive byte for byte\n"
-_PEAK_WRAPPER = """
-import resource, subprocess, sys
-code = subprocess.call(sys.argv[1:])
-print("maxrss_kib", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-sys.exit(code)
-"""
 
 
 def _victim(tmp_path):
@@ -41,6 +36,17 @@ def _victim(tmp_path):
 def _unchanged(files):
   for path, contents in files.items():
     assert path.read_bytes() == contents, path
+
+
+def _all_kept(victim, files):
+  """Every file of `_victim` is there as written, and nothing else."""
+  _unchanged(files)
+  assert sorted(p.name for p in victim.iterdir()) == [
+    "a",
+    "keep.txt",
+    "precious.data-00000-of-00001",
+    "precious.index",
+  ]
 
 
 def _chief(out, stage="finetune", settings_json=False):
@@ -196,13 +202,7 @@ def test_f2_linked_chief_folder_is_refused_and_its_target_kept(source_model, tmp
     os.symlink(victim, out / ".tl_keras_backup" / stage / "chief")
   result = run_command(_finetune(source_model[0], out, tmp_path))
   _refused_line(result, "chief is a symbolic link", "remove that folder")
-  _unchanged(files)
-  assert sorted(p.name for p in victim.iterdir()) == [
-    "a",
-    "keep.txt",
-    "precious.data-00000-of-00001",
-    "precious.index",
-  ]
+  _all_kept(victim, files)
 
 
 def test_f5_sparse_huge_checkpoint_state_is_refused_unread(source_model, tmp_path):
@@ -210,7 +210,7 @@ def test_f5_sparse_huge_checkpoint_state_is_refused_unread(source_model, tmp_pat
   for stage in ("finetune", "finetune_warmup"):
     with open(_chief(out, stage) / "checkpoint", "wb") as f:
       f.truncate(3 << 30)  # 3 GiB, none of it on disk
-  command = [sys.executable, "-c", _PEAK_WRAPPER, sys.executable]
+  command = [sys.executable, "-c", PEAK_WRAPPER, sys.executable]
   result = run_command(command + _finetune(source_model[0], out, tmp_path))
   _refused_line(result, "3,221,225,472 bytes", "remove that folder")
   peak_kib = int(result.stdout.split("maxrss_kib")[-1])
@@ -235,10 +235,4 @@ def test_f3_linked_logs_folder_is_refused_with_tensorboard(linked, source_model,
   os.symlink(victim, out / linked)
   result = run_command(_finetune(source_model[0], out, tmp_path, "--tensorboard"))
   _refused_line(result, "is a symbolic link or not a folder", "remove")
-  _unchanged(files)
-  assert sorted(p.name for p in victim.iterdir()) == [
-    "a",
-    "keep.txt",
-    "precious.data-00000-of-00001",
-    "precious.index",
-  ]
+  _all_kept(victim, files)

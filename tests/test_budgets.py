@@ -130,12 +130,9 @@ model_io.save_h5(_attention_model(), sys.argv[1], {})
 """
 
 
-@pytest.mark.slow
-def test_an_attention_model_is_refused_in_one_line_by_the_cli(tmp_path):
-  path = str(tmp_path / "attention.h5")
-  made = run_command(["-c", _LOAD, path])
-  assert made.returncode == 0, made.stderr[-3000:]
-  output_dir = tmp_path / "out"
+def _transfer_with_peak(path, output_dir):
+  """tl-transfer of the model at `path` in a fresh process that prints "PEAK_KB N", its peak
+  resident memory (VmHWM), however it ends."""
   script = (
     "import sys\n"
     "from tl_keras import cli\n"
@@ -146,7 +143,15 @@ def test_an_attention_model_is_refused_in_one_line_by_the_cli(tmp_path):
     "  print('PEAK_KB', [l.split()[1] for l in open('/proc/self/status')\n"
     "                    if l.startswith('VmHWM')][0])\n"
   )
-  result = run_command(["-c", script])
+  return run_command(["-c", script])
+
+
+@pytest.mark.slow
+def test_an_attention_model_is_refused_in_one_line_by_the_cli(tmp_path):
+  path = str(tmp_path / "attention.h5")
+  made = run_command(["-c", _LOAD, path])
+  assert made.returncode == 0, made.stderr[-3000:]
+  result = _transfer_with_peak(path, tmp_path / "out")
   assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and "inside" in lines[0] and "TL_KERAS_MEMORY_BUDGET_MB" in lines[0], lines
@@ -263,18 +268,7 @@ def test_the_separable_payload_is_refused_in_one_line_by_the_cli(tmp_path):
   made = run_command(["-c", _SEPCONV_PAYLOAD, path, "400000"])
   assert made.returncode == 0, made.stderr[-3000:]
   assert (tmp_path / "sepconv.h5").stat().st_size < 256 * 1024  # declares 17 MB of weights
-  output_dir = tmp_path / "out"
-  script = (
-    "import sys\n"
-    "from tl_keras import cli\n"
-    f"sys.argv = ['tl-transfer', '--model={path}', '--output_dir={output_dir}']\n"
-    "try:\n"
-    "  cli.transfer_main()\n"
-    "finally:\n"
-    "  print('PEAK_KB', [l.split()[1] for l in open('/proc/self/status')\n"
-    "                    if l.startswith('VmHWM')][0])\n"
-  )
-  result = run_command(["-c", script])
+  result = _transfer_with_peak(path, tmp_path / "out")
   assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and "layer conv holds" in lines[0] and "inside" in lines[0], lines

@@ -8,7 +8,6 @@ from conftest import run_two_workers
 
 from tl_keras import artifacts
 from tl_keras import loading
-from tl_keras.config import settings
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 from tl_keras.models import networks
@@ -68,7 +67,7 @@ def test_per_replica_batch_under_mirrored(mirrored_target):
 
 def test_mixed_precision_is_refused_on_cpu(tmp_path):
   with pytest.raises(UserError, match="--mixed_precision needs a GPU"):
-    distribute.check_devices(settings.RuntimeSettings(mixed_precision=True))
+    distribute.check_devices(mixed_precision=True)
 
 
 @pytest.mark.slow

@@ -8,21 +8,6 @@ from conftest import REPO_ROOT
 
 PACKAGE_DIR = os.path.join(REPO_ROOT, "tl_keras")
 MAX_LINES = 60
-# Functions still over the limit, each to be split by the owner of its file; the test fails
-# when one is split and not removed from here, so the list only shrinks.
-KNOWN_EXCEPTIONS = {
-  # Files other helpers are editing now.
-  "tl_keras/data/folders.py:load_image_folder",
-  "tl_keras/data/preprocessing.py:frame_images",
-  # Files outside the change that added this test (#27 item 2: api, trainer, task, classifier).
-  "tl_keras/outputs/plots.py:misclassified_figure",
-  "tl_keras/outputs/summary.py:print_summary",
-  "tl_keras/outputs/tflite.py:export_and_evaluate",
-  "tl_keras/stages/finetune.py:run",
-  "tl_keras/stages/fuse.py:run",
-  "tl_keras/stages/transfer.py:run",
-  "tl_keras/training/schedule.py:choose",
-}
 
 
 def function_lengths(path: str) -> dict[str, int]:
@@ -59,10 +44,8 @@ def long_functions() -> dict[str, int]:
 
 
 def test_no_function_is_longer_than_60_lines():
-  found = long_functions()
-  over = {name: lines for name, lines in found.items() if name not in KNOWN_EXCEPTIONS}
+  over = long_functions()
   assert not over, f"functions over {MAX_LINES} lines: {over}"
-  assert not KNOWN_EXCEPTIONS - set(found), "split now: drop from KNOWN_EXCEPTIONS"
 
 
 def test_the_length_check_can_fail(tmp_path):

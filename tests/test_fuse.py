@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import finetuned_members
 
 from tl_keras import artifacts
 from tl_keras import loading
@@ -21,7 +22,6 @@ from tl_keras.keras_api import keras
 from tl_keras.models import fusion
 from tl_keras.models import networks
 from tl_keras.outputs import model_io
-from tl_keras.stages import finetune
 from tl_keras.stages import fuse
 
 # The methods that combine the members' probabilities (a soup averages weights: test_soup.py).
@@ -32,24 +32,8 @@ DIGITS = ["5", "6", "7", "8", "9"]
 @pytest.fixture(scope="module")
 def members(source_model, small_mnist_dir, tmp_path_factory):
   """Three models finetuned on digits 5-9 from few labels and different seeds: their paths."""
-  paths = []
-  for seed in (1, 2, 3):
-    output_dir = tmp_path_factory.mktemp(f"member{seed}")
-    config = settings.make(
-      settings.FinetuneConfig,
-      model=source_model[0],
-      data_dir=small_mnist_dir,
-      output_dir=str(output_dir),
-      train_per_class=20,
-      head_init="probe",
-      batch_size=32,
-      epochs=1,
-      seed=seed,
-      strategy="default",
-    )
-    finetune.run(config)
-    paths.append(str(output_dir / artifacts.TARGET_MODEL))
-  return paths
+  runs = [{"head_init": "probe", "epochs": 1, "seed": seed} for seed in (1, 2, 3)]
+  return finetuned_members(source_model[0], small_mnist_dir, tmp_path_factory, runs)
 
 
 def _config(members, output_dir, method, **values):

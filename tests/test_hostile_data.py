@@ -19,6 +19,7 @@ import zlib
 import h5py
 import numpy as np
 import pytest
+from conftest import PEAK_WRAPPER
 from conftest import assert_refused
 from conftest import first_digits
 from conftest import run_command
@@ -135,14 +136,6 @@ def test_symlinks_out_of_the_folder_are_not_read(digits, tmp_path, capsys, monke
   assert "leak.png" in warning and "leak_dir" in warning and "inside.png" not in warning
 
 
-BOMB_WRAPPER = """
-import resource, subprocess, sys
-code = subprocess.call(sys.argv[1:])
-print("maxrss_kib", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-sys.exit(code)
-"""
-
-
 def test_decompression_bomb_png_is_refused_before_decoding(
   digits, source_model, tmp_path, monkeypatch
 ):
@@ -184,7 +177,7 @@ def test_decompression_bomb_png_is_refused_before_decoding(
   result = run_command(
     [
       "-c",
-      BOMB_WRAPPER,
+      PEAK_WRAPPER,
       sys.executable,
       "scripts/transfer.py",
       f"--model={source_model[0]}",
@@ -416,7 +409,7 @@ def test_markdown_class_name_adds_no_image_to_the_report(hostile_names_run, tmp_
       "target": "dir:`x`_*y*",
     }
   }
-  with open(report.write_report(str(tmp_path), stages)) as f:
+  with open(report.write_report(str(tmp_path), stages, None, settings.report_keys())) as f:
     written = f.read()
   assert not re.search(r"(?<!\\)(\]\(|<img|\|b)", written)  # none left unescaped
   assert "- classes: \\!\\[x\\]\\(http://evil/track.png\\), \\<img src=x\\>, a\\|b" in written

@@ -17,6 +17,7 @@ import unicodedata
 import h5py
 import numpy as np
 import pytest
+from conftest import PEAK_WRAPPER
 from conftest import run_command
 
 from tl_keras import sinks
@@ -325,12 +326,6 @@ def test_noresume_with_planted_files_in_the_output_folder(small_mnist_dir, tmp_p
 
 # --- items 1, 3, 8: data sizes after framing, labels, decoder work, the environment ------------
 
-PEAK_WRAPPER = """
-import resource, subprocess, sys
-code = subprocess.call(sys.argv[1:])
-print("maxrss_kib", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-sys.exit(code)
-"""
 INPUT_SHAPE = (28, 28, 1)
 
 

@@ -152,19 +152,26 @@ def test_metadata_framing_other_than_mnists_is_refused(tmp_path, framing):
   assert model_io.read_metadata(path)["framing"] == mnist.FRAMING
 
 
-@pytest.mark.parametrize("text", ["{not json", b"\xff\xfe", '{"class_names": ["a", "b"'])
-@pytest.mark.parametrize("kind", ["h5", "savedmodel"])
-def test_corrupt_metadata_is_refused_in_one_line_naming_the_file(tmp_path, kind, text):
-  # Not silently {}: the classes would then be named 0..k-1 and every output would look right.
+def _with_metadata(tmp_path, kind, text):
+  """The path of an .h5 file ('h5') or SavedModel folder ('savedmodel') holding only `text`
+  (str or bytes) where tl_keras keeps its metadata."""
   if kind == "h5":
     path = str(tmp_path / "model.h5")
     with h5py.File(path, "w") as f:
       f.attrs[artifacts.METADATA_ATTR] = text
-  else:
-    path = str(tmp_path / "savedmodel")
-    os.makedirs(os.path.join(path, "assets"))
-    with open(os.path.join(path, "assets", artifacts.METADATA_ASSET), "wb") as f:
-      f.write(text.encode() if isinstance(text, str) else text)
+    return path
+  path = str(tmp_path / "savedmodel")
+  os.makedirs(os.path.join(path, "assets"))
+  with open(os.path.join(path, "assets", artifacts.METADATA_ASSET), "wb") as f:
+    f.write(text.encode() if isinstance(text, str) else text)
+  return path
+
+
+@pytest.mark.parametrize("text", ["{not json", b"\xff\xfe", '{"class_names": ["a", "b"'])
+@pytest.mark.parametrize("kind", ["h5", "savedmodel"])
+def test_corrupt_metadata_is_refused_in_one_line_naming_the_file(tmp_path, kind, text):
+  # Not silently {}: the classes would then be named 0..k-1 and every output would look right.
+  path = _with_metadata(tmp_path, kind, text)
   with pytest.raises(UserError, match="is not valid JSON") as error:
     model_io.read_metadata(path)
   assert path in str(error.value) and "\n" not in str(error.value)
@@ -185,15 +192,7 @@ def test_metadata_that_is_not_text_is_refused_and_none_is_empty(tmp_path):
 @pytest.mark.parametrize("kind", ["h5", "savedmodel"])
 def test_metadata_nested_100000_deep_is_one_line_not_a_recursion_error(tmp_path, kind):
   text = "[" * 100_000 + "]" * 100_000
-  if kind == "h5":
-    path = str(tmp_path / "model.h5")
-    with h5py.File(path, "w") as f:
-      f.attrs[artifacts.METADATA_ATTR] = text
-  else:
-    path = str(tmp_path / "savedmodel")
-    os.makedirs(os.path.join(path, "assets"))
-    with open(os.path.join(path, "assets", artifacts.METADATA_ASSET), "w") as f:
-      f.write(text)
+  path = _with_metadata(tmp_path, kind, text)
   with pytest.raises(UserError, match="100,000 levels deep") as error:
     model_io.read_metadata(path)
   assert path in str(error.value) and "\n" not in str(error.value)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import finetuned_members
 
 from tl_keras import artifacts
 from tl_keras import loading
@@ -12,7 +13,6 @@ from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 from tl_keras.models import networks
 from tl_keras.models.fusion import soup
-from tl_keras.stages import finetune
 from tl_keras.stages import fuse
 
 
@@ -99,24 +99,8 @@ def members(source_model, small_mnist_dir, tmp_path_factory):
   """Three models finetuned from the source on digits 5-9 from 20 labels a class at three
   learning rates (a soup's ingredients: one source, a hyperparameter sweep), tl-fuse's
   validation images held out (the same split and seed): their paths."""
-  paths = []
-  for rate in (3e-4, 1e-3, 3e-3):
-    output_dir = tmp_path_factory.mktemp(f"soup_member{rate:g}")
-    config = settings.make(
-      settings.FinetuneConfig,
-      model=source_model[0],
-      data_dir=small_mnist_dir,
-      output_dir=str(output_dir),
-      train_per_class=20,
-      batch_size=32,
-      epochs=3,
-      learning_rate=rate,
-      validation_split=0.2,
-      strategy="default",
-    )
-    finetune.run(config)
-    paths.append(str(output_dir / artifacts.TARGET_MODEL))
-  return paths
+  runs = [{"learning_rate": rate, "validation_split": 0.2} for rate in (3e-4, 1e-3, 3e-3)]
+  return finetuned_members(source_model[0], small_mnist_dir, tmp_path_factory, runs)
 
 
 @pytest.mark.parametrize("mode", soup.MODES)

@@ -30,7 +30,7 @@ import tensorflow as tf
 from tl_keras import artifacts
 from tl_keras import limits
 from tl_keras import loading
-from tl_keras.config import settings
+from tl_keras.config import api_options
 from tl_keras.data import targets
 from tl_keras.data.folders import ImageFiles
 from tl_keras.data.labeled import LabeledData
@@ -102,17 +102,14 @@ def load_target(
   `input_shape` may be a Keras model's, batch axis first (None)."""
   if input_shape is not None and len(input_shape) == 4 and input_shape[0] is None:
     input_shape = input_shape[1:]
-  options = settings.TargetSettings(
+  options = api_options.target_settings(
+    unlabeled,
     target=spec,
     target_fit=fit,
     test_split=test_split,
     train_per_class=train_per_class,
     image_cache=image_cache,
   )
-  settings.validate(options)
-  problem = settings.unlabeled_spec_problem(unlabeled)
-  if problem:
-    raise UserError(problem)
   if input_shape is None:
     if unlabeled:
       raise UserError("unlabelled images need input_shape, the model's, to be fitted to")
@@ -149,39 +146,13 @@ def transferability(
   }
 
 
-# The settings `fit(data, ...)` takes by name, with the settings' defaults: the training groups
-# of the finetune config, less those set elsewhere (`compile`, `from_source`, the stage's
-# files) or given as objects (`unlabeled` images, a `strategy`).
-_FIT_GROUPS = ("train", "finetune", "adapt", "runtime", "head")
-_SET_ELSEWHERE = {
-  "optimizer",
-  "learning_rate",
-  "jit_compile",
-  "unfreeze",
-  "compare_scratch",
-  "unlabeled",
-  "strategy",
-  "resume",
-  "tensorboard",
-  "features_layer",
-  "head_units",
-  "head_dropout",
-  "head_l2",
-}
 # Keras's own `fit` arguments: a call naming anything else is the finetune `fit`.
 _KERAS_FIT = set(inspect.signature(keras.Model.fit).parameters) - {"self"}
 
 
 def fit_options() -> set[str]:
   """The finetune settings `TransferClassifier.fit(data, ...)` takes by name."""
-  config = settings.FinetuneConfig()
-  groups = [getattr(config, name) for name in _FIT_GROUPS]
-  names = {
-    field.name
-    for owner, field in settings.leaves(config)
-    if any(owner is group for group in groups)
-  }
-  return (names | {"epochs"}) - _SET_ELSEWHERE
+  return api_options.fit_options()
 
 
 class TransferClassifier(classifier.TransferClassifier):
@@ -207,44 +178,28 @@ class TransferClassifier(classifier.TransferClassifier):
     source: str | keras.Model,
     class_names: Sequence[str],
     *,
-    unfreeze: str = "all",
-    features_layer: str | None = None,
-    head_units: int = 0,
-    head_dropout: float = 0.0,
-    head_l2: float = 0.0,
     seed: int = 42,
-    allow_unsafe: bool = False,
-    max_model_mb: int = limits.MAX_MODEL_BYTES // limits.MIB,
     source_path: str | None = None,
-    input_size: int | None = None,
     metadata: dict[str, Any] | None = None,
+    **options,
   ) -> "TransferClassifier":
     """A classifier for `class_names` on a copy of `source` (a Keras model, or a path or
-    handle loaded safely): the source classifier is removed and a new head, initialised from
-    `seed`, sits on its penultimate features (or `features_layer`'s output). `unfreeze`:
-    'none', 'all', 'last:N' or layer names. `input_size`: for a 'keras:NAME' backbone, its
-    input size. `source_path` names where a model given loaded came from; `metadata`: its
-    tl_keras metadata, if read already (else read from the path).
+    handle loaded safely), as `classifier.TransferClassifier.from_source` builds it from
+    `options` (`unfreeze`, `features_layer`, `head_units`, `head_dropout`, `head_l2`,
+    `allow_unsafe`, `max_model_mb`, `input_size`), those checked as their flags are; its new
+    head is initialised from `seed`. `source_path` names where a model given loaded came
+    from; `metadata`: its tl_keras metadata, if read already (else read from the path).
 
     The source file is read once and the source model object is never changed. The first
     finetune `fit` draws the head again from its own `seed`."""
-    head = {"head_units": head_units, "head_dropout": head_dropout, "head_l2": head_l2}
-    settings.validate(settings.HeadSettings(features_layer=features_layer, **head))
+    api_options.check_head(options)
     path = source if isinstance(source, str) else source_path
-    model = load_model(source, allow_unsafe, max_model_mb, input_size) if path is source else source
+    with trainer.global_state(seed):
+      clf = super().from_source(source, class_names, source=path, **options)
     if metadata is None:
       metadata = model_io.read_metadata(path) if path else {}
-    with trainer.global_state(seed):
-      return super().from_source(
-        model,
-        class_names,
-        unfreeze=unfreeze,
-        features_layer=features_layer,
-        **head,
-        source=path,
-        source_class_names=metadata.get("class_names"),
-        framing=metadata.get("framing"),
-      )
+    clf.describe_source(metadata.get("class_names"), metadata.get("framing"))
+    return clf
 
   def fit(self, x=None, y=None, **options):
     """Two calls in one. `fit(data, **finetune options)` runs the finetune (see `finetune`)
@@ -298,15 +253,13 @@ class TransferClassifier(classifier.TransferClassifier):
         images = unlabeled if isinstance(unlabeled, ImageFiles) else np.asarray(unlabeled)
         unlabeled = UnlabeledImages(images, None, "unlabelled images")
       data = dataclasses.replace(data, unlabeled=unlabeled)  # the caller's data stays as given
-    config = settings.make(
-      settings.FinetuneConfig,
+    config = api_options.finetune_config(
       **self.train_settings,
       **options,
       # Given as images, not as a spec: validated as --unlabeled=rest would be.
       unlabeled="rest" if data.unlabeled is not None else "",
       source_data=source_data if isinstance(source_data, str) else "auto",
     )
-    settings.validate(config)
     verbose = trainer.progress_verbosity() if verbose is None else verbose
     source = source_data if isinstance(source_data, LabeledData) else None
     return self.fit_config(data, config, strategy, verbose=verbose, source_data=source)
@@ -314,7 +267,7 @@ class TransferClassifier(classifier.TransferClassifier):
   def fit_config(
     self,
     data: LabeledData,
-    config: settings.FinetuneConfig,
+    config,
     strategy: tf.distribute.Strategy | None = None,
     stage: str | None = None,
     log: Callable[[str], None] | None = None,
@@ -350,7 +303,7 @@ class TransferClassifier(classifier.TransferClassifier):
       result, head_init=job.config.head.head_init, defaults=job.message or None
     )
 
-  def _source_data(self, config: settings.FinetuneConfig) -> LabeledData:
+  def _source_data(self, config) -> LabeledData:
     """The source's training images of the target's classes (file I/O: `targets`)."""
     return targets.load_source_data(
       config.adapt.source_data,

@@ -25,3 +25,10 @@ MAX_CONV_FILTERS = 1_024
 CONV_FILTERS = Range(1, MAX_CONV_FILTERS)  # each convolution's
 
 IMAGE_CACHES = ("auto", "memory", "none")
+
+# How images of another size reach the model's: stretched, or scaled into the box keeping the
+# aspect ratio, centred and padded with black (as MNIST centres its digits).
+# 'source': framed as the source model's training images were (its metadata's `framing`: for
+# MNIST, the digit's bounding box scaled into a 20x20 box, centred by mass, light on dark).
+# 'auto': 'source' for images of another size when the model records a framing, else resize.
+FITS = ("auto", "resize", "pad", "source")

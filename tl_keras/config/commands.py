@@ -28,6 +28,7 @@ from tl_keras.config.groups import _representative_images
 from tl_keras.config.groups import _seed
 from tl_keras.config.schema import group
 from tl_keras.config.schema import setting
+from tl_keras.config.training import TrainingConfig
 from tl_keras.errors import UserError
 from tl_keras.ranges import Range
 
@@ -52,16 +53,6 @@ _PIPELINE_TRAIN_HELP = {
   f"finetune, on {_FEW_LABELS}).",
   "steps_per_epoch": _FINETUNE_TRAIN_HELP["steps_per_epoch"],
 }
-
-
-@dataclasses.dataclass
-class TrainingConfig:
-  """What every training stage has: paths, runtime, training settings and epochs."""
-
-  paths: PathSettings = group(PathSettings)
-  runtime: RuntimeSettings = group(RuntimeSettings)
-  train: TrainSettings = group(TrainSettings)
-  epochs: int = _epochs(3, "Training epochs.")
 
 
 @dataclasses.dataclass

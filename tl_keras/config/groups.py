@@ -13,6 +13,7 @@ from tl_keras.config.choices import CONV_FILTERS
 from tl_keras.config.choices import DEFAULT_CONV_FILTERS
 from tl_keras.config.choices import DEFAULT_LEARNING_RATES
 from tl_keras.config.choices import DEFAULT_PEAK_LEARNING_RATES
+from tl_keras.config.choices import FITS
 from tl_keras.config.choices import IMAGE_CACHES
 from tl_keras.config.choices import LEARNING_RATE
 from tl_keras.config.choices import LR_SCHEDULES
@@ -22,12 +23,6 @@ from tl_keras.config.schema import setting
 from tl_keras.errors import UserError
 from tl_keras.ranges import Range
 
-# How images of another size reach the model's: stretched, or scaled into the box keeping the
-# aspect ratio, centred and padded with black (as MNIST centres its digits).
-# 'source': framed as the source model's training images were (its metadata's `framing`: for
-# MNIST, the digit's bounding box scaled into a 20x20 box, centred by mass, light on dark).
-# 'auto': 'source' for images of another size when the model records a framing, else resize.
-FITS = ("auto", "resize", "pad", "source")
 # 'auto': chosen by the label count (see `schedule`); 'source': the source classifier's rows for
 # the target's class names (every target class must be a source class).
 HEAD_INITS = ("auto", "random", "probe", "source")
@@ -354,6 +349,17 @@ class FinetuneSettings:
     False,
     "Also train the same model from random weights for as "
     "many epochs and report the transfer gain.",
+  )
+
+
+def unlabeled_spec_problem(spec: str) -> str | None:
+  """None for a well-formed --unlabeled spec (or none), else the message refusing it."""
+  kind, _, path = spec.partition(":")
+  if not spec or spec == "rest" or (kind in ("dir", "npz") and path) or kind == "mnist":
+    return None
+  return (
+    f"unknown --unlabeled={spec!r}: use rest, dir:PATH (images at any depth), npz:PATH "
+    "(key x_train or x) or mnist:CLASSES"
   )
 
 

@@ -17,6 +17,7 @@ from tl_keras.config.groups import ModelSettings
 from tl_keras.config.groups import RuntimeSettings
 from tl_keras.config.groups import TargetSettings
 from tl_keras.config.groups import export_formats
+from tl_keras.config.groups import unlabeled_spec_problem
 from tl_keras.config.schema import flag_name
 from tl_keras.config.schema import leaves
 from tl_keras.errors import UserError
@@ -93,17 +94,6 @@ def notes(config) -> list[str]:
       "gradient): runs with the same --seed may differ slightly"
     ]
   return []
-
-
-def unlabeled_spec_problem(spec: str) -> str | None:
-  """None for a well-formed --unlabeled spec (or none), else the message refusing it."""
-  kind, _, path = spec.partition(":")
-  if not spec or spec == "rest" or (kind in ("dir", "npz") and path) or kind == "mnist":
-    return None
-  return (
-    f"unknown --unlabeled={spec!r}: use rest, dir:PATH (images at any depth), npz:PATH "
-    "(key x_train or x) or mnist:CLASSES"
-  )
 
 
 def _validate_adaptation(config) -> None:

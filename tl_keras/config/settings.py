@@ -9,6 +9,7 @@ unique within a config and are the flag names, the keys a resumed run records an
 keys report.md reads. No TensorFlow here: --help and flag errors need none.
 """
 
+from tl_keras.config.choices import FITS
 from tl_keras.config.choices import IMAGE_CACHES
 from tl_keras.config.commands import _FEW_LABELS
 from tl_keras.config.commands import _FINETUNE_EPOCHS_HELP
@@ -22,13 +23,11 @@ from tl_keras.config.commands import FuseConfig
 from tl_keras.config.commands import PipelineConfig
 from tl_keras.config.commands import PretrainConfig
 from tl_keras.config.commands import RankConfig
-from tl_keras.config.commands import TrainingConfig
 from tl_keras.config.commands import TransferConfig
 from tl_keras.config.groups import BATCH_SIZE
 from tl_keras.config.groups import CLASS_WEIGHTS
 from tl_keras.config.groups import EPOCHS
 from tl_keras.config.groups import EXPORT_FORMATS
-from tl_keras.config.groups import FITS
 from tl_keras.config.groups import HEAD_INITS
 from tl_keras.config.groups import KERAS_MODEL_PREFIX
 from tl_keras.config.groups import MAX_BATCH_SIZE
@@ -55,11 +54,11 @@ from tl_keras.config.groups import _max_model_mb
 from tl_keras.config.groups import _representative_images
 from tl_keras.config.groups import _seed
 from tl_keras.config.groups import export_formats
+from tl_keras.config.groups import unlabeled_spec_problem
 from tl_keras.config.rules import _validate_adaptation
 from tl_keras.config.rules import _validate_runtime
 from tl_keras.config.rules import notes
 from tl_keras.config.rules import report_keys
-from tl_keras.config.rules import unlabeled_spec_problem
 from tl_keras.config.rules import validate
 from tl_keras.config.schema import _is_group
 from tl_keras.config.schema import _set
@@ -73,6 +72,7 @@ from tl_keras.config.schema import recorded_on_resume
 from tl_keras.config.schema import replace
 from tl_keras.config.schema import setting
 from tl_keras.config.schema import value_type
+from tl_keras.config.training import TrainingConfig
 
 __all__ = [
   "IMAGE_CACHES",

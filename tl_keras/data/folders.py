@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tl_keras import limits
-from tl_keras.config import settings
+from tl_keras.config.choices import IMAGE_CACHES
 from tl_keras.data import labeled
 from tl_keras.data import preprocessing
 from tl_keras.errors import UserError
@@ -347,25 +347,7 @@ def load_image_folder(
       " give both, or class folders directly and --test_split"
     )
   root = os.path.realpath(path)
-  if present:
-    train_dir, test_dir = (os.path.join(path, name) for name in SPLIT_DIRNAMES)
-    class_names = _class_dirs(train_dir)
-    test_names = _class_dirs(test_dir)
-    unknown = sorted(set(test_names) - set(class_names))
-    if unknown:
-      raise UserError(
-        f"{test_dir} has class folder(s) {', '.join(unknown)} that {train_dir} "
-        "lacks, so no model could learn them"
-      )
-    listings = [
-      _list_classes(train_dir, class_names, range(len(class_names))),
-      _list_classes(test_dir, test_names, [class_names.index(name) for name in test_names]),
-    ]
-  else:
-    if not 0 < test_split < 1:
-      raise UserError(f"--test_split must lie between 0 and 1, got {test_split}")
-    class_names = _class_dirs(path)
-    listings = [_list_classes(path, class_names, range(len(class_names)))]
+  class_names, listings = _listings(path, present, test_split)
   files = sum(len(paths) for listed in listings for _, _, paths in listed)
   keep = _keep_in_memory(image_cache, files, input_shape)
   unreadable = []
@@ -378,19 +360,7 @@ def load_image_folder(
   if present:
     (x_train, y_train), (x_test, y_test) = scanned
   else:
-    images, labels = scanned[0]
-    train_index, test_index = labeled.split_per_class(labels, test_split, seed)
-    if not len(test_index):
-      raise UserError(
-        f"{path}: too few images for a test split of {test_split}; add images or "
-        "use train/ and test/ subfolders"
-      )
-    x_train, y_train, x_test, y_test = (
-      images[train_index],
-      labels[train_index],
-      images[test_index],
-      labels[test_index],
-    )
+    x_train, y_train, x_test, y_test = _split(*scanned[0], path, test_split, seed)
   _warn_unreadable(unreadable)
   return labeled.LabeledData(
     x_train=x_train,
@@ -400,6 +370,41 @@ def load_image_folder(
     class_names=class_names,
     description=f"dir:{path}",
   )
+
+
+def _listings(path: str, present: list[str], test_split: float):
+  """(class names, [listing of each split folder]): train/ and test/ when `present`, else the
+  class folders of `path` to split by `test_split`."""
+  if present:
+    train_dir, test_dir = (os.path.join(path, name) for name in SPLIT_DIRNAMES)
+    class_names = _class_dirs(train_dir)
+    test_names = _class_dirs(test_dir)
+    unknown = sorted(set(test_names) - set(class_names))
+    if unknown:
+      raise UserError(
+        f"{test_dir} has class folder(s) {', '.join(unknown)} that {train_dir} "
+        "lacks, so no model could learn them"
+      )
+    return class_names, [
+      _list_classes(train_dir, class_names, range(len(class_names))),
+      _list_classes(test_dir, test_names, [class_names.index(name) for name in test_names]),
+    ]
+  if not 0 < test_split < 1:
+    raise UserError(f"--test_split must lie between 0 and 1, got {test_split}")
+  class_names = _class_dirs(path)
+  return class_names, [_list_classes(path, class_names, range(len(class_names)))]
+
+
+def _split(images, labels, path: str, test_split: float, seed: int):
+  """(x_train, y_train, x_test, y_test): each class split with `test_split` of its images,
+  seeded, for test."""
+  train_index, test_index = labeled.split_per_class(labels, test_split, seed)
+  if not len(test_index):
+    raise UserError(
+      f"{path}: too few images for a test split of {test_split}; add images or "
+      "use train/ and test/ subfolders"
+    )
+  return images[train_index], labels[train_index], images[test_index], labels[test_index]
 
 
 def load_image_tree(
@@ -454,10 +459,8 @@ def _files_under(path: str) -> list[str]:
 
 
 def _check_image_cache(image_cache: str) -> None:
-  if image_cache not in settings.IMAGE_CACHES:
-    raise UserError(
-      f"unknown --image_cache={image_cache!r}: use one of {', '.join(settings.IMAGE_CACHES)}"
-    )
+  if image_cache not in IMAGE_CACHES:
+    raise UserError(f"unknown --image_cache={image_cache!r}: use one of {', '.join(IMAGE_CACHES)}")
 
 
 def _keep_in_memory(image_cache: str, files: int, input_shape: Sequence[int]) -> bool:

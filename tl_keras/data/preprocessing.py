@@ -125,8 +125,24 @@ def frame_images(images: tf.Tensor, canvas: Sequence[int], box: int) -> tf.Tenso
   pixels so that its centre of mass is the canvas's centre. (LeCun et al.: MNIST's digits were
   size-normalised into 20x20 and centred by mass in 28x28.)
   """
-  x = tf.convert_to_tensor(images, tf.float32)
-  count, height, width = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
+  x = _normalised_ink(tf.convert_to_tensor(images, tf.float32))
+  count = tf.shape(x)[0]
+  # Sampled at 4x, then downscaled with antialiasing, so large images do not alias.
+  crops = tf.image.crop_and_resize(x, _ink_boxes(x), tf.range(count), [4 * box, 4 * box])
+  crops = tf.image.resize(crops, [box, box], antialias=True)
+  canvas_h, canvas_w = int(canvas[0]), int(canvas[1])
+  top_pad, left_pad = (canvas_h - box) // 2, (canvas_w - box) // 2
+  framed = tf.pad(
+    crops,
+    [[0, 0], [top_pad, canvas_h - box - top_pad], [left_pad, canvas_w - box - left_pad], [0, 0]],
+  )
+  return _centred_by_mass(framed, canvas_h, canvas_w)
+
+
+def _normalised_ink(x: tf.Tensor) -> tf.Tensor:
+  """`x` as light ink on a black ground: dark ink inverted, the background (the median of the
+  border pixels) subtracted and the contrast stretched to [0, 1], faint noise dropped."""
+  count = tf.shape(x)[0]
   grey = tf.reduce_mean(x, axis=-1, keepdims=True)
   border = tf.concat(
     [
@@ -144,7 +160,15 @@ def frame_images(images: tf.Tensor, canvas: Sequence[int], box: int) -> tf.Tenso
   x = tf.nn.relu(x - background[:, None, None, None])
   # The ink's level, from 3x3 means so that single noisy pixels do not set it.
   peak = tf.reduce_max(tf.nn.avg_pool2d(x, 3, 1, "SAME"), axis=[1, 2, 3], keepdims=True)
-  x = tf.clip_by_value((x / tf.maximum(peak, 1e-3) - _NOISE_FLOOR) / (1 - _NOISE_FLOOR), 0.0, 1.0)
+  return tf.clip_by_value(
+    (x / tf.maximum(peak, 1e-3) - _NOISE_FLOOR) / (1 - _NOISE_FLOOR), 0.0, 1.0
+  )
+
+
+def _ink_boxes(x: tf.Tensor) -> tf.Tensor:
+  """[N, 4] normalised boxes (y1, x1, y2, x2): each image's ink bounding box, made square
+  around its centre."""
+  height, width = tf.shape(x)[1], tf.shape(x)[2]
   ink = tf.nn.avg_pool2d(tf.reduce_mean(x, axis=-1, keepdims=True), 3, 1, "SAME")[..., 0]
   ink = ink > _INK_LEVEL
   top, bottom = _ink_span(tf.reduce_any(ink, axis=2), height)
@@ -153,19 +177,15 @@ def frame_images(images: tf.Tensor, canvas: Sequence[int], box: int) -> tf.Tenso
   centre_x = tf.cast(left + right + 1, tf.float32) / 2
   half = tf.cast(tf.maximum(bottom - top, right - left) + 1, tf.float32) / 2
   h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-  boxes = tf.stack(
+  return tf.stack(
     [(centre_y - half) / h, (centre_x - half) / w, (centre_y + half) / h, (centre_x + half) / w],
     axis=1,
   )
-  # Sampled at 4x, then downscaled with antialiasing, so large images do not alias.
-  crops = tf.image.crop_and_resize(x, boxes, tf.range(count), [4 * box, 4 * box])
-  crops = tf.image.resize(crops, [box, box], antialias=True)
-  canvas_h, canvas_w = int(canvas[0]), int(canvas[1])
-  top_pad, left_pad = (canvas_h - box) // 2, (canvas_w - box) // 2
-  framed = tf.pad(
-    crops,
-    [[0, 0], [top_pad, canvas_h - box - top_pad], [left_pad, canvas_w - box - left_pad], [0, 0]],
-  )
+
+
+def _centred_by_mass(framed: tf.Tensor, canvas_h: int, canvas_w: int) -> tf.Tensor:
+  """`framed` [N, canvas_h, canvas_w, C] shifted by whole pixels so that each image's centre
+  of mass is the canvas's centre."""
   mass = tf.reduce_mean(framed, axis=-1)
   total = tf.reduce_sum(mass, axis=[1, 2]) + 1e-6
   rows = tf.range(canvas_h, dtype=tf.float32)[None, :, None]

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from tl_keras import limits
-from tl_keras.config import settings
+from tl_keras.config.choices import FITS
+from tl_keras.config.groups import TargetSettings
+from tl_keras.config.groups import unlabeled_spec_problem
 from tl_keras.data import folders
 from tl_keras.data import mnist
 from tl_keras.data import npz
@@ -37,8 +39,8 @@ def load_target(
   test/; `image_cache` says whether their images are kept in memory or streamed from the files
   (see `folders.load_image_folder`).
   """
-  if fit not in settings.FITS:
-    raise UserError(f"unknown --target_fit={fit!r}: use one of {', '.join(settings.FITS)}")
+  if fit not in FITS:
+    raise UserError(f"unknown --target_fit={fit!r}: use one of {', '.join(FITS)}")
   kind, _, arg = spec.partition(":")
   if kind == "mnist":
     target = mnist.mnist_subset(mnist.parse_classes(arg or "all"), data_dir)
@@ -105,7 +107,7 @@ def resolve_fit(
 
 
 def prepare_target(
-  options: settings.TargetSettings,
+  options: TargetSettings,
   input_shape: Sequence[int],
   data_dir: str | None = None,
   seed: int = 42,
@@ -168,7 +170,7 @@ def load_unlabeled(
     digits = mnist.mnist_subset(mnist.parse_classes(arg or "all"), data_dir)
     images, labels = digits.x_train, None
   else:
-    raise UserError(settings.unlabeled_spec_problem(spec))
+    raise UserError(unlabeled_spec_problem(spec))
   if kind != "dir":
     fit = resolve_fit(fit, images.shape[1:3], input_shape, framing)
     check_fitted_size(f"--unlabeled={spec}", input_shape, fit, images)

@@ -99,11 +99,20 @@ class TransferClassifier(keras.Model):
       class_names=[str(name) for name in class_names],
       head_options=head,
       source=source,
-      source_class_names=list(source_class_names) if source_class_names else None,
-      framing=framing,  # how the source's training images were framed, for fit='source'
       train_settings={"optimizer": "adam", "learning_rate": None, "jit_compile": False},
     )
+    self.describe_source(source_class_names, framing)
     self.compile()
+
+  def describe_source(
+    self, source_class_names: Sequence[str] | None, framing: dict | None = None
+  ) -> None:
+    """Records the source model's class names and how its training images were framed (for
+    fit='source'), as its metadata gives them."""
+    self._untracked(
+      source_class_names=list(source_class_names) if source_class_names else None,
+      framing=framing,
+    )
 
   def _untracked(self, **values) -> None:
     for key, value in values.items():

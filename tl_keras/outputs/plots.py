@@ -210,6 +210,19 @@ def plot_misclassified(
   return _save(figure, path)
 
 
+def _label_names(y_true, y_pred, class_names, pred_class_names):
+  """(true, predicted) class names of each image; predictions index `pred_class_names` when
+  given, else `class_names`."""
+  true_names = np.asarray([str(name) for name in class_names])
+  pred_names = (
+    true_names if pred_class_names is None else np.asarray([str(name) for name in pred_class_names])
+  )
+  return (
+    true_names[np.asarray(y_true, dtype=np.int64).reshape(-1)],
+    pred_names[np.asarray(y_pred, dtype=np.int64).reshape(-1)],
+  )
+
+
 def misclassified_figure(
   images,
   y_true,
@@ -231,12 +244,7 @@ def misclassified_figure(
   """
   if not hasattr(images, "shape"):  # arrays and datasets.folders.ImageFiles are read lazily
     images = np.asarray(images)
-  true_names = np.asarray([str(name) for name in class_names])
-  pred_names = (
-    true_names if pred_class_names is None else np.asarray([str(name) for name in pred_class_names])
-  )
-  true_labels = true_names[np.asarray(y_true, dtype=np.int64).reshape(-1)]
-  pred_labels = pred_names[np.asarray(y_pred, dtype=np.int64).reshape(-1)]
+  true_labels, pred_labels = _label_names(y_true, y_pred, class_names, pred_class_names)
   if not len(images) == len(true_labels) == len(pred_labels):
     raise ValueError(
       f"got {len(images)} images, {len(true_labels)} true labels and {len(pred_labels)} predictions"

@@ -1,6 +1,5 @@
 """report.md: a Markdown summary of a run's stages, from their metrics and plots."""
 
-import functools
 import os
 import urllib.parse
 from collections.abc import Mapping
@@ -9,7 +8,6 @@ from typing import Any
 
 from tl_keras import artifacts
 from tl_keras import untrusted
-from tl_keras.config import settings
 from tl_keras.errors import UserError
 from tl_keras.errors import warn
 from tl_keras.outputs.files import atomic_path
@@ -19,13 +17,9 @@ from tl_keras.sinks import markdown as escape_markdown
 _LISTED_AFTER = {"strategy": ("num_replicas",), "target": ("classes", "models", "method")}
 
 
-@functools.cache
-def _listed_settings() -> tuple[str, ...]:
-  """The settings report.md lists, in order, with their metrics; built on first use, since
-  it builds every command's config."""
-  return tuple(
-    key for setting in settings.report_keys() for key in (setting, *_LISTED_AFTER.get(setting, ()))
-  )
+def _listed_settings(settings: Sequence[str]) -> list[str]:
+  """`settings`, each followed by the metrics listed with it."""
+  return [key for setting in settings for key in (setting, *_LISTED_AFTER.get(setting, ()))]
 
 
 # (metrics key, label, format); training stages time images/s while training, transfer while
@@ -143,12 +137,16 @@ def _image_link(path: str, output_dir: str) -> str:
 
 
 def _stage_section(
-  stage: str, metrics: Mapping[str, Any], plot_paths: Sequence[str], output_dir: str
+  stage: str,
+  metrics: Mapping[str, Any],
+  plot_paths: Sequence[str],
+  output_dir: str,
+  listed_settings: Sequence[str],
 ) -> list[str]:
   lines = [f"## {escape_markdown(stage)}", ""]
   settings = [
     f"- {key.replace('_', ' ')}: {_format(metrics[key])}"
-    for key in _listed_settings()
+    for key in _listed_settings(listed_settings)
     if key in metrics
   ]
   if settings:
@@ -208,12 +206,15 @@ def write_report(
   output_dir: str,
   stages: Mapping[str, Mapping[str, Any]],
   plots: Mapping[str, Sequence[str]] | None = None,
+  listed_settings: Sequence[str] = (),
 ) -> str:
   """Writes `output_dir`/report.md summarising the run; returns its path.
 
   `stages` maps stage names ("pretrain", "transfer", "finetune") to their metrics dicts, as in
   the metrics files (see `load_stage_metrics`); `plots` maps stage names to PNG paths, linked
   relative to `output_dir`. Stages appear in pipeline order, any other names after them.
+  Each stage lists the `listed_settings` its metrics hold, in that order (the stages pass
+  `settings.report_keys()`).
   """
   plots = plots or {}
   known = [stage for stage in artifacts.METRICS if stage in stages or stage in plots]
@@ -233,7 +234,9 @@ def write_report(
         )
     lines.append("")
   for stage in names:
-    lines += _stage_section(stage, stages.get(stage, {}), plots.get(stage, ()), output_dir)
+    lines += _stage_section(
+      stage, stages.get(stage, {}), plots.get(stage, ()), output_dir, listed_settings
+    )
 
   path = os.path.join(output_dir, artifacts.REPORT)
   with atomic_path(path) as temp, open(temp, "w") as f:
@@ -241,11 +244,12 @@ def write_report(
   return path
 
 
-def update_report(output_dir: str) -> str:
-  """Rewrites report.md from the metrics files in `output_dir` and the plots they list."""
+def update_report(output_dir: str, listed_settings: Sequence[str] = ()) -> str:
+  """Rewrites report.md from the metrics files in `output_dir` and the plots they list (see
+  `write_report` for `listed_settings`)."""
   stages = load_stage_metrics(output_dir)
   plots = {
     stage: [os.path.join(output_dir, name) for name in metrics.get("plots", [])]
     for stage, metrics in stages.items()
   }
-  return write_report(output_dir, stages, plots)
+  return write_report(output_dir, stages, plots, listed_settings)

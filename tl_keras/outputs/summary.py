@@ -2,6 +2,7 @@
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -14,13 +15,18 @@ from tl_keras.training import distribute
 
 
 def write_metrics(
-  metrics: dict[str, Any], path: str, start: float, chief: bool = True
+  metrics: dict[str, Any],
+  path: str,
+  start: float,
+  chief: bool = True,
+  listed_settings: Sequence[str] = (),
 ) -> str | None:
   """Adds `wall_seconds` since `start`, writes the metrics file, and on the chief rewrites the
-  folder's report.md; returns the report's path (None elsewhere)."""
+  folder's report.md (listing `listed_settings`, see `report.write_report`); returns the
+  report's path (None elsewhere)."""
   metrics["wall_seconds"] = round(time.perf_counter() - start, 2)
   files.write_json(path, metrics)
-  return report.update_report(os.path.dirname(path)) if chief else None
+  return report.update_report(os.path.dirname(path), listed_settings) if chief else None
 
 
 def say(message: str) -> None:
@@ -48,40 +54,15 @@ def print_summary(
   if accuracy is not None:
     lines.append(f"  test accuracy   {accuracy:.2%} on {metrics['num_test']} images")
   if "train_seconds" in metrics:
-    epochs = f"{metrics['epochs']} epoch{'' if metrics['epochs'] == 1 else 's'}"
-    if metrics.get("steps_per_epoch"):
-      epochs += f" of {metrics['steps_per_epoch']} steps"
-    if metrics.get("resumed_from_epoch"):
-      epochs += f" (resumed after epoch {metrics['resumed_from_epoch']})"
-    images = f"{metrics['num_train']} images"
-    if not metrics["num_train"] and metrics.get("num_source"):
-      images = f"{metrics['num_source']:,} source images (no target labels)"
-    lines.append(
-      f"  training        {epochs} on {images}, "
-      f"{metrics['train_seconds']:.1f} s ({metrics['strategy']}, "
-      f"{metrics['num_replicas']} replica(s))"
-    )
+    lines.append(_training_line(metrics))
   if metrics.get("linear_probe_accuracy") is not None:
     lines.append(
       f"  transferability linear probe {metrics['linear_probe_accuracy']:.2%}, "
       f"LogME {metrics['logme']:.3f} (source features on the target's "
       f"{metrics['num_train']} training images)"
     )
-  adapt = metrics.get("adapt")
-  if adapt:
-    rates = metrics["history"].get("pseudo_label_rate") or [0.0]
-    before = metrics.get("source_only_accuracy")
-    lines.append(
-      f"  adaptation      {adapt['method']} on {metrics['num_unlabeled']:,} unlabelled images "
-      f"(threshold {adapt['confidence_threshold']:g}, {adapt['unlabeled_ratio']} per labelled"
-      + "".join(
-        f", {flag.replace('_', ' ')} {adapt[flag]:g}"
-        for flag in methods.ADAPTATION[adapt["method"]].flags
-      )
-      + (", AdaBN" if adapt["adabn"] else "")
-      + f"): pseudo-labels for {rates[-1]:.0%} of them in the last epoch"
-      + (f"; source model before training {before:.2%}" if before is not None else "")
-    )
+  if metrics.get("adapt"):
+    lines.append(_adaptation_line(metrics))
   if "transfer_gain" in metrics:
     lines.append(
       f"  from scratch    {metrics['scratch_test_accuracy']:.2%}: transfer gain "
@@ -102,3 +83,38 @@ def print_summary(
   for name, path in artifacts.items():
     lines.append(f"  {name:<15} {path}")
   print(sinks.terminal_lines("\n".join(lines)), flush=True)  # paths and names escaped
+
+
+def _training_line(metrics: dict[str, Any]) -> str:
+  """The summary's line on training: epochs, steps, images, time and replicas."""
+  epochs = f"{metrics['epochs']} epoch{'' if metrics['epochs'] == 1 else 's'}"
+  if metrics.get("steps_per_epoch"):
+    epochs += f" of {metrics['steps_per_epoch']} steps"
+  if metrics.get("resumed_from_epoch"):
+    epochs += f" (resumed after epoch {metrics['resumed_from_epoch']})"
+  images = f"{metrics['num_train']} images"
+  if not metrics["num_train"] and metrics.get("num_source"):
+    images = f"{metrics['num_source']:,} source images (no target labels)"
+  return (
+    f"  training        {epochs} on {images}, "
+    f"{metrics['train_seconds']:.1f} s ({metrics['strategy']}, "
+    f"{metrics['num_replicas']} replica(s))"
+  )
+
+
+def _adaptation_line(metrics: dict[str, Any]) -> str:
+  """The summary's line on adaptation: the method and its settings, the pseudo-label rate."""
+  adapt = metrics["adapt"]
+  rates = metrics["history"].get("pseudo_label_rate") or [0.0]
+  before = metrics.get("source_only_accuracy")
+  return (
+    f"  adaptation      {adapt['method']} on {metrics['num_unlabeled']:,} unlabelled images "
+    f"(threshold {adapt['confidence_threshold']:g}, {adapt['unlabeled_ratio']} per labelled"
+    + "".join(
+      f", {flag.replace('_', ' ')} {adapt[flag]:g}"
+      for flag in methods.ADAPTATION[adapt["method"]].flags
+    )
+    + (", AdaBN" if adapt["adabn"] else "")
+    + f"): pseudo-labels for {rates[-1]:.0%} of them in the last epoch"
+    + (f"; source model before training {before:.2%}" if before is not None else "")
+  )

@@ -198,6 +198,30 @@ def export_and_evaluate(
   if "tflite_int8" in formats:
     representative = _representative_images(target, input_shape, representative_images, seed)
   _, interpreter_name = interpreter_class()
+  contents, convert_seconds = _convert_all(model, formats, representative)
+  results = _evaluate_all(contents, target, input_shape, keras_predicted, convert_seconds)
+  _write_files(contents, class_names, output_dir)
+  keras_accuracy = float((keras_predicted == target.y_test).mean())
+  for result in results.values():
+    result["accuracy_change"] = round(result["test_accuracy"] - keras_accuracy, 6)
+  if "tflite" in results:
+    for result in results.values():
+      result["times_smaller_than_float32"] = round(
+        results["tflite"]["size_bytes"] / result["size_bytes"], 3
+      )
+  return {
+    "keras_test_accuracy": keras_accuracy,
+    "formats": results,
+    "labels": artifacts.TFLITE_LABELS,
+    "interpreter": interpreter_name,
+    "representative_images": len(representative) if representative is not None else 0,
+    "num_test": int(len(target.x_test)),
+    "classes": list(class_names),
+  }
+
+
+def _convert_all(model: keras.Model, formats: Sequence[str], representative):
+  """({format: the converted file's bytes}, {format: seconds the conversion took})."""
   contents, convert_seconds = {}, {}
   # The converter's and interpreter's native messages ("fully_quantize: 0, ...", "Created
   # TensorFlow Lite XNNPACK delegate for CPU.") are held back unless something fails.
@@ -207,8 +231,16 @@ def export_and_evaluate(
     with native_stderr_captured():
       contents[fmt] = convert(model, fmt, representative)
     convert_seconds[fmt] = round(time.perf_counter() - start, 2)
+  return contents, convert_seconds
+
+
+def _evaluate_all(
+  contents: dict[str, bytes], target: LabeledData, input_shape, keras_predicted, convert_seconds
+) -> dict[str, dict[str, Any]]:
+  """{format: its file's test accuracy, agreement with the Keras model's predictions, size,
+  latency, conversion time and tensor types}, each file run by the interpreter."""
   print(f"export: evaluating on {len(target.x_test)} test images", flush=True)
-  predicted = {fmt: [] for fmt in formats}
+  predicted = {fmt: [] for fmt in contents}
   with native_stderr_captured():
     classifiers = {fmt: _Classifier(content) for fmt, content in contents.items()}
     first = None
@@ -230,6 +262,11 @@ def export_and_evaluate(
       "convert_seconds": convert_seconds[fmt],
       "tensor_types": types[fmt],
     }
+  return results
+
+
+def _write_files(contents: dict[str, bytes], class_names: Sequence[str], output_dir: str) -> None:
+  """Writes each converted file and labels.txt into `output_dir`, each atomically."""
   for fmt, content in contents.items():
     with atomic_path(os.path.join(output_dir, artifacts.TFLITE_FILES[fmt])) as temp:
       with open(temp, "wb") as f:
@@ -237,23 +274,6 @@ def export_and_evaluate(
   with atomic_path(os.path.join(output_dir, artifacts.TFLITE_LABELS)) as temp:
     with open(temp, "w") as f:
       f.write("".join(f"{name}\n" for name in class_names))
-  keras_accuracy = float((keras_predicted == target.y_test).mean())
-  for result in results.values():
-    result["accuracy_change"] = round(result["test_accuracy"] - keras_accuracy, 6)
-  if "tflite" in results:
-    for result in results.values():
-      result["times_smaller_than_float32"] = round(
-        results["tflite"]["size_bytes"] / result["size_bytes"], 3
-      )
-  return {
-    "keras_test_accuracy": keras_accuracy,
-    "formats": results,
-    "labels": artifacts.TFLITE_LABELS,
-    "interpreter": interpreter_name,
-    "representative_images": len(representative) if representative is not None else 0,
-    "num_test": int(len(target.x_test)),
-    "classes": list(class_names),
-  }
 
 
 def print_summary(metrics: dict[str, Any], paths: dict[str, str]) -> None:

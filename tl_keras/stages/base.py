@@ -8,6 +8,7 @@ then takes `prepare(...)`, a `StageContext` holding what the rest of the stage u
 """
 
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ from tl_keras.keras_api import keras
 from tl_keras.models import networks
 from tl_keras.outputs import files
 from tl_keras.outputs import model_io
+from tl_keras.outputs import summary
 from tl_keras.training import distribute
 
 
@@ -58,6 +60,18 @@ def begin(config) -> float:
   start = time.perf_counter()
   settings.validate(config)
   return start
+
+
+def write_metrics(
+  metrics: dict[str, Any], path: str, start: float, chief: bool = True
+) -> str | None:
+  """`summary.write_metrics`, its report.md listing the settings in the schema's order."""
+  return summary.write_metrics(metrics, path, start, chief, _report_keys())
+
+
+@functools.cache
+def _report_keys() -> tuple[str, ...]:
+  return tuple(settings.report_keys())
 
 
 def strategy_for(

@@ -7,7 +7,6 @@ from tl_keras import artifacts
 from tl_keras.config import settings
 from tl_keras.data.labeled import LabeledData
 from tl_keras.errors import UserError
-from tl_keras.outputs import summary
 from tl_keras.outputs import tflite
 from tl_keras.stages import base
 
@@ -33,7 +32,7 @@ def run(
   )
   metrics.update({"model": source.path, "target": target.description})
   path = os.path.join(context.output_dir, artifacts.METRICS["export"])
-  report_path = summary.write_metrics(metrics, path, start)
+  report_path = base.write_metrics(metrics, path, start)
   tflite.print_summary(
     metrics, {"files": context.output_dir, "metrics": path, "report": report_path}
   )

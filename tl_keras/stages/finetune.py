@@ -37,20 +37,8 @@ def run(
   context = base.prepare(
     config, datasets_override, config.runtime.seed, config.adapt.unlabeled, source
   )
-  output_dir, source, target = context.output_dir, context.source, context.target
-  unfreeze = config.finetune.unfreeze
-  clf = api.TransferClassifier.from_source(
-    source.model,
-    target.class_names,
-    unfreeze=unfreeze,
-    seed=config.runtime.seed,
-    features_layer=config.head.features_layer,
-    head_units=config.head.head_units,
-    head_dropout=config.head.head_dropout,
-    head_l2=config.head.head_l2,
-    source_path=source.path,
-    metadata=source.metadata,
-  )
+  source, target = context.source, context.target
+  clf = _classifier(config, source, target)
   result = clf.fit_config(
     target,
     config,
@@ -59,52 +47,86 @@ def run(
     log=summary.say,
     verbose=trainer.progress_verbosity(),
   )
-  model, metrics = clf.model, result.as_metrics()
-  metrics.update(
-    {
-      "source_model": source.path,
-      "source_classes": clf.source_class_names,
-      "target": target.description,
-      "target_fit": target.fit,
-      "unlabeled": target.unlabeled.description if result.num_unlabeled else None,
-      "source_only_accuracy": clf.source_only_accuracy(target),
-      "unfreeze": unfreeze,
-      "features_layer": config.head.features_layer,
-      "head_init": result.head_init,
-      "warmup_epochs": config.finetune.warmup_epochs,
-      "trainable_layers": networks.trainable_layer_names(model),
-      "export_formats": list(export_formats),
-    }
-  )
-  with distribute.worker_output_dir(strategy, output_dir) as save_dir:
-    artifact_paths = {
-      **clf.export(save_dir, {**target.metadata(), "target_fit": target.fit}),
-      "metrics": os.path.join(save_dir, artifacts.METRICS["finetune"]),
-    }
-    if export_formats and distribute.is_chief(strategy):
-      artifact_paths["export"] = _export(config, export_formats, target, artifact_paths["model"])
+  metrics = result.as_metrics()
+  metrics.update(_run_metrics(config, clf, result, source, target, export_formats))
+  with distribute.worker_output_dir(strategy, context.output_dir) as save_dir:
+    artifact_paths = _save(config, clf, target, export_formats, strategy, save_dir)
     if config.finetune.compare_scratch:
       metrics.update(_compare_scratch(clf.settings, source.model, target, metrics, strategy))
     if distribute.is_chief(strategy):
       metrics["plots"] = _plot(result.test_probabilities, target, metrics, save_dir)
-    artifact_paths["report"] = summary.write_metrics(
+    artifact_paths["report"] = base.write_metrics(
       metrics, artifact_paths["metrics"], start, distribute.is_chief(strategy)
     )
   summary.print_summary("finetune", metrics, artifact_paths, strategy)
   if distribute.is_chief(strategy):
-    if metrics.get("transfer_gain", 0) < 0:
-      warn(
-        f"transfer hurt: the model trained from scratch scored "
-        f"{metrics['scratch_test_accuracy']:.2%}, {-metrics['transfer_gain']:.2%} above the "
-        "finetuned source model"
-      )
-    before = metrics["source_only_accuracy"]
-    if metrics["adapt"] and before is not None and metrics["test_accuracy"] < before:
-      warn(
-        f"adaptation hurt: the source model scored {before:.2%} on the target's test images "
-        f"before training, {before - metrics['test_accuracy']:.2%} above the adapted model"
-      )
+    _warn_if_hurt(metrics)
   return metrics
+
+
+def _classifier(
+  config: settings.FinetuneConfig, source: base.Source, target: LabeledData
+) -> api.TransferClassifier:
+  """The source model with a new head for the target's classes, as `config` sets it."""
+  return api.TransferClassifier.from_source(
+    source.model,
+    target.class_names,
+    unfreeze=config.finetune.unfreeze,
+    seed=config.runtime.seed,
+    features_layer=config.head.features_layer,
+    head_units=config.head.head_units,
+    head_dropout=config.head.head_dropout,
+    head_l2=config.head.head_l2,
+    source_path=source.path,
+    metadata=source.metadata,
+  )
+
+
+def _run_metrics(config, clf, result, source, target, export_formats) -> dict[str, Any]:
+  """What the run started from and how it was set, beside the training's own metrics."""
+  return {
+    "source_model": source.path,
+    "source_classes": clf.source_class_names,
+    "target": target.description,
+    "target_fit": target.fit,
+    "unlabeled": target.unlabeled.description if result.num_unlabeled else None,
+    "source_only_accuracy": clf.source_only_accuracy(target),
+    "unfreeze": config.finetune.unfreeze,
+    "features_layer": config.head.features_layer,
+    "head_init": result.head_init,
+    "warmup_epochs": config.finetune.warmup_epochs,
+    "trainable_layers": networks.trainable_layer_names(clf.model),
+    "export_formats": list(export_formats),
+  }
+
+
+def _save(config, clf, target, export_formats, strategy, save_dir) -> dict[str, str]:
+  """Writes the model files and (the chief) the TFLite exports; returns the artifacts' paths,
+  the metrics file's included (written later)."""
+  artifact_paths = {
+    **clf.export(save_dir, {**target.metadata(), "target_fit": target.fit}),
+    "metrics": os.path.join(save_dir, artifacts.METRICS["finetune"]),
+  }
+  if export_formats and distribute.is_chief(strategy):
+    artifact_paths["export"] = _export(config, export_formats, target, artifact_paths["model"])
+  return artifact_paths
+
+
+def _warn_if_hurt(metrics: dict[str, Any]) -> None:
+  """Warns when training from scratch beat transfer, or adaptation lowered the source
+  model's own accuracy on the target."""
+  if metrics.get("transfer_gain", 0) < 0:
+    warn(
+      f"transfer hurt: the model trained from scratch scored "
+      f"{metrics['scratch_test_accuracy']:.2%}, {-metrics['transfer_gain']:.2%} above the "
+      "finetuned source model"
+    )
+  before = metrics["source_only_accuracy"]
+  if metrics["adapt"] and before is not None and metrics["test_accuracy"] < before:
+    warn(
+      f"adaptation hurt: the source model scored {before:.2%} on the target's test images "
+      f"before training, {before - metrics['test_accuracy']:.2%} above the adapted model"
+    )
 
 
 def _export(config: settings.FinetuneConfig, formats, target: LabeledData, model_path: str) -> str:
@@ -124,7 +146,7 @@ def _export(config: settings.FinetuneConfig, formats, target: LabeledData, model
   )
   metrics.update({"model": model_path, "target": target.description})
   path = os.path.join(output_dir, artifacts.METRICS["export"])
-  summary.write_metrics(metrics, path, start)
+  base.write_metrics(metrics, path, start)
   tflite.print_summary(metrics, {"files": output_dir, "metrics": path})
   return path
 

@@ -54,16 +54,7 @@ def run(
     config.target, sources[0].input_shape, config.paths.data_dir, config.seed, sources[0].framing
   )
   target = _in_class_order(target, class_names)
-  _, validation_index = split_per_class(target.y_train, options.validation_split, config.seed)
-  if not len(validation_index) and methods.FUSION[options.method].fitted:
-    raise UserError(
-      f"--validation_split={options.validation_split} holds out no image of the "
-      f"{len(target.y_train)} training images (each class keeps one at least) to fit "
-      f"--method={options.method} on; raise it or use --method={methods.unfitted_fusion()}"
-    )
-  x_validation = target.x_train[validation_index]
-  y_validation = target.y_train[validation_index]
-
+  x_validation, y_validation = _validation_images(target, options, config.seed)
   summary.say(
     f"fuse: {len(members)} models by {options.method}, validation on {len(y_validation)} "
     "training images"
@@ -73,35 +64,71 @@ def run(
   validation = (
     [networks.predict(member, x_validation) for member in members] if len(y_validation) else None
   )
-  weights_to_fit = fusion.method(options.method).unconstrained_weights(
-    len(members), len(class_names)
+  fitted, fused = _fit(
+    sources, paths, validation, x_validation, y_validation, options, len(class_names)
   )
-  if len(y_validation) < weights_to_fit:
-    warn(
-      f"{options.method} fits {weights_to_fit} weights on {len(y_validation)} validation "
-      f"images and may overfit them; --method={methods.unfitted_fusion()} fits nothing"
-    )
-  if methods.FUSION[options.method].averages_weights:
-    fitted, fused = _soup(sources, paths, validation, x_validation, y_validation, options)
-  else:
-    fitted = fusion.fit_fusion(
-      options.method, validation, y_validation, len(class_names), count=len(members)
-    )
-    fused = fusion.build_fused_model(members, options.method, fitted)
   if not options.allow_unsafe_deserialization:
     _check_loadable(fused)
 
   predict_start = time.perf_counter()
   probabilities = networks.predict(fused, target.x_test)
   predict_seconds = time.perf_counter() - predict_start
-  predicted = probabilities.argmax(axis=1)
-  member_test = [_accuracy(p, target.y_test) for p in test]
-  member_validation = [_accuracy(p, y_validation) for p in validation] if validation else None
   fused_validation = (
     _accuracy(networks.predict(fused, x_validation), y_validation) if validation else None
   )
-  test_accuracy = float((predicted == target.y_test).mean())
   metrics = {
+    **_accuracies(probabilities, fused_validation, test, validation, target, y_validation),
+    **_fusion_metrics(fitted, options, paths, config.seed),
+    **_data_metrics(target, len(y_validation), class_names),
+    "images_per_second": round(len(target.x_test) / predict_seconds, 1),
+    "mean_confidence": float(probabilities.max(axis=1).mean()),
+  }
+  _warn_if_members_saw_validation(metrics, options, config.seed)
+  artifact_paths = _write_outputs(fused, target, probabilities, options, output_dir, paths)
+  metrics["plots"] = [artifacts.FUSE_CONFUSION]
+  artifact_paths["report"] = base.write_metrics(metrics, artifact_paths["metrics"], start)
+  summary.print_summary("fuse", metrics, artifact_paths)
+  return metrics
+
+
+def _validation_images(
+  target: LabeledData, options: settings.FuseSettings, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """The seeded validation split of the target's training images that fits the fusion;
+  refuses an empty one for a method that fits."""
+  _, validation_index = split_per_class(target.y_train, options.validation_split, seed)
+  if not len(validation_index) and methods.FUSION[options.method].fitted:
+    raise UserError(
+      f"--validation_split={options.validation_split} holds out no image of the "
+      f"{len(target.y_train)} training images (each class keeps one at least) to fit "
+      f"--method={options.method} on; raise it or use --method={methods.unfitted_fusion()}"
+    )
+  return target.x_train[validation_index], target.y_train[validation_index]
+
+
+def _fit(sources, paths, validation, x_validation, y_validation, options, class_count):
+  """(fitted, the fused model) by `options.method`, after warning when it fits more weights
+  than there are validation images."""
+  members = [source.model for source in sources]
+  weights_to_fit = fusion.method(options.method).unconstrained_weights(len(members), class_count)
+  if len(y_validation) < weights_to_fit:
+    warn(
+      f"{options.method} fits {weights_to_fit} weights on {len(y_validation)} validation "
+      f"images and may overfit them; --method={methods.unfitted_fusion()} fits nothing"
+    )
+  if methods.FUSION[options.method].averages_weights:
+    return _soup(sources, paths, validation, x_validation, y_validation, options)
+  fitted = fusion.fit_fusion(
+    options.method, validation, y_validation, class_count, count=len(members)
+  )
+  return fitted, fusion.build_fused_model(members, options.method, fitted)
+
+
+def _accuracies(probabilities, fused_validation, test, validation, target, y_validation):
+  """The fused model's and each member's accuracies on the test and validation images."""
+  member_test = [_accuracy(p, target.y_test) for p in test]
+  test_accuracy = float((probabilities.argmax(axis=1) == target.y_test).mean())
+  return {
     "test_accuracy": test_accuracy,
     "member_test_accuracy": member_test,
     "best_member_test_accuracy": max(member_test),
@@ -109,7 +136,15 @@ def run(
     "mean_member_test_accuracy": float(np.mean(member_test)),
     "fusion_gain": test_accuracy - max(member_test),
     "validation_accuracy": fused_validation,
-    "member_validation_accuracy": member_validation,
+    "member_validation_accuracy": (
+      [_accuracy(p, y_validation) for p in validation] if validation else None
+    ),
+  }
+
+
+def _fusion_metrics(fitted, options: settings.FuseSettings, paths, seed: int) -> dict[str, Any]:
+  """How the models were fused: the method, its fitted weights and the members."""
+  return {
     "method": options.method,
     "soup_mode": options.soup if methods.FUSION[options.method].averages_weights else None,
     # Average and weighted: one per member; stacking: the logistic regression's kernel and bias.
@@ -120,26 +155,41 @@ def run(
     ),
     "models": paths,
     "validation_split": options.validation_split,
-    "seed": config.seed,
+    "seed": seed,
+  }
+
+
+def _data_metrics(target: LabeledData, num_validation: int, class_names) -> dict[str, Any]:
+  """The images the fusion was fitted and scored on."""
+  return {
     "epochs": 0,
     "num_train": int(len(target.y_train)),
-    "num_validation": int(len(y_validation)),
+    "num_validation": int(num_validation),
     "num_test": int(len(target.y_test)),
     "classes": class_names,
     "target": target.description,
-    "images_per_second": round(len(target.x_test) / predict_seconds, 1),
-    "mean_confidence": float(probabilities.max(axis=1).mean()),
   }
-  gap = np.mean(member_validation) - np.mean(member_test) if validation else 0
+
+
+def _warn_if_members_saw_validation(metrics, options: settings.FuseSettings, seed: int) -> None:
+  """Warns when the members score much better on the validation images than on the test
+  images: they most likely trained on them, so a fitted fusion trusts their overfitting."""
+  member_validation = metrics["member_validation_accuracy"]
+  member_test = metrics["member_test_accuracy"]
+  gap = np.mean(member_validation) - np.mean(member_test) if member_validation else 0
   if methods.FUSION[options.method].fitted and gap > _SEEN_VALIDATION_GAP:
     warn(
       f"the members score {np.mean(member_validation):.1%} on the validation images but "
       f"{np.mean(member_test):.1%} on the test images: they probably trained on them, so the "
       f"{options.method} fusion is fitted to their overfitting; finetune the members with "
-      f"--validation_split={options.validation_split} --seed={config.seed} (and the same "
+      f"--validation_split={options.validation_split} --seed={seed} (and the same "
       "--train_per_class) to keep those images held out"
     )
 
+
+def _write_outputs(fused, target, probabilities, options, output_dir, paths) -> dict[str, str]:
+  """Writes the fused model (.h5 and SavedModel) and its confusion matrix; returns the
+  artifacts' paths, the metrics file's included (written later)."""
   metadata = {
     **target.metadata(),
     "stage": "fuse",
@@ -153,20 +203,17 @@ def run(
     "metrics": os.path.join(output_dir, artifacts.METRICS["fuse"]),
   }
   model_io.save_h5(fused, artifact_paths["model"], metadata)
-  model_io.export_saved_model(fused, artifact_paths["savedmodel"], class_names, metadata)
+  model_io.export_saved_model(fused, artifact_paths["savedmodel"], target.class_names, metadata)
   from tl_keras.outputs import plots  # matplotlib
 
   plots.plot_confusion_matrix(
     target.y_test,
-    predicted,
-    class_names,
+    probabilities.argmax(axis=1),
+    target.class_names,
     os.path.join(output_dir, artifacts.FUSE_CONFUSION),
-    f"Target test set, {len(members)} models fused by {options.method}",
+    f"Target test set, {len(paths)} models fused by {options.method}",
   )
-  metrics["plots"] = [artifacts.FUSE_CONFUSION]
-  artifact_paths["report"] = summary.write_metrics(metrics, artifact_paths["metrics"], start)
-  summary.print_summary("fuse", metrics, artifact_paths)
-  return metrics
+  return artifact_paths
 
 
 def _load_members(

@@ -73,7 +73,7 @@ def run(
         first_epoch=metrics["resumed_from_epoch"] + 1,
       )
       metrics["plots"] = [artifacts.PRETRAIN_CURVES]
-    artifact_paths["report"] = summary.write_metrics(
+    artifact_paths["report"] = base.write_metrics(
       metrics, artifact_paths["metrics"], start, distribute.is_chief(strategy)
     )
   summary.print_summary("pretrain", metrics, artifact_paths, strategy)

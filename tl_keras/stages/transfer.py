@@ -53,29 +53,15 @@ def run(
   confidence = probabilities.max(axis=1)
   predicted_names = np.asarray(source_names)[predicted]
   true_names = np.asarray(target.class_names)[target.y_test]
-  matched = np.isin(true_names, source_names)
   test_accuracy = accuracy_by_name(predicted_names, true_names, source_names)
-
-  predictions_path = os.path.join(output_dir, artifacts.PREDICTIONS)
-  with files.atomic_path(predictions_path) as temp, open(temp, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["index", "predicted_class", "confidence", "true_label"])
-    for index, (name, score, truth) in enumerate(zip(predicted_names, confidence, true_names)):
-      writer.writerow([index, csv_cell(name), f"{score:.6f}", csv_cell(truth)])
-
+  predictions_path = _write_predictions(output_dir, predicted_names, confidence, true_names)
   metrics = {
     "test_accuracy": test_accuracy,
     **api.transferability(model, target, config.features_layer, seed=config.seed),
-    "num_matched_by_name": int(matched.sum()),
+    "num_matched_by_name": int(np.isin(true_names, source_names).sum()),
     "mean_confidence": float(confidence.mean()),
     "images_per_second": round(len(target.x_test) / predict_seconds, 1),
-    "predicted_source_classes": {
-      true: {
-        name: int(count)
-        for name, count in zip(*np.unique(predicted_names[true_names == true], return_counts=True))
-      }
-      for true in target.class_names
-    },
+    "predicted_source_classes": _predicted_source_classes(predicted_names, true_names, target),
     "epochs": 0,
     "num_train": int(len(target.x_train)),
     "num_test": int(len(target.x_test)),
@@ -86,19 +72,10 @@ def run(
     "target_fit": target.fit,
     "features_layer": config.features_layer,
   }
-  from tl_keras.outputs import plots  # matplotlib
-
-  confusion_path = plots.plot_confusion_matrix(
-    target.y_test,
-    predicted,
-    target.class_names,
-    os.path.join(output_dir, artifacts.TRANSFER_CONFUSION),
-    "Before training: target classes as source classes",
-    pred_class_names=source_names,
-  )
+  confusion_path = _plot(target, predicted, source_names, output_dir)
   metrics["plots"] = [os.path.basename(confusion_path)]
   metrics_path = os.path.join(output_dir, artifacts.METRICS["transfer"])
-  report_path = summary.write_metrics(metrics, metrics_path, start)
+  report_path = base.write_metrics(metrics, metrics_path, start)
   summary.print_summary(
     "transfer",
     metrics,
@@ -115,3 +92,41 @@ def run(
       "see predicted_source_classes in the metrics)"
     )
   return metrics
+
+
+def _write_predictions(output_dir: str, predicted_names, confidence, true_names) -> str:
+  """Writes predictions.csv (one row a test image, cells safe for a spreadsheet); returns
+  its path."""
+  predictions_path = os.path.join(output_dir, artifacts.PREDICTIONS)
+  with files.atomic_path(predictions_path) as temp, open(temp, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["index", "predicted_class", "confidence", "true_label"])
+    for index, (name, score, truth) in enumerate(zip(predicted_names, confidence, true_names)):
+      writer.writerow([index, csv_cell(name), f"{score:.6f}", csv_cell(truth)])
+  return predictions_path
+
+
+def _predicted_source_classes(predicted_names, true_names, target: LabeledData) -> dict:
+  """{target class: {source class: how many of its test images were taken for it}}."""
+  return {
+    true: {
+      name: int(count)
+      for name, count in zip(*np.unique(predicted_names[true_names == true], return_counts=True))
+    }
+    for true in target.class_names
+  }
+
+
+def _plot(target: LabeledData, predicted, source_names, output_dir: str) -> str:
+  """The confusion matrix of target classes against the source classes they were taken for;
+  returns its path."""
+  from tl_keras.outputs import plots  # matplotlib
+
+  return plots.plot_confusion_matrix(
+    target.y_test,
+    predicted,
+    target.class_names,
+    os.path.join(output_dir, artifacts.TRANSFER_CONFUSION),
+    "Before training: target classes as source classes",
+    pred_class_names=source_names,
+  )

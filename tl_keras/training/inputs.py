@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tl_keras import adaptation
 from tl_keras.config import methods
-from tl_keras.config import settings
+from tl_keras.config.training import TrainingConfig
 from tl_keras.data import pipelines
 from tl_keras.data.labeled import LabeledData
 from tl_keras.data.labeled import UnlabeledImages
@@ -28,7 +28,7 @@ class AdaptData:
   source: LabeledData | None = None
 
 
-def training_split(dataset: LabeledData, config: settings.TrainingConfig):
+def training_split(dataset: LabeledData, config: TrainingConfig):
   """(training images, their labels, (validation images, labels) or None): with
   `config.train.validation_split`, that seeded, stratified part of the training data is held
   out."""
@@ -58,7 +58,7 @@ def _no_labeled_images(input_shape, num_classes: int | None) -> tf.data.Dataset:
 
 def training_datasets(
   dataset: LabeledData,
-  config: settings.TrainingConfig,
+  config: TrainingConfig,
   batch_size: int,
   input_shape,
   adapt: AdaptData | None = None,

@@ -21,7 +21,7 @@ from tl_keras import interrupts
 from tl_keras import limits
 from tl_keras import sinks
 from tl_keras import untrusted
-from tl_keras.config import settings
+from tl_keras.config.schema import recorded_on_resume
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 
@@ -211,14 +211,14 @@ def _output_dir_and_name(path: str) -> tuple[str, str]:
 
 def prepare_backup(config, path: str, chief: bool) -> dict[str, Any]:
   """Deletes the backup in `path`, or with `config.runtime.resume` checks its settings match
-  (all but those free on resume, see `settings.recorded_on_resume`).
+  (all but those free on resume, see `schema.recorded_on_resume`).
 
   Returns the settings to record beside a new backup. Keras would restore a backup made with
   other settings regardless (learning rate included, or fail on a shape mismatch). The chief
   deletes and writes; every worker restores from the chief's backup, so with several machines
   `path` must be on a file system they share.
   """
-  current = json.loads(json.dumps(settings.recorded_on_resume(config)))
+  current = json.loads(json.dumps(recorded_on_resume(config)))
   settings_path = os.path.join(path, _BACKUP_SETTINGS_FILENAME)
   # The output folder is input too: a symlink in it is refused, never followed.
   untrusted.check_no_links(*_output_dir_and_name(path))

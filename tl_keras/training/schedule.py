@@ -21,7 +21,6 @@ import dataclasses
 import math
 
 from tl_keras.config import methods
-from tl_keras.config import settings
 
 DEFAULT_EPOCHS = 4
 DEFAULT_BATCH = 128
@@ -46,75 +45,93 @@ class Plan:
   head_init: str
   message: str
 
+  def settings(self) -> dict:
+    """The chosen values by setting name (the finetune config's leaves)."""
+    return {
+      "epochs": self.epochs,
+      "steps_per_epoch": self.steps_per_epoch,
+      "batch_size": self.batch_size,
+      "augment": self.augment,
+      "head_init": self.head_init,
+      "adapt": self.adapt,
+    }
+
 
 def choose(
-  config: settings.FinetuneConfig,
   num_labeled: int,
   num_classes: int,
   num_unlabeled: int = 0,
-) -> tuple[settings.FinetuneConfig, Plan]:
-  """`config` with its data-dependent defaults filled in for `num_labeled` training images of
-  `num_classes` classes and `num_unlabeled` unlabelled ones, and the `Plan` saying what was
-  chosen."""
-  adapt = methods.choose_adaptation(config.adapt.adapt, num_unlabeled)
+  *,
+  adapt: str = "auto",
+  epochs: int | None = None,
+  steps_per_epoch: int | None = None,
+  batch_size: int | None = None,
+  augment: bool | None = None,
+  head_init: str = "auto",
+  head_units: int = 0,
+) -> Plan:
+  """The `Plan` for `num_labeled` training images of `num_classes` classes and `num_unlabeled`
+  unlabelled ones: each setting given (not None/'auto') kept, the others chosen."""
+  adapt = methods.choose_adaptation(adapt, num_unlabeled)
   adapting = methods.ADAPTATION[adapt].uses_unlabeled
-  if not num_labeled:
-    regime = "no_labels"
-  elif adapting:
-    regime = "adapt"
-  elif DEFAULT_EPOCHS * math.ceil(num_labeled / DEFAULT_BATCH) < FULL_STEPS:
-    regime = "few_labels"
-  else:
-    regime = "full"
-  train = config.train
-  batch_size = train.batch_size or (DEFAULT_BATCH if regime == "full" else FEW_LABELS_BATCH)
-  augment = train.augment if train.augment is not None else regime != "full"
-  head_init = config.head.head_init
-  if head_init == "auto" and config.head.head_units:
+  regime = _regime(num_labeled, adapting)
+  batch_size = batch_size or (DEFAULT_BATCH if regime == "full" else FEW_LABELS_BATCH)
+  augment = augment if augment is not None else regime != "full"
+  if head_init == "auto" and head_units:
     head_init = "random"  # a probe or the source's rows fit only a classifier on the features
   elif head_init == "auto":
     head_init = {"full": "random", "no_labels": "source"}.get(regime, "probe")
-  epochs, steps_per_epoch = config.epochs, train.steps_per_epoch
   chosen = []
   if regime == "full" or (epochs and not steps_per_epoch and not adapting):
     epochs = epochs or DEFAULT_EPOCHS  # one pass per epoch, as Keras counts them
   else:
-    kind = "adapt" if adapting else "few_labels"
-    steps_per_pass = math.ceil(max(1, num_labeled) / batch_size)
-    if kind == "few_labels":
-      low, high = FEW_LABEL_STEPS
-      total = min(max(FEW_LABEL_PASSES * steps_per_pass, low), high)
-    else:
-      total = max(ADAPT_STEPS, DEFAULT_EPOCHS * steps_per_pass)
-    if epochs and not steps_per_epoch:
-      steps_per_epoch = math.ceil(total / epochs)
-    steps_per_epoch = steps_per_epoch or min(STEPS_PER_EPOCH[kind], total)
-    epochs = epochs or math.ceil(total / steps_per_epoch)
+    epochs, steps_per_epoch = _steps(adapting, num_labeled, batch_size, epochs, steps_per_epoch)
     chosen.append(f"{epochs} epoch{'' if epochs == 1 else 's'} of {steps_per_epoch} steps")
-  config = settings.replace(
-    config,
-    epochs=epochs,
-    steps_per_epoch=steps_per_epoch,
-    batch_size=batch_size,
-    augment=augment,
-    head_init=head_init,
-    adapt=adapt,
-  )
   if regime == "full":
-    return config, Plan(regime, adapt, epochs, steps_per_epoch, batch_size, augment, head_init, "")
+    return Plan(regime, adapt, epochs, steps_per_epoch, batch_size, augment, head_init, "")
+  chosen += [f"batch {batch_size}", f"augment {'on' if augment else 'off'}", f"head {head_init}"]
+  if adapting:
+    chosen.insert(0, f"adapt {adapt}")
+  message = _message(regime, num_labeled, num_classes, num_unlabeled, chosen)
+  return Plan(regime, adapt, epochs, steps_per_epoch, batch_size, augment, head_init, message)
+
+
+def _regime(num_labeled: int, adapting: bool) -> str:
+  if not num_labeled:
+    return "no_labels"
+  if adapting:
+    return "adapt"
+  if DEFAULT_EPOCHS * math.ceil(num_labeled / DEFAULT_BATCH) < FULL_STEPS:
+    return "few_labels"
+  return "full"
+
+
+def _steps(
+  adapting: bool, num_labeled: int, batch_size: int, epochs: int | None, steps_per_epoch
+) -> tuple[int, int]:
+  """(epochs, steps per epoch) making the few-label or adaptation total of steps, keeping
+  what is given."""
+  kind = "adapt" if adapting else "few_labels"
+  steps_per_pass = math.ceil(max(1, num_labeled) / batch_size)
+  if kind == "few_labels":
+    low, high = FEW_LABEL_STEPS
+    total = min(max(FEW_LABEL_PASSES * steps_per_pass, low), high)
+  else:
+    total = max(ADAPT_STEPS, DEFAULT_EPOCHS * steps_per_pass)
+  if epochs and not steps_per_epoch:
+    steps_per_epoch = math.ceil(total / epochs)
+  steps_per_epoch = steps_per_epoch or min(STEPS_PER_EPOCH[kind], total)
+  return epochs or math.ceil(total / steps_per_epoch), steps_per_epoch
+
+
+def _message(regime, num_labeled, num_classes, num_unlabeled, chosen) -> str:
   unlabeled = f", {num_unlabeled:,} unlabelled" if num_unlabeled else ""
   what = {
     "few_labels": f"{num_labeled:,} labelled images ({num_labeled / num_classes:.0f} per class)",
     "adapt": f"{num_labeled:,} labelled images{unlabeled}",
     "no_labels": f"no target labels{unlabeled}",
   }[regime]
-  chosen += [f"batch {batch_size}", f"augment {'on' if augment else 'off'}", f"head {head_init}"]
-  if adapting:
-    chosen.insert(0, f"adapt {adapt}")
-  message = (
+  return (
     f"defaults for {what}: {', '.join(chosen)} (flags you give are kept; "
     "see --epochs, --steps_per_epoch, --batch_size, --augment, --head_init, --adapt)"
-  )
-  return config, Plan(
-    regime, adapt, epochs, steps_per_epoch, batch_size, augment, head_init, message
   )

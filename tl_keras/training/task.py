@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tl_keras import adaptation
 from tl_keras.config import methods
+from tl_keras.config import schema
 from tl_keras.data.labeled import LabeledData
 from tl_keras.data.labeled import UnlabeledImages
 from tl_keras.errors import UserError
@@ -23,6 +24,25 @@ from tl_keras.models import networks
 from tl_keras.training import inputs
 from tl_keras.training import schedule
 from tl_keras.training import trainer
+
+
+def choose_defaults(config, num_labeled: int, num_classes: int, num_unlabeled: int = 0):
+  """(`config` with its data-dependent defaults filled in, the `schedule.Plan` saying what was
+  chosen) for `num_labeled` training images of `num_classes` classes and `num_unlabeled`
+  unlabelled ones."""
+  plan = schedule.choose(
+    num_labeled,
+    num_classes,
+    num_unlabeled,
+    adapt=config.adapt.adapt,
+    epochs=config.epochs,
+    steps_per_epoch=config.train.steps_per_epoch,
+    batch_size=config.train.batch_size,
+    augment=config.train.augment,
+    head_init=config.head.head_init,
+    head_units=config.head.head_units,
+  )
+  return schema.replace(config, **plan.settings()), plan
 
 
 @dataclasses.dataclass
@@ -44,7 +64,7 @@ class FinetuneTask:
       raise UserError(
         "no labelled training images: give unlabelled ones (--unlabeled) to adapt without labels"
       )
-    config, plan = schedule.choose(
+    config, plan = choose_defaults(
       config, len(data.y_train), data.num_classes, len(unlabeled) if unlabeled else 0
     )
     if methods.ADAPTATION[plan.adapt].uses_unlabeled and not unlabeled:

@@ -24,7 +24,7 @@ from tensorflow.python.framework import config as tf_config
 from tl_keras import adaptation
 from tl_keras import artifacts
 from tl_keras import untrusted
-from tl_keras.config import settings
+from tl_keras.config.training import TrainingConfig
 from tl_keras.data.labeled import LabeledData
 from tl_keras.evaluation import metrics
 from tl_keras.keras_api import keras
@@ -146,7 +146,7 @@ class FitResult:
 def fit_and_evaluate(
   build_model: Callable[[], keras.Model],
   dataset: LabeledData,
-  config: settings.TrainingConfig,
+  config: TrainingConfig,
   strategy: tf.distribute.Strategy,
   stage: str | None = None,
   phases: Sequence[Phase] | None = None,
@@ -196,7 +196,7 @@ def peak_rate(config, phase: Phase) -> float:
 class _Run:
   """What the phases of one training run share, and what they have done so far."""
 
-  config: settings.TrainingConfig
+  config: TrainingConfig
   strategy: tf.distribute.Strategy
   chief: bool
   say: Callable[[str], None]
