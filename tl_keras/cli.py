@@ -20,6 +20,7 @@ touch signal handling and import TensorFlow, once the flags are valid: importing
 does neither.
 """
 
+import contextlib
 import os
 import sys
 import traceback
@@ -29,6 +30,7 @@ from absl import flags
 from absl import logging
 
 from tl_keras import interrupts
+from tl_keras import limits
 from tl_keras import sinks
 from tl_keras.config import settings
 from tl_keras.errors import UserError
@@ -101,6 +103,23 @@ def _config_from_flags(config_class):
   return config
 
 
+@contextlib.contextmanager
+def _memory_budget(config):
+  """The stage runs in the budget --memory_budget_mb names (it wins over the environment's,
+  which it replaces for child processes and threads too); flags left at a default derived from
+  the budget take the budget's value."""
+  budget = config.paths.memory_budget_mb
+  if budget is not None:
+    os.environ[limits.BUDGET_ENV] = str(budget)
+  with limits.memory_budget(budget):
+    limits.memory_budget_mb()  # a bad $TL_KERAS_MEMORY_BUDGET_MB is refused here
+    for owner, field in settings.leaves(config):
+      name = settings.flag_name(field)
+      if name == "max_model_mb" and FLAGS[name].using_default_value:
+        setattr(owner, field.name, limits.MAX_MODEL_BYTES // limits.MIB)
+    yield
+
+
 def _parse_flags(argv):
   """Parses flags; a bad flag is a one-line error with exit code 2, like any bad input."""
   try:
@@ -133,10 +152,11 @@ def _run(config_class, run_stage, description):
     try:
       config = _config_from_flags(config_class)
       settings.validate(config)
-      for note in settings.notes(config):
-        warn(note)
-      _start()
-      run_stage(config)
+      with _memory_budget(config):
+        for note in settings.notes(config):
+          warn(note)
+        _start()
+        run_stage(config)
     except UserError as e:
       if logging.get_verbosity() >= 1:
         traceback.print_exc()

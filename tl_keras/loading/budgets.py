@@ -78,7 +78,7 @@ def variable_budget(max_bytes: int, refusals: list) -> Iterator[None]:
 
 
 _ATTENTION = frozenset({"MultiHeadAttention", "Attention", "AdditiveAttention"})
-_UNBOUNDED_HINT = "the memory budget ($TL_KERAS_MEMORY_BUDGET_MB, in MiB)"
+_UNBOUNDED_HINT = "the memory budget (--memory_budget_mb or $TL_KERAS_MEMORY_BUDGET_MB, in MiB)"
 
 
 @dataclasses.dataclass
