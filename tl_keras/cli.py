@@ -72,6 +72,12 @@ def _print_error(message):
   print(f"error: {sinks.terminal(_one_line(message))}", file=sys.stderr, flush=True)
 
 
+def _print_traceback():
+  """The traceback being handled on stderr, every line escaped as every message is (it quotes
+  file names, layer names and messages that come from the input)."""
+  print(sinks.terminal_lines(traceback.format_exc().rstrip("\n")), file=sys.stderr, flush=True)
+
+
 def _define_flags(config_class) -> None:
   """Defines a flag for every setting of `config_class` (see `settings`), by its type."""
   for owner, field in settings.leaves(config_class()):
@@ -159,12 +165,12 @@ def _run(config_class, run_stage, description):
         run_stage(config)
     except UserError as e:
       if logging.get_verbosity() >= 1:
-        traceback.print_exc()
+        _print_traceback()
       _print_error(e)
       sys.exit(2)
     except Exception as e:
       if logging.get_verbosity() >= 1:
-        traceback.print_exc()
+        _print_traceback()
       # TensorFlow's messages can run to pages (node stacks): their first line only.
       first = _first_line(e)
       _print_error(
