@@ -307,7 +307,7 @@ CASES = {
   "TF_CONFIG not JSON": (
     "finetune",
     lambda d: ["--strategy=multi_worker"],
-    "invalid TF_CONFIG for --strategy=multi_worker: not JSON",
+    "invalid TF_CONFIG for --strategy=multi_worker: TF_CONFIG is not valid JSON",
     {"TF_CONFIG": "worker 0"},
   ),
   "TF_CONFIG of the wrong structure": (

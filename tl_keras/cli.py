@@ -20,6 +20,7 @@ touch signal handling and import TensorFlow, once the flags are valid: importing
 does neither.
 """
 
+import contextlib
 import os
 import sys
 import traceback
@@ -29,6 +30,7 @@ from absl import flags
 from absl import logging
 
 from tl_keras import interrupts
+from tl_keras import limits
 from tl_keras import sinks
 from tl_keras.config import settings
 from tl_keras.errors import UserError
@@ -70,6 +72,12 @@ def _print_error(message):
   print(f"error: {sinks.terminal(_one_line(message))}", file=sys.stderr, flush=True)
 
 
+def _print_traceback():
+  """The traceback being handled on stderr, every line escaped as every message is (it quotes
+  file names, layer names and messages that come from the input)."""
+  print(sinks.terminal_lines(traceback.format_exc().rstrip("\n")), file=sys.stderr, flush=True)
+
+
 def _define_flags(config_class) -> None:
   """Defines a flag for every setting of `config_class` (see `settings`), by its type."""
   for owner, field in settings.leaves(config_class()):
@@ -99,6 +107,23 @@ def _config_from_flags(config_class):
     if name is not None:
       setattr(owner, field.name, FLAGS[name].value)
   return config
+
+
+@contextlib.contextmanager
+def _memory_budget(config):
+  """The stage runs in the budget --memory_budget_mb names (it wins over the environment's,
+  which it replaces for child processes and threads too); flags left at a default derived from
+  the budget take the budget's value."""
+  budget = config.paths.memory_budget_mb
+  if budget is not None:
+    os.environ[limits.BUDGET_ENV] = str(budget)
+  with limits.memory_budget(budget):
+    limits.memory_budget_mb()  # a bad $TL_KERAS_MEMORY_BUDGET_MB is refused here
+    for owner, field in settings.leaves(config):
+      name = settings.flag_name(field)
+      if name == "max_model_mb" and FLAGS[name].using_default_value:
+        setattr(owner, field.name, limits.MAX_MODEL_BYTES // limits.MIB)
+    yield
 
 
 def _parse_flags(argv):
@@ -133,18 +158,19 @@ def _run(config_class, run_stage, description):
     try:
       config = _config_from_flags(config_class)
       settings.validate(config)
-      for note in settings.notes(config):
-        warn(note)
-      _start()
-      run_stage(config)
+      with _memory_budget(config):
+        for note in settings.notes(config):
+          warn(note)
+        _start()
+        run_stage(config)
     except UserError as e:
       if logging.get_verbosity() >= 1:
-        traceback.print_exc()
+        _print_traceback()
       _print_error(e)
       sys.exit(2)
     except Exception as e:
       if logging.get_verbosity() >= 1:
-        traceback.print_exc()
+        _print_traceback()
       # TensorFlow's messages can run to pages (node stacks): their first line only.
       first = _first_line(e)
       _print_error(

@@ -62,6 +62,10 @@ MAX_METADATA_BYTES = 16 * MIB
 # deep it may nest (json.loads recurses once per level; tl_keras writes at most 5 levels).
 MAX_JSON_BYTES = 16 * MIB
 MAX_JSON_DEPTH = 64
+# The zip directory of an .npz data file, checked before it is parsed (a target has 4 arrays;
+# each entry takes at least 46 bytes, and zipfile about 0.5 KiB to hold it).
+MAX_NPZ_ENTRIES = 1024
+MAX_NPZ_DIRECTORY_BYTES = 1 * MIB
 # Images as the model takes them (float32 at its input size), held in memory for an .npz or
 # mnist: target (train and test; unlabelled images apart): counted after framing, so that
 # many 1x1 images in a small file do not become gigabytes (full MNIST at 28x28: 210 MiB).
@@ -87,6 +91,9 @@ _SCALED = {
   "MAX_TRAINING_STEP_BYTES": 1.0,
   # The weights of all models held at once (tl-fuse's members): 512 MiB.
   "MAX_FUSED_WEIGHT_BYTES": 1 / 2,
+  # Classes of a target or outputs of a model (each sets a row of logits, one-hot labels,
+  # per-class metrics and loops): one per 64 KiB of the budget, 16,384 at the default.
+  "MAX_CLASSES": 1 / (64 * 1024),
 }
 
 

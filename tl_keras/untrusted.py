@@ -12,13 +12,16 @@ import os
 import re
 import shutil
 import stat
+import struct
 from typing import Any
+from typing import BinaryIO
 
 import numpy as np
 
 from tl_keras import limits
 from tl_keras.errors import UserError
 
+_EOCD, _ZIP64_LOCATOR, _ZIP64_EOCD = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
 # JSON strings (with their escapes), whose brackets do not nest anything.
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _TYPE_NAMES = {
@@ -55,6 +58,29 @@ def read_regular_file(path: str, max_bytes: int, what: str = "file") -> bytes | 
     return contents
   finally:
     os.close(fd)
+
+
+def zip_directory(f: BinaryIO) -> tuple[int, int]:
+  """(entries, bytes) of the central directory of the zip open as `f`, read from its End Of
+  Central Directory record (in the last 64 KiB, and its Zip64 form where the record says so)
+  before zipfile parses anything, which it would do for all of a directory before any check;
+  (-1, -1) where there is no such record (zipfile then refuses the file)."""
+  size = f.seek(0, os.SEEK_END)
+  f.seek(max(0, size - (1 << 16) - 22))
+  tail = f.read()
+  at = tail.rfind(_EOCD)
+  if at < 0 or len(tail) - at < 22:
+    return -1, -1
+  entries, directory = struct.unpack_from("<HI", tail, at + 10)
+  locator = at - 20
+  if locator >= 0 and tail[locator : locator + 4] == _ZIP64_LOCATOR:
+    (offset,) = struct.unpack_from("<Q", tail, locator + 8)
+    f.seek(min(offset, size))
+    record = f.read(56)
+    if len(record) < 56 or record[:4] != _ZIP64_EOCD:
+      return -1, -1
+    entries, directory = struct.unpack_from("<QQ", record, 32)
+  return entries, directory
 
 
 def json_depth(text: bytes) -> int:

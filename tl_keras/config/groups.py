@@ -62,8 +62,12 @@ def _allow_unsafe() -> Any:
 
 
 def _max_model_mb() -> Any:
-  return setting(  # see loading.load_model
-    limits.MAX_MODEL_BYTES // limits.MIB,
+  try:  # the budget's share; a bad $TL_KERAS_MEMORY_BUDGET_MB is refused where it is used
+    default = limits.MAX_MODEL_BYTES // limits.MIB
+  except UserError:
+    default = 2 * limits.DEFAULT_MEMORY_BUDGET_MB
+  return setting(  # see loading.load_model; the CLI sets an unset one from the budget
+    default,
     "Refuse model files that declare more tensor data (weights, constants) than this many MiB.",
     allowed=Range(1, 1 << 20),
   )
@@ -80,7 +84,7 @@ def _features_layer() -> Any:
 
 @dataclasses.dataclass
 class PathSettings:
-  """Where a command reads data and writes its files."""
+  """Where a command reads data and writes its files, and the memory budget it reads them in."""
 
   output_dir: str = setting(
     artifacts.DEFAULT_OUTPUT_DIR, "Folder for models, metrics and predictions.", free_on_resume=True
@@ -89,6 +93,14 @@ class PathSettings:
     None,
     "Folder holding mnist.npz (default: $TL_KERAS_DATA_DIR, then the Keras cache, "
     "downloading there if needed).",
+    free_on_resume=True,
+  )
+  memory_budget_mb: int | None = setting(
+    None,
+    "Memory budget in MiB that bounds what any input makes tl_keras allocate; every size "
+    f"limit is a fixed fraction of it (default: ${limits.BUDGET_ENV}, else "
+    f"{limits.DEFAULT_MEMORY_BUDGET_MB}).",
+    allowed=Range(*limits.MEMORY_BUDGET_RANGE_MB),
     free_on_resume=True,
   )
 
@@ -240,7 +252,8 @@ class TargetSettings:
     "auto",
     "For dir: targets: memory keeps the fitted images in memory; none reads them from the files "
     "on every pass (tf.data), so memory does not grow with the folder; auto: memory up to "
-    f"{limits.MAX_IMAGE_CACHE_BYTES // limits.MIB} MiB of fitted images, else none.",
+    f"half the memory budget ({limits.DEFAULT_MEMORY_BUDGET_MB // 2} MiB by default) of fitted "
+    "images, else none.",
     choices=IMAGE_CACHES,
     free_on_resume=True,  # the same images either way
   )

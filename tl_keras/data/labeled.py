@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tl_keras import limits
 from tl_keras import untrusted
 from tl_keras.errors import UserError
 
@@ -67,6 +68,15 @@ def shown(text: str) -> str:
   return repr(text) if any(unicodedata.category(c).startswith("C") for c in text) else text
 
 
+def check_class_count(count: int, origin: str) -> None:
+  """Refuses more than limits.MAX_CLASSES classes (or model outputs) from `origin`."""
+  if count > limits.MAX_CLASSES:
+    raise UserError(
+      f"{origin}: {count:,} classes, more than the {limits.MAX_CLASSES:,} the memory budget "
+      "allows; raise --memory_budget_mb if you mean it"
+    )
+
+
 def check_class_names(names, origin: str) -> list[str]:
   """`names` as a list of strings; refuses anything but non-empty strings without control or
   format characters (Unicode category C*: newline, tab, bidi overrides, ...), which would
@@ -74,6 +84,7 @@ def check_class_names(names, origin: str) -> list[str]:
   """
   if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)):
     raise UserError(f"{origin}: class names must be a list of strings, not {type(names).__name__}")
+  check_class_count(len(names), origin)
   for name in names:
     if not isinstance(name, str) or not name:
       raise UserError(f"{origin}: class name {repr(name)[:80]} is not a non-empty string")

@@ -8,7 +8,9 @@ import zipfile
 import numpy as np
 
 from tl_keras import limits
+from tl_keras import untrusted
 from tl_keras.data.labeled import LabeledData
+from tl_keras.data.labeled import check_class_count
 from tl_keras.data.labeled import remap_labels
 from tl_keras.data.labeled import shown
 from tl_keras.errors import UserError
@@ -86,6 +88,19 @@ def _check_npz_members(archive: zipfile.ZipFile, path: str, keys: tuple[str, ...
       )
 
 
+def _check_zip_directory(f, path: str) -> None:
+  """Refuses an .npz whose zip directory declares more entries or bytes than limits allow,
+  before zipfile or NumPy parses any of it (a small file can declare millions of entries)."""
+  entries, directory = untrusted.zip_directory(f)
+  f.seek(0)
+  if entries > limits.MAX_NPZ_ENTRIES or directory > limits.MAX_NPZ_DIRECTORY_BYTES:
+    raise UserError(
+      f"{path}: its zip directory declares {entries:,} entries in {directory:,} bytes, above "
+      f"the {limits.MAX_NPZ_ENTRIES:,} entries and {limits.MAX_NPZ_DIRECTORY_BYTES >> 20} MiB "
+      "an .npz data file may have"
+    )
+
+
 def _read_arrays(path: str, keys) -> dict[str, np.ndarray]:
   """{key: array} of .npz file `path` for `keys`, a tuple or a function from the names in the
   file to one, checked as `load_npz` says before NumPy allocates them."""
@@ -95,6 +110,7 @@ def _read_arrays(path: str, keys) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
       if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
         raise UserError(f"{path} is not a regular file")
+      _check_zip_directory(f, path)
       with zipfile.ZipFile(f) as archive:
         if callable(keys):
           keys = keys({name.removesuffix(".npy") for name in archive.namelist()})
@@ -171,7 +187,9 @@ def load_npz_target(path: str) -> LabeledData:
   for name, y in (("y_train", y_train), ("y_test", y_test)):
     if not np.issubdtype(y.dtype, np.integer):
       raise UserError(f"{path}: {name} must hold integer class labels, not {y.dtype}")
-  labels = np.unique(y_train).tolist()
+  labels = np.unique(y_train)
+  check_class_count(len(labels), f"{path}: y_train")
+  labels = labels.tolist()
   if labels[0] < 0:
     raise UserError(f"{path}: labels must be non-negative integers, found {labels[0]}")
   if max(labels[-1], int(y_test.max(initial=0))) > np.iinfo(np.int64).max:

@@ -85,7 +85,7 @@ def check_fitted_size(what: str, input_shape: Sequence[int], fit: str, *arrays) 
       f"{what}: {count:,} images fitted to the model's input {'x'.join(map(str, input_shape))} "
       f"take {total:,} bytes as float32, more than the limit of "
       f"{limits.MAX_FITTED_DATA_BYTES:,} (tl_keras.limits.MAX_FITTED_DATA_BYTES): use fewer "
-      "images, or a dir: folder of image files, which is streamed"
+      "images, a dir: folder of image files, which is streamed, or a larger --memory_budget_mb"
     )
 
 

@@ -28,11 +28,15 @@ def per_class_metrics(
   """
   y_true = np.asarray(y_true, dtype=np.int64)
   y_pred = np.asarray(y_pred, dtype=np.int64)
+  k = len(class_names)  # counted in one pass each, not one pass per class
+
+  def count(labels):
+    return np.bincount(labels[(labels >= 0) & (labels < k)], minlength=k).tolist()
+
+  hits, predictions, supports = count(y_true[y_true == y_pred]), count(y_pred), count(y_true)
   per_class, f1_scores = {}, []
   for label, name in enumerate(class_names):
-    true_positives = int(np.sum((y_pred == label) & (y_true == label)))
-    predicted = int(np.sum(y_pred == label))
-    support = int(np.sum(y_true == label))
+    true_positives, predicted, support = hits[label], predictions[label], supports[label]
     precision = true_positives / predicted if predicted else 0.0
     recall = true_positives / support if support else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0

@@ -7,6 +7,8 @@ The scores that need no training (LogME and others) are in `tl_keras.ranking`.
 import numpy as np
 import tensorflow as tf
 
+from tl_keras import limits
+from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 from tl_keras.models import networks
 
@@ -33,6 +35,20 @@ def features_and_outputs(
   return values[:, :width], values[:, width:]
 
 
+def check_probe_memory(examples: int, width: int, num_classes: int) -> None:
+  """Refuses a probe whose arrays would exceed the memory budget: the standardised features
+  (float64 and float32), the kernel with its gradient and Adam's two slots, and the logits
+  with their softmax and gradient."""
+  need = 12 * examples * width + 16 * width * num_classes + 12 * examples * num_classes
+  if need > limits.MAX_TRAINING_STEP_BYTES:
+    raise UserError(
+      f"a linear probe on {examples:,} examples of {width:,} features for {num_classes:,} "
+      f"classes needs {need / 2**20:,.0f} MiB, above the memory budget of "
+      f"{limits.memory_budget_mb()} MiB; use fewer images or classes, a narrower "
+      "--features_layer, or raise --memory_budget_mb"
+    )
+
+
 def fit_linear_probe(
   train_features: np.ndarray, train_labels: np.ndarray, num_classes: int, steps: int = 300
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +60,7 @@ def fit_linear_probe(
   full-batch by Adam; the returned kernel and bias fold the standardisation in, so they apply
   to the raw features.
   """
+  check_probe_memory(*train_features.shape, num_classes)
   mean = train_features.mean(axis=0)
   std = train_features.std(axis=0)
   # Dividing by a feature's own tiny std (a unit that rarely fires) folds into a huge kernel

@@ -78,7 +78,7 @@ def variable_budget(max_bytes: int, refusals: list) -> Iterator[None]:
 
 
 _ATTENTION = frozenset({"MultiHeadAttention", "Attention", "AdditiveAttention"})
-_UNBOUNDED_HINT = "the memory budget ($TL_KERAS_MEMORY_BUDGET_MB, in MiB)"
+_UNBOUNDED_HINT = "the memory budget (--memory_budget_mb or $TL_KERAS_MEMORY_BUDGET_MB, in MiB)"
 
 
 @dataclasses.dataclass
@@ -98,15 +98,20 @@ class Costs:
       self.largest, self.largest_layer = largest, name
 
 
-def _elements(tensor: Any) -> int:
-  """Elements per image of a symbolic tensor (unknown dimensions count as 1)."""
+def _elements(tensor: Any, unknown: int = 1) -> int:
+  """Elements per image of a symbolic tensor, each unknown dimension counted as `unknown`."""
   try:
     shape = tf.TensorShape(getattr(tensor, "shape", None))
   except (TypeError, ValueError):
     return 0
   if shape.rank is None:
     return 0
-  return math.prod(dim for dim in shape.as_list()[1:] if dim)
+  return math.prod(dim or unknown for dim in shape.as_list()[1:])
+
+
+# Layers whose output grows past their input: an unknown dimension after them is larger than
+# any dimension of the images fed.
+_GROWING = ("UpSampling", "Transpose", "ZeroPadding", "Resizing")
 
 
 def _tokens(tensor: Any, layer: Any, source: str) -> int:
@@ -193,15 +198,21 @@ def _check_estimable(layer: Any, node: Any, source: str) -> None:
     _known_elements(tensor, layer, "output", source)
 
 
-def model_costs(model: keras.Model, source: str) -> Costs:
+def model_costs(model: keras.Model, source: str, unknown: int = 1) -> Costs:
   """What `model` holds per image while it computes (see `Costs`); models nested in it are
-  followed. Refuses a layer whose internal tensors or output shape cannot be estimated."""
+  followed. Refuses a layer whose internal tensors or output shape cannot be estimated.
+  Dimensions the model leaves unknown (an input of any size) count as `unknown`: the largest
+  dimension of the images fed, which no layer's output exceeds but a growing one's (refused)."""
   costs = Costs()
   for layer in model.layers:
-    inner = model_costs(layer, source) if isinstance(layer, keras.Model) else None
+    inner = model_costs(layer, source, unknown) if isinstance(layer, keras.Model) else None
     for node in layer.inbound_nodes:
       tensors = tf.nest.flatten(node.input_tensors) + tf.nest.flatten(node.outputs)
-      sizes = [_elements(tensor) for tensor in tensors]
+      kind = type(layer).__name__
+      if unknown > 1 and (kind.startswith(_GROWING) or kind.endswith(_GROWING)):
+        for tensor in tf.nest.flatten(node.outputs):
+          _known_elements(tensor, layer, "output", source)
+      sizes = [_elements(tensor, unknown) for tensor in tensors]
       _check_estimable(layer, node, source)
       internal = _internal_elements(layer, node, source)
       if inner is not None:
@@ -238,11 +249,26 @@ def check_activations(model: keras.Model, source: str) -> Costs:
   return costs
 
 
-def prediction_batch_size(model: keras.Model, asked: int, source: str = "the model") -> int:
+def prediction_batch_size(
+  model: keras.Model, asked: int, source: str = "the model", image_shape: tuple = ()
+) -> int:
   """The largest batch up to `asked` whose activations fit limits.MAX_BATCH_ACTIVATION_BYTES
   and whose largest tensor TensorFlow can index (at least 1: `check_activations` has refused
-  a model that one image does not fit)."""
-  costs = model_costs(model, source)
+  a model that one image does not fit). A model of unknown input size is counted at the
+  images fed, `image_shape` ([H, W, ...]), and refused if one image does not fit."""
+  shape = model.input_shape
+  known = not isinstance(shape, tuple) or None not in shape[1:]  # the model's shapes are exact
+  unknown = 1 if known else max((int(dim) for dim in image_shape[:2]), default=1)
+  costs = model_costs(model, source, unknown)
+  if unknown > 1 and (
+    4 * costs.step > limits.MAX_BATCH_ACTIVATION_BYTES
+    or costs.largest * 4 > limits.MAX_ACTIVATION_BYTES
+  ):
+    raise UserError(
+      f"{source} takes images of any size and, at {'x'.join(map(str, image_shape))}, layer "
+      f"{costs.step_layer} needs {4 * costs.step / 2**20:,.0f} MiB for one image, above the "
+      f"memory budget's limits; feed smaller images or raise {_UNBOUNDED_HINT}"
+    )
   fits = limits.MAX_BATCH_ACTIVATION_BYTES // max(1, 4 * costs.step)
   indexable = limits.MAX_TENSOR_ELEMENTS // max(1, costs.largest)
   return max(1, min(asked, fits, indexable))
@@ -283,3 +309,20 @@ def check_fused_weights(total: int, model: keras.Model, source: str) -> int:
       f"fuse fewer models or raise {_UNBOUNDED_HINT}"
     )
   return total
+
+
+def check_prediction_outputs(model: keras.Model, images: int) -> None:
+  """Refuses predicting `images` images when the outputs kept for all of them (as float64, the
+  form features and probes take) exceed half the memory budget: a model of 10^5 outputs, or
+  features 10^5 wide, on a few thousand images is gigabytes, whatever the batch size."""
+  shape = model.output_shape
+  if not isinstance(shape, tuple) or None in shape[1:]:
+    return  # several or unknown outputs: counted per batch only
+  width = math.prod(shape[1:])
+  total = 8 * width * images
+  if total > limits.MAX_FITTED_DATA_BYTES:
+    raise UserError(
+      f"{images:,} images of {width:,} output values each take {total / 2**20:,.0f} MiB, above "
+      f"{limits.MAX_FITTED_DATA_BYTES >> 20} MiB (half the memory budget); use fewer images, "
+      f"a narrower --features_layer, or raise {_UNBOUNDED_HINT}"
+    )

@@ -3,7 +3,6 @@ limits, the weights read as untrusted HDF5 (`h5_check`)."""
 
 import os
 import shutil
-import struct
 import tempfile
 import zipfile
 import zlib
@@ -24,38 +23,14 @@ _MEMBERS = frozenset({"metadata.json", "config.json", "model.weights.h5"})
 # 3 entries (about 200 bytes); zipfile would parse all of a directory before any check.
 MAX_ZIP_ENTRIES = 64
 MAX_CENTRAL_DIRECTORY_BYTES = 64 * 1024
-_EOCD, _ZIP64_LOCATOR, _ZIP64_EOCD = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
 # What zipfile raises on archives it cannot read (encrypted, unknown compression, truncated).
 _ZIP_ERRORS = (RuntimeError, NotImplementedError, ValueError, TypeError, EOFError, zlib.error)
 
 
-def _central_directory(path: str) -> tuple[int, int]:
-  """(entries, bytes) of the zip's central directory, read from its End Of Central Directory
-  record (in the last 64 KiB, and its Zip64 form where the record says so) before zipfile
-  parses anything; (-1, -1) where there is no such record (zipfile then refuses the file)."""
-  with open(path, "rb") as f:
-    size = f.seek(0, os.SEEK_END)
-    start = max(0, size - (1 << 16) - 22)
-    f.seek(start)
-    tail = f.read()
-    at = tail.rfind(_EOCD)
-    if at < 0 or len(tail) - at < 22:
-      return -1, -1
-    entries, directory = struct.unpack_from("<HI", tail, at + 10)
-    locator = at - 20
-    if locator >= 0 and tail[locator : locator + 4] == _ZIP64_LOCATOR:
-      (offset,) = struct.unpack_from("<Q", tail, locator + 8)
-      f.seek(min(offset, size))
-      record = f.read(56)
-      if len(record) < 56 or record[:4] != _ZIP64_EOCD:
-        return -1, -1
-      entries, directory = struct.unpack_from("<QQ", record, 32)
-    return entries, directory
-
-
 def _check_central_directory(path: str) -> None:
   """Refuses a zip whose central directory declares more entries or bytes than a .keras has."""
-  entries, directory = _central_directory(path)
+  with open(path, "rb") as f:
+    entries, directory = untrusted.zip_directory(f)
   if entries > MAX_ZIP_ENTRIES or directory > MAX_CENTRAL_DIRECTORY_BYTES:
     raise UserError(
       f"refusing to load {path}: its zip directory declares {entries:,} entries in "

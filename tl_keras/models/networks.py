@@ -358,7 +358,9 @@ def predict(
   Keras's per-batch loop overhead.
   `ImageFiles` are read batch by batch, at most `_STREAMED_BATCH_BYTES` of images at a time.
   """
-  batch_size = budgets.prediction_batch_size(model, batch_size)  # fits the memory budget
+  # Fits the memory budget, counted at the images' size where the model takes any size.
+  batch_size = budgets.prediction_batch_size(model, batch_size, image_shape=images.shape[1:])
+  budgets.check_prediction_outputs(model, len(images))
   input_shape = model.input_shape[1:]
   forward = tf.function(
     lambda batch: model(preprocess_images(batch, input_shape), training=False),

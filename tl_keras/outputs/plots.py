@@ -23,6 +23,9 @@ DPI = 100
 NO_MISTAKES_TEXT = "no misclassified images"
 # Above this many classes the per-cell counts no longer fit; the colours still show the matrix.
 _MAX_ANNOTATED_CLASSES = 30
+# Above this many classes a side, the matrix drawn is a summary: the classes with most test
+# images (and the columns they are most predicted as, the rest in one "other" column).
+_MAX_PLOTTED_CLASSES = 200
 _GRID_COLUMNS = 5
 
 
@@ -142,6 +145,10 @@ def confusion_matrix_figure(
   """
   true_names = [str(name) for name in class_names]
   pred_names = true_names if pred_class_names is None else [str(n) for n in pred_class_names]
+  if max(len(true_names), len(pred_names)) > _MAX_PLOTTED_CLASSES:
+    y_true, y_pred, true_names, pred_names, title = _summary(
+      y_true, y_pred, true_names, pred_names, title
+    )
   counts = confusion_matrix(y_true, y_pred, len(true_names), len(pred_names))
   row_totals = counts.sum(axis=1, keepdims=True)
   fractions = np.divide(counts, row_totals, out=np.zeros(counts.shape), where=row_totals > 0)
@@ -180,6 +187,31 @@ def confusion_matrix_figure(
           color="white" if fractions[i, j] > 0.5 else "black",
         )
   return figure
+
+
+def _summary(y_true, y_pred, true_names, pred_names, title):
+  """(y_true, y_pred, true names, predicted names, title) of the _MAX_ANNOTATED_CLASSES true
+  classes with most test images against the columns they are most predicted as, the other
+  predictions in an "other" column: a readable matrix of any number of classes, never a
+  [classes, classes] array."""
+  y_true = np.asarray(y_true, dtype=np.int64).reshape(-1)
+  y_pred = np.asarray(y_pred, dtype=np.int64).reshape(-1)
+  labels, support = np.unique(y_true, return_counts=True)
+  rows = np.sort(labels[np.argsort(-support, kind="stable")[:_MAX_ANNOTATED_CLASSES]])
+  kept = np.isin(y_true, rows)
+  y_true, y_pred = y_true[kept], y_pred[kept]
+  predicted, times = np.unique(y_pred, return_counts=True)
+  columns = np.sort(predicted[np.argsort(-times, kind="stable")[:_MAX_ANNOTATED_CLASSES]])
+  column = np.searchsorted(columns, y_pred)
+  found = (column < len(columns)) & (columns[np.minimum(column, len(columns) - 1)] == y_pred)
+  title = f"{title} ({len(rows)} of {len(true_names):,} classes, most test images)"
+  return (
+    np.searchsorted(rows, y_true),
+    np.where(found, column, len(columns)),
+    [true_names[label] for label in rows],
+    [pred_names[label] for label in columns] + ["other"],
+    title,
+  )
 
 
 def _displayable(image: np.ndarray) -> np.ndarray:

@@ -4,6 +4,8 @@ import numpy as np
 
 from tl_keras.ranking import width
 
+_ROWS = 1024
+
 
 def leep(predictions: np.ndarray, labels: np.ndarray) -> float:
   """LEEP, Nguyen et al., "LEEP: A New Measure to Evaluate Transferability of Learned
@@ -20,6 +22,12 @@ def leep(predictions: np.ndarray, labels: np.ndarray) -> float:
   joint = width.class_sums(theta, index, num_classes) / len(theta)  # [target, source]
   marginal = joint.sum(axis=0)
   conditional = np.divide(joint, marginal, out=np.zeros_like(joint), where=marginal > 0)
-  # Row i's probability of its own label: theta_i . P(y_i | .), without an [n, target] matrix.
-  expected = (theta * conditional[index]).sum(axis=1)
+  # Row i's probability of its own label: theta_i . P(y_i | .), without an [n, target] matrix
+  # and, a block of rows at a time, without more [n, source] matrices than theta.
+  expected = np.concatenate(
+    [
+      (theta[start : start + _ROWS] * conditional[index[start : start + _ROWS]]).sum(axis=1)
+      for start in range(0, len(theta), _ROWS)
+    ]
+  )
   return float(np.mean(np.log(expected)))

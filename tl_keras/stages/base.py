@@ -19,6 +19,7 @@ from tl_keras import loading
 from tl_keras.config import settings
 from tl_keras.data import targets
 from tl_keras.data.labeled import LabeledData
+from tl_keras.data.labeled import check_class_count
 from tl_keras.keras_api import keras
 from tl_keras.models import networks
 from tl_keras.outputs import files
@@ -92,6 +93,9 @@ def load_source(
   shape; a UserError for a model that does not take images."""
   model = loading.load_model(path, allow_unsafe, max_model_mb * limits.MIB, input_size)
   input_shape = networks.image_input_shape(model, path)
+  outputs = model.output_shape
+  if isinstance(outputs, tuple) and isinstance(outputs[-1], int):
+    check_class_count(outputs[-1], f"the model {path}'s outputs")
   return Source(path, model, model_io.read_metadata(path), input_shape)
 
 

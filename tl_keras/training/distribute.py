@@ -14,10 +14,15 @@ from typing import Any
 import tensorflow as tf
 
 from tl_keras import interrupts
+from tl_keras import untrusted
 from tl_keras.config.choices import STRATEGIES
 from tl_keras.errors import UserError
 
 _TF_CONFIG_HELP = "see README 'Training on several machines'"
+# A cluster of thousands of addresses fits in 1 MiB; TF_CONFIG nests 3 levels (cluster, job,
+# addresses).
+_MAX_TF_CONFIG_BYTES = 1 << 20
+_MAX_TF_CONFIG_DEPTH = 8
 _TASK_TYPES = ("chief", "worker")
 
 
@@ -82,12 +87,12 @@ def check_tf_config(text: str) -> dict[str, Any]:
     text = json.dumps(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
-  try:
-    config = json.loads(text)
-  except ValueError as e:
-    refuse(f"not JSON ({e})")
-  if not isinstance(config, dict):
-    refuse(f"a JSON object with 'cluster' and 'task' expected, got {type(config).__name__}")
+  try:  # bounded in size and depth before json.loads (TensorFlow parses it again later)
+    config = untrusted.parse_json(
+      text, "TF_CONFIG", dict, _MAX_TF_CONFIG_BYTES, _MAX_TF_CONFIG_DEPTH
+    )
+  except UserError as e:
+    refuse(f"{e} (a JSON object with 'cluster' and 'task' expected)")
   cluster, task = config.get("cluster"), config.get("task")
   if not isinstance(cluster, dict) or not cluster:
     refuse("'cluster' must map job names to lists of 'host:port' addresses")
