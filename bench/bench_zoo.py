@@ -155,17 +155,29 @@ def summarise(report):
     rank_seconds = statistics.fmean(
       sum(entry["rank"][s]["per_source_seconds"][n] for n in names) for s in ranked_seeds
     )
+    # what the probe costs (a logistic regression on up to 1,000 test features per source)
+    probe_seconds = statistics.fmean(
+      sum(entry["rank"][s]["times"][n].get("linear_probe_accuracy", 0) for n in names)
+      for s in ranked_seeds
+    )
     finetune_seconds = statistics.fmean(
       sum(entry["finetune"][n][s]["seconds"] for n in names) for s in seeds
     )
+    seed_sd = statistics.fmean(
+      statistics.pstdev(entry["finetune"][n][s]["test_accuracy"] for s in seeds) for n in names
+    )
     summary[target] = {
       "sources": len(names),
+      # how far apart the sources land, against how far one source moves between seeds
+      "accuracy_spread": round(max(accuracy.values()) - min(accuracy.values()), 4),
+      "mean_seed_sd": round(seed_sd, 4),
       "seeds": [int(s) for s in seeds],
       "mean_accuracy": {n: round(a, 4) for n, a in accuracy.items()},
       "scores": per_score,
       "rank_seconds": round(rank_seconds, 1),
       "finetune_seconds": round(finetune_seconds, 1),
       "time_ratio": round(rank_seconds / finetune_seconds, 4),
+      "time_ratio_without_probe": round((rank_seconds - probe_seconds) / finetune_seconds, 4),
     }
     qualities[target] = per_score
   if qualities:
@@ -181,7 +193,9 @@ def print_tables(summary):
     print(f"\n### {target}: {s['sources']} sources, seeds {s['seeds']}")
     print(
       f"ranking all {s['rank_seconds']} s, finetuning all {s['finetune_seconds']} s "
-      f"(ratio {s['time_ratio']:.1%})\n"
+      f"(ratio {s['time_ratio']:.1%}, {s['time_ratio_without_probe']:.1%} without the linear "
+      f"probe); sources {s['accuracy_spread'] * 100:.1f} points apart, "
+      f"one source's accuracy moves by {s['mean_seed_sd'] * 100:.1f} points (sd) between seeds\n"
     )
     print("| score | weighted tau | top-1 regret (points) |\n|---|---|---|")
     for score, q in s["scores"].items():
