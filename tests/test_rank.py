@@ -1,5 +1,6 @@
 """tl-rank: candidate sources scored for a target before any finetuning, end to end."""
 
+import inspect
 import json
 import math
 import os
@@ -41,7 +42,8 @@ def random_source(source_model, tmp_path_factory):
 
 def test_the_settings_offer_every_score_rank_sources_computes():
   assert set(settings.RANK_SCORES) == set(rank.SCORES)
-  assert settings.RankConfig().by == "logme"
+  assert settings.RankConfig().by == "h_score"
+  assert inspect.signature(rank.rank_sources).parameters["by"].default == "h_score"
 
 
 def test_trained_source_is_picked_over_random_weights(
@@ -62,7 +64,7 @@ def test_trained_source_is_picked_over_random_weights(
   )
   assert result.returncode == 0, result.stderr[-3000:]
   metrics = _strict((output_dir / rank_stage.RANK_METRICS).read_text())
-  assert metrics["by"] == "logme" and metrics["pick"] == trained  # spelled as given
+  assert metrics["by"] == "h_score" and metrics["pick"] == trained  # spelled as given
   assert [entry["model"] for entry in metrics["candidates"]] == [trained, random_source]
   assert metrics["num_train"] == 50 and metrics["num_test"] == 200
   for entry in metrics["candidates"]:
@@ -72,8 +74,8 @@ def test_trained_source_is_picked_over_random_weights(
       assert value is None or math.isfinite(value)
     assert {"load", "features", "logme", "linear_probe_accuracy"} <= set(entry["seconds"])
   first, second = metrics["candidates"]
-  assert first["logme"] > second["logme"]
-  assert f"pick: {trained} (highest logme)" in result.stdout
+  assert first["h_score"] > second["h_score"] and first["logme"] > second["logme"]
+  assert f"pick: {trained} (highest h_score)" in result.stdout
   assert os.path.getsize(output_dir / rank_stage.RANK_PLOT) > 0
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tl_keras import loading
+from tl_keras.config.commands import RANK_BY
 from tl_keras.data.labeled import LabeledData
 from tl_keras.errors import UserError
 from tl_keras.evaluation import probes
@@ -43,7 +44,7 @@ MAX_IMAGES = 1000
 def rank_sources(
   candidates: Sequence[str | keras.Model],
   data: LabeledData,
-  by: str = "logme",
+  by: str = RANK_BY,
   max_images: int | None = MAX_IMAGES,
   seed: int = 0,
   features_layer: str | None = None,
