@@ -46,3 +46,14 @@ def test_a_hostile_tf_config_is_one_line(text, message):
     distribute.check_tf_config(text)
   assert str(error.value).startswith("invalid TF_CONFIG for --strategy=multi_worker: ")
   assert "\n" not in str(error.value) and len(str(error.value)) < 400
+
+
+def test_metrics_are_written_as_strict_json_the_bounded_reader_reads_back(tmp_path):
+  import numpy as np
+
+  from tl_keras import untrusted
+  from tl_keras.outputs import files
+
+  path = str(tmp_path / "x_metrics.json")
+  files.write_json(path, {"logme": float("nan"), "history": [np.float64("inf"), 0.5]})
+  assert untrusted.read_json(path) == {"logme": None, "history": [None, 0.5]}

@@ -6,6 +6,7 @@ so plots and reports write their files without it.
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -70,9 +71,22 @@ def _remove_entry(path: str) -> None:
       os.remove(path)
 
 
+def _strict(value: Any) -> Any:
+  """`value` with every NaN or infinite float as None: strict JSON, which the bounded reader
+  (`untrusted.parse_json`) reads back (a score of degenerate data can be NaN)."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {key: _strict(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_strict(item) for item in value]
+  return value
+
+
 def write_json(path: str, payload: dict[str, Any]) -> None:
+  """`payload` as strict JSON at `path` (non-finite floats written as null)."""
   with atomic_path(path) as temp, open(temp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
+    json.dump(_strict(payload), f, indent=2, sort_keys=True, allow_nan=False)
     f.write("\n")
 
 
