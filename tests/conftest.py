@@ -1,7 +1,10 @@
 """Shared fixtures: small real-MNIST subsets, and two logical CPU devices for strategies."""
 
+import fcntl
 import json
 import os
+import pickle
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,34 +40,60 @@ def mnist_file():
   return mnist.find_mnist_file(SHARED_DATA_DIR)
 
 
+def built_once(tmp_path_factory, name, build):
+  """`build(folder)` run once per test session, across pytest-xdist's workers: the first
+  worker builds in a fresh shared folder under a file lock and pickles the result, the others
+  wait for it and read it. Tests must only read what is in the folder."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the run's folder, shared by its workers
+  done = root / f"{name}.pickle"
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if done.exists():
+      return pickle.loads(done.read_bytes())
+    folder = root / name
+    shutil.rmtree(folder, ignore_errors=True)  # a build that failed on another worker
+    folder.mkdir()
+    value = build(folder)
+    done.write_bytes(pickle.dumps(value))
+    return value
+
+
 @pytest.fixture(scope="session")
 def small_mnist_dir(tmp_path_factory):
   """A folder with a small mnist.npz: real MNIST, 600 train and 200 test images per digit."""
-  with np.load(mnist_file()) as full:
-    arrays = {}
-    for split, per_class in (("train", 600), ("test", 200)):
-      x, y = full[f"x_{split}"], full[f"y_{split}"]
-      keep = np.concatenate([np.flatnonzero(y == digit)[:per_class] for digit in range(10)])
-      keep.sort()
-      arrays[f"x_{split}"], arrays[f"y_{split}"] = x[keep], y[keep]
-  folder = tmp_path_factory.mktemp("small_mnist")
-  np.savez(folder / mnist.MNIST_FILENAME, **arrays)
-  return str(folder)
+
+  def build(folder):
+    with np.load(mnist_file()) as full:
+      arrays = {}
+      for split, per_class in (("train", 600), ("test", 200)):
+        x, y = full[f"x_{split}"], full[f"y_{split}"]
+        keep = np.concatenate([np.flatnonzero(y == digit)[:per_class] for digit in range(10)])
+        keep.sort()
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = x[keep], y[keep]
+    np.savez(folder / mnist.MNIST_FILENAME, **arrays)
+    return str(folder)
+
+  return built_once(tmp_path_factory, "small_mnist", build)
 
 
 @pytest.fixture(scope="session")
 def source_model(small_mnist_dir, tmp_path_factory):
   """A source model pretrained on digits 0-4 of the small MNIST: (path, metrics)."""
-  output_dir = str(tmp_path_factory.mktemp("source"))
-  config = settings.make(
-    settings.PretrainConfig,
-    data_dir=small_mnist_dir,
-    output_dir=output_dir,
-    epochs=4,
-    strategy="default",
-  )
-  metrics = pretrain.run(config)
-  return os.path.join(output_dir, artifacts.SOURCE_MODEL), metrics
+
+  def build(folder):
+    config = settings.make(
+      settings.PretrainConfig,
+      data_dir=small_mnist_dir,
+      output_dir=str(folder),
+      epochs=4,
+      strategy="default",
+    )
+    metrics = pretrain.run(config)
+    return str(folder / artifacts.SOURCE_MODEL), metrics
+
+  return built_once(tmp_path_factory, "source", build)
 
 
 # `python -c PEAK_WRAPPER COMMAND...` runs COMMAND, then prints "maxrss_kib N": the peak resident
@@ -144,9 +173,11 @@ def target_model(source_model, small_mnist_dir, tmp_path_factory):
   """The source model finetuned on digits 5-9 of the small MNIST: (output_dir, metrics)."""
   from tl_keras.stages import finetune
 
-  output_dir = tmp_path_factory.mktemp("target")
-  config = finetune_config(source_model[0], output_dir, data_dir=small_mnist_dir)
-  return output_dir, finetune.run(config)
+  def build(folder):
+    config = finetune_config(source_model[0], folder, data_dir=small_mnist_dir)
+    return folder, finetune.run(config)
+
+  return built_once(tmp_path_factory, "target", build)
 
 
 @pytest.fixture(scope="session")
@@ -156,15 +187,17 @@ def mirrored_target(source_model, small_mnist_dir, tmp_path_factory):
   the strategy and of the per-replica batch."""
   from tl_keras.stages import finetune
 
-  output_dir = tmp_path_factory.mktemp("mirrored_target")
-  config = finetune_config(
-    source_model[0],
-    output_dir,
-    data_dir=small_mnist_dir,
-    strategy="mirrored",
-    per_replica_batch_size=50,
-  )
-  return output_dir, finetune.run(config)
+  def build(folder):
+    config = finetune_config(
+      source_model[0],
+      folder,
+      data_dir=small_mnist_dir,
+      strategy="mirrored",
+      per_replica_batch_size=50,
+    )
+    return folder, finetune.run(config)
+
+  return built_once(tmp_path_factory, "mirrored_target", build)
 
 
 def write_image_folder(

@@ -5,6 +5,7 @@ Payloads are tiny models the tests build; what they would allocate is computed, 
 except where a child process shows the bound holds (its peak RSS).
 """
 
+import json
 import types
 
 import numpy as np
@@ -12,10 +13,12 @@ import pytest
 from conftest import run_command
 
 from tl_keras import limits
+from tl_keras import loading
 from tl_keras.errors import UserError
 from tl_keras.keras_api import keras
 from tl_keras.loading import budgets
 from tl_keras.models import networks
+from tl_keras.outputs import model_io
 
 MIB = limits.MIB
 
@@ -121,15 +124,6 @@ def test_a_wide_model_predicts_1024_images_within_the_budget():
   assert peak_kb < 2048 * 1024, f"peak {peak_kb >> 10} MiB"
 
 
-_LOAD = """
-import sys
-sys.path.insert(0, "tests")
-from test_budgets import _attention_model
-from tl_keras.outputs import model_io
-model_io.save_h5(_attention_model(), sys.argv[1], {})
-"""
-
-
 def _transfer_with_peak(path, output_dir):
   """tl-transfer of the model at `path` in a fresh process that prints "PEAK_KB N", its peak
   resident memory (VmHWM), however it ends."""
@@ -149,8 +143,7 @@ def _transfer_with_peak(path, output_dir):
 @pytest.mark.slow
 def test_an_attention_model_is_refused_in_one_line_by_the_cli(tmp_path):
   path = str(tmp_path / "attention.h5")
-  made = run_command(["-c", _LOAD, path])
-  assert made.returncode == 0, made.stderr[-3000:]
+  model_io.save_h5(_attention_model(), path, {})  # the payload file; the CLI's process reads it
   result = _transfer_with_peak(path, tmp_path / "out")
   assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
   lines = result.stderr.strip().splitlines()
@@ -238,35 +231,30 @@ def test_a_layer_whose_output_shape_is_unknown_is_refused():
   assert "\n" not in str(error.value)
 
 
-_SEPCONV_PAYLOAD = """
-import json, sys
-import h5py, numpy as np
-sys.path.insert(0, "tests")
-from test_budgets import _separable_model
-from tl_keras.outputs import model_io
-path, depth = sys.argv[1], int(sys.argv[2])
-model_io.save_h5(_separable_model(1), path, {"class_names": ["a", "b", "c"]})
-# As the red-team builder: the config asks for `depth`, the weights are declared at that size
-# in chunks never written, so the file stores about nothing of them.
-with h5py.File(path, "r+") as f:
-  config = json.loads(f.attrs["model_config"])
-  conv = next(layer for layer in config["config"]["layers"] if layer["name"] == "conv")
-  conv["config"]["depth_multiplier"] = depth
-  f.attrs["model_config"] = json.dumps(config)
-  group = f["model_weights/conv/conv"]
-  del group["depthwise_kernel:0"], group["pointwise_kernel:0"]
-  chunk = min(depth, 4096)
-  group.create_dataset("depthwise_kernel:0", (3, 3, 1, depth), "f4", chunks=(3, 3, 1, chunk))
-  group.create_dataset("pointwise_kernel:0", (1, 1, depth, 2), "f4", chunks=(1, 1, chunk, 2))
-"""
+def _write_sepconv_payload(path, depth):
+  """The red-team builder's file: a separable model saved at depth 1, then its config set to
+  ask for `depth` and its weights declared at that size in chunks never written, so the file
+  stores about nothing of them."""
+  import h5py
+
+  model_io.save_h5(_separable_model(1), path, {"class_names": ["a", "b", "c"]})
+  with h5py.File(path, "r+") as f:
+    config = json.loads(f.attrs["model_config"])
+    conv = next(layer for layer in config["config"]["layers"] if layer["name"] == "conv")
+    conv["config"]["depth_multiplier"] = depth
+    f.attrs["model_config"] = json.dumps(config)
+    group = f["model_weights/conv/conv"]
+    del group["depthwise_kernel:0"], group["pointwise_kernel:0"]
+    chunk = min(depth, 4096)
+    group.create_dataset("depthwise_kernel:0", (3, 3, 1, depth), "f4", chunks=(3, 3, 1, chunk))
+    group.create_dataset("pointwise_kernel:0", (1, 1, depth, 2), "f4", chunks=(1, 1, chunk, 2))
 
 
 @pytest.mark.slow
 def test_the_separable_payload_is_refused_in_one_line_by_the_cli(tmp_path):
   # Before: tl-transfer grew past 4 GiB on this 37 KB file (red-team F4).
   path = str(tmp_path / "sepconv.h5")
-  made = run_command(["-c", _SEPCONV_PAYLOAD, path, "400000"])
-  assert made.returncode == 0, made.stderr[-3000:]
+  _write_sepconv_payload(path, 400_000)
   assert (tmp_path / "sepconv.h5").stat().st_size < 256 * 1024  # declares 17 MB of weights
   result = _transfer_with_peak(path, tmp_path / "out")
   assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
@@ -274,17 +262,8 @@ def test_the_separable_payload_is_refused_in_one_line_by_the_cli(tmp_path):
   assert len(lines) == 1 and "layer conv holds" in lines[0] and "inside" in lines[0], lines
   assert int(result.stdout.split("PEAK_KB")[1]) < 2048 * 1024, result.stdout
   # A normal separable model saved the same way still loads.
-  made = run_command(["-c", _SEPCONV_PAYLOAD, str(tmp_path / "normal.h5"), "4"])
-  assert made.returncode == 0, made.stderr[-3000:]
-  loaded = run_command(
-    [
-      "-c",
-      "import sys; from tl_keras import loading; "
-      "print('LAYERS', len(loading.load_model(sys.argv[1]).layers))",
-      str(tmp_path / "normal.h5"),
-    ]
-  )
-  assert loaded.returncode == 0 and "LAYERS 4" in loaded.stdout, loaded.stderr[-3000:]
+  _write_sepconv_payload(str(tmp_path / "normal.h5"), 4)
+  assert len(loading.load_model(str(tmp_path / "normal.h5")).layers) == 4
 
 
 @pytest.mark.slow

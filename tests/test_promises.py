@@ -89,15 +89,16 @@ PIPELINE_STAGES = {
 @pytest.mark.parametrize("stage", list(PIPELINE_STAGES))
 def test_ctrl_c_stops_the_pipeline_and_the_same_command_resumes(stage, small_mnist_dir, tmp_path):
   out = tmp_path / "out"
+  model, other = PIPELINE_STAGES[stage]
+  # The stage interrupted trains 3 epochs (so it resumes from epoch 1 or 2); the other only runs.
   args = [
     "scripts/pipeline.py",
     f"--data_dir={small_mnist_dir}",
     f"--output_dir={out}",
-    "--pretrain_epochs=3",
-    "--finetune_epochs=3",
+    f"--{stage}_epochs=3",
+    f"--{other}_epochs=1",
     "--batch_size=32",
   ]
-  model, other = PIPELINE_STAGES[stage]
   backup = resume.backup_dir(str(out), stage)
   code = _interrupt_when(_start(args, tmp_path), lambda: _has_checkpoint(backup), "training")
   assert code == -signal.SIGINT, (code, _stderr(tmp_path)[-3000:])
