@@ -77,6 +77,16 @@ def test_shot_is_a_source_free_method_in_the_one_list():
   assert registry.terms("shot") == (shot.InformationMaximisation,)
 
 
+def test_shot_trains_at_its_own_default_rate_and_a_rate_given_is_kept():
+  from tl_keras.training import schedule
+
+  plan = schedule.choose(0, 10, 5000, adapt="shot", default_learning_rate=1e-3)
+  assert plan.learning_rate == pytest.approx(3e-5) and "learning rate 3e-05" in plan.message
+  assert schedule.choose(0, 10, 5000, adapt="shot", learning_rate=1e-3).learning_rate == 1e-3
+  # Methods without a scale of their own keep the optimizer's default (None).
+  assert schedule.choose(0, 10, 5000, adapt="self_training").learning_rate is None
+
+
 def _tiny_model(num_classes=3):
   inputs = keras.Input((8, 8, 1))
   x = keras.layers.Flatten()(inputs)
@@ -195,6 +205,7 @@ def test_shot_without_source_images_beats_the_source_model(source_model, small_m
   classifier = api.TransferClassifier.from_source(source_model[0], [str(c) for c in range(5)])
   data = api.load_target(spec, classifier.input_shape, train_per_class=0, unlabeled="rest")
   source_only = classifier.source_only_accuracy(data)
+  classifier.compile(learning_rate=1e-3)  # SHOT's default, 3e-5, is for 4,000 steps, not 120
   # The source classifier's rows for these classes (the API's method; renamed in its refactor).
   rows = getattr(classifier, "source_classifier_weights", None)
   source_rows = (rows or classifier._source_classifier_weights)()

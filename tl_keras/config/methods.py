@@ -23,6 +23,8 @@ class AdaptationMethod:
   # It needs no source images even without target labels (the batches' labelled part is then
   # empty): a model someone else trained is enough.
   source_free: bool = False
+  # Its default learning rate is the optimizer's times this (a rate given is kept).
+  learning_rate_scale: float = 1.0
 
   def applies(self, num_unlabeled: int) -> bool:
     """Whether it can run with `num_unlabeled` unlabelled images."""
@@ -42,6 +44,11 @@ ADAPTATION = {
     "source-free: the classifier frozen, features trained by information maximisation and "
     "centroid pseudo-labels, SHOT; needs no source images",
     source_free=True,
+    # At Adam's 1e-3 the features drift away from the frozen classifier over 4,000 steps. No
+    # labels, seed 42, tuned on bench's USPS-like digits (source 89.7%): 1e-3 78.2%, 3e-4
+    # 90.6%, 1e-4 94.6%, 3e-5 96.1%, 1e-5 96.4%; confirmed on the scanned digits (source
+    # 94.6%): 1e-3 80.3%, 3e-5 94.3%.
+    learning_rate_scale=0.03,
   ),
   "none": AdaptationMethod("", uses_unlabeled=False),
 }

@@ -44,6 +44,7 @@ class Plan:
   augment: bool
   head_init: str
   message: str
+  learning_rate: float | None = None  # None: the optimizer's default
 
   def settings(self) -> dict:
     """The chosen values by setting name (the finetune config's leaves)."""
@@ -54,6 +55,7 @@ class Plan:
       "augment": self.augment,
       "head_init": self.head_init,
       "adapt": self.adapt,
+      "learning_rate": self.learning_rate,
     }
 
 
@@ -69,10 +71,16 @@ def choose(
   augment: bool | None = None,
   head_init: str = "auto",
   head_units: int = 0,
+  learning_rate: float | None = None,
+  default_learning_rate: float = 1e-3,
 ) -> Plan:
   """The `Plan` for `num_labeled` training images of `num_classes` classes and `num_unlabeled`
-  unlabelled ones: each setting given (not None/'auto') kept, the others chosen."""
+  unlabelled ones: each setting given (not None/'auto') kept, the others chosen.
+  `default_learning_rate`: the optimizer's, which the method's `learning_rate_scale` scales."""
   adapt = methods.choose_adaptation(adapt, num_unlabeled)
+  scale = methods.ADAPTATION[adapt].learning_rate_scale
+  if learning_rate is None and scale != 1:
+    learning_rate = default_learning_rate * scale
   adapting = methods.ADAPTATION[adapt].uses_unlabeled
   regime = _regime(num_labeled, adapting)
   batch_size = batch_size or (DEFAULT_BATCH if regime == "full" else FEW_LABELS_BATCH)
@@ -87,13 +95,16 @@ def choose(
   else:
     epochs, steps_per_epoch = _steps(adapting, num_labeled, batch_size, epochs, steps_per_epoch)
     chosen.append(f"{epochs} epoch{'' if epochs == 1 else 's'} of {steps_per_epoch} steps")
+  settings = (regime, adapt, epochs, steps_per_epoch, batch_size, augment, head_init)
   if regime == "full":
-    return Plan(regime, adapt, epochs, steps_per_epoch, batch_size, augment, head_init, "")
+    return Plan(*settings, "", learning_rate)
   chosen += [f"batch {batch_size}", f"augment {'on' if augment else 'off'}", f"head {head_init}"]
   if adapting:
     chosen.insert(0, f"adapt {adapt}")
+  if scale != 1:
+    chosen.append(f"learning rate {learning_rate:g}")
   message = _message(regime, num_labeled, num_classes, num_unlabeled, chosen)
-  return Plan(regime, adapt, epochs, steps_per_epoch, batch_size, augment, head_init, message)
+  return Plan(*settings, message, learning_rate)
 
 
 def _regime(num_labeled: int, adapting: bool) -> str:
@@ -133,5 +144,6 @@ def _message(regime, num_labeled, num_classes, num_unlabeled, chosen) -> str:
   }[regime]
   return (
     f"defaults for {what}: {', '.join(chosen)} (flags you give are kept; "
-    "see --epochs, --steps_per_epoch, --batch_size, --augment, --head_init, --adapt)"
+    "see --epochs, --steps_per_epoch, --batch_size, --augment, --head_init, --adapt, "
+    "--learning_rate)"
   )

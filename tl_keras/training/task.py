@@ -41,6 +41,10 @@ def choose_defaults(config, num_labeled: int, num_classes: int, num_unlabeled: i
     augment=config.train.augment,
     head_init=config.head.head_init,
     head_units=config.head.head_units,
+    learning_rate=config.train.learning_rate,
+    default_learning_rate=networks.learning_rate_for(
+      config.train.optimizer, lr_schedule=config.train.lr_schedule
+    ),
   )
   return schema.replace(config, **plan.settings()), plan
 
