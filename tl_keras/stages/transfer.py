@@ -54,8 +54,7 @@ def run(
   predicted_names = np.asarray(source_names)[predicted]
   true_names = np.asarray(target.class_names)[target.y_test]
   test_accuracy = accuracy_by_name(predicted_names, true_names, source_names)
-  # Every refusal (feature width, probe memory) comes before the first file is written.
-  scores = api.transferability(model, target, config.features_layer, seed=config.seed)
+  scores = api.transferability(model, target, config.features_layer, seed=config.seed)  # refusals
   predictions_path = _write_predictions(output_dir, predicted_names, confidence, true_names)
   metrics = {
     "test_accuracy": test_accuracy,
