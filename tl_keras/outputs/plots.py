@@ -26,6 +26,8 @@ _MAX_ANNOTATED_CLASSES = 30
 # Above this many classes a side, the matrix drawn is a summary: the classes with most test
 # images (and the columns they are most predicted as, the rest in one "other" column).
 _MAX_PLOTTED_CLASSES = 200
+# Characters of a class name shown as a tick label.
+_MAX_TICK_LABEL = 40
 _GRID_COLUMNS = 5
 
 
@@ -149,6 +151,7 @@ def confusion_matrix_figure(
     y_true, y_pred, true_names, pred_names, title = _summary(
       y_true, y_pred, true_names, pred_names, title
     )
+  true_names, pred_names = _tick_labels(true_names), _tick_labels(pred_names)
   counts = confusion_matrix(y_true, y_pred, len(true_names), len(pred_names))
   row_totals = counts.sum(axis=1, keepdims=True)
   fractions = np.divide(counts, row_totals, out=np.zeros(counts.shape), where=row_totals > 0)
@@ -187,6 +190,12 @@ def confusion_matrix_figure(
           color="white" if fractions[i, j] > 0.5 else "black",
         )
   return figure
+
+
+def _tick_labels(names: list[str]) -> list[str]:
+  """Class names cut to _MAX_TICK_LABEL characters: a 10 KB name from a model's metadata would
+  collapse the axes to nothing."""
+  return [n if len(n) <= _MAX_TICK_LABEL else n[: _MAX_TICK_LABEL - 1] + "…" for n in names]
 
 
 def _summary(y_true, y_pred, true_names, pred_names, title):

@@ -31,7 +31,9 @@ def logme(features: np.ndarray, labels: np.ndarray, max_iterations: int = 100) -
     chosen = np.isin(index, chunk)
     projected = width.class_sums(u[chosen], index[chosen] - start, len(chunk)) * s  # V^T F^T y
     counts = np.bincount(index[chosen] - start, minlength=len(chunk)).astype(np.float64)
-    evidences.append(_evidence(projected, counts, sigma, n, max_iterations))
+    # Degenerate features (all zero: blank images) give NaN, reported as null, not warnings.
+    with np.errstate(divide="ignore", invalid="ignore"):
+      evidences.append(_evidence(projected, counts, sigma, n, max_iterations))
   return float(np.mean(np.concatenate(evidences)))
 
 

@@ -54,10 +54,11 @@ def run(
   predicted_names = np.asarray(source_names)[predicted]
   true_names = np.asarray(target.class_names)[target.y_test]
   test_accuracy = accuracy_by_name(predicted_names, true_names, source_names)
+  scores = api.transferability(model, target, config.features_layer, seed=config.seed)  # refusals
   predictions_path = _write_predictions(output_dir, predicted_names, confidence, true_names)
   metrics = {
     "test_accuracy": test_accuracy,
-    **api.transferability(model, target, config.features_layer, seed=config.seed),
+    **scores,
     "num_matched_by_name": int(np.isin(true_names, source_names).sum()),
     "mean_confidence": float(confidence.mean()),
     "images_per_second": round(len(target.x_test) / predict_seconds, 1),
