@@ -1,5 +1,6 @@
-"""No function in tl_keras/ is longer than 60 lines (DEVELOPERS.md): read from the source's
-syntax tree, so this test starts no TensorFlow and runs in the fast tier."""
+"""No function in tl_keras/ is longer than 60 lines and no module longer than 500
+(DEVELOPERS.md): read from the source, so this test starts no TensorFlow and runs in the fast
+tier."""
 
 import ast
 import os
@@ -55,3 +56,19 @@ def test_the_length_check_can_fail(tmp_path):
     f"class A:\n  def method(self):\n{body.replace('  ', '    ')}\ndef short():\n  pass\n"
   )
   assert function_lengths(str(path)) == {"A.method": MAX_LINES + 1, "short": 2}
+
+
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_is_longer_than_500_lines():
+  over = {}
+  for folder, _, filenames in os.walk(PACKAGE_DIR):
+    for filename in filenames:
+      if filename.endswith(".py"):
+        path = os.path.join(folder, filename)
+        with open(path) as f:
+          count = sum(1 for _ in f)
+        if count > MAX_MODULE_LINES:
+          over[os.path.relpath(path, REPO_ROOT)] = count
+  assert not over, f"modules over {MAX_MODULE_LINES} lines: {over}"

@@ -492,16 +492,3 @@ class FuseSettings:
   def model_paths(self) -> list[str]:
     """The member models named by `models`, in order."""
     return [path.strip() for path in self.models.split(",")]
-
-
-def export_formats(spec: str, name: str = "formats") -> tuple[str, ...]:
-  """'tflite,tflite_int8' -> ('tflite', 'tflite_int8'); '' -> (). Refuses an unknown format
-  (a UserError naming flag `name`); repeats count once."""
-  formats = tuple(dict.fromkeys(part.strip() for part in spec.split(",") if part.strip()))
-  unknown = [part for part in formats if part not in EXPORT_FORMATS]
-  if unknown:
-    raise UserError(
-      f"unknown --{name} format {unknown[0]!r}: use any of {', '.join(EXPORT_FORMATS)}, "
-      "separated by commas"
-    )
-  return formats

@@ -16,12 +16,24 @@ from tl_keras.config.groups import HeadSettings
 from tl_keras.config.groups import ModelSettings
 from tl_keras.config.groups import RuntimeSettings
 from tl_keras.config.groups import TargetSettings
-from tl_keras.config.groups import export_formats
 from tl_keras.config.groups import unlabeled_spec_problem
 from tl_keras.config.schema import flag_name
 from tl_keras.config.schema import leaves
 from tl_keras.errors import UserError
 from tl_keras.ranges import check_value
+
+
+def export_formats(spec: str, name: str = "formats") -> tuple[str, ...]:
+  """'tflite,tflite_int8' -> ('tflite', 'tflite_int8'); '' -> (). Refuses an unknown format
+  (a UserError naming flag `name`); repeats count once."""
+  formats = tuple(dict.fromkeys(part.strip() for part in spec.split(",") if part.strip()))
+  unknown = [part for part in formats if part not in EXPORT_FORMATS]
+  if unknown:
+    raise UserError(
+      f"unknown --{name} format {unknown[0]!r}: use any of {', '.join(EXPORT_FORMATS)}, "
+      "separated by commas"
+    )
+  return formats
 
 
 def validate(config) -> None:

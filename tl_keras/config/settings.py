@@ -53,10 +53,10 @@ from tl_keras.config.groups import _features_layer
 from tl_keras.config.groups import _max_model_mb
 from tl_keras.config.groups import _representative_images
 from tl_keras.config.groups import _seed
-from tl_keras.config.groups import export_formats
 from tl_keras.config.groups import unlabeled_spec_problem
 from tl_keras.config.rules import _validate_adaptation
 from tl_keras.config.rules import _validate_runtime
+from tl_keras.config.rules import export_formats
 from tl_keras.config.rules import notes
 from tl_keras.config.rules import report_keys
 from tl_keras.config.rules import validate
