@@ -14,16 +14,15 @@ process. Writes JSON and prints one line per repeat.
   python bench/bench_soup.py --source=/tmp/tl_zoo/d04/source_model.h5 --seeds 1 2 3
 """
 
-import argparse
 import json
 import os
 import statistics
 import time
 
 import numpy as np
+from common import parser_with_data_dir  # bench/: on sys.path when run as a script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(HERE)
 TARGET = "mnist:5-9"
 PER_CLASS = 10
 # Each member's flags over the few-label defaults, and its training-seed offset.
@@ -151,13 +150,7 @@ def summarise(repeats):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument(
-    "--data_dir",
-    default=os.environ.get(
-      "TL_KERAS_DATA_DIR", os.path.join(REPO_ROOT, "..", "shared", "datasets")
-    ),
-  )
+  parser = parser_with_data_dir(__doc__.split("\n\n")[0])
   parser.add_argument("--source", required=True, help="the one pretrained source (.h5)")
   parser.add_argument("--work_dir", default="/tmp/tl_soup")
   parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])

@@ -10,16 +10,15 @@ Results merge into --out, so it runs in pieces.
   python bench/bench_swa.py --source=/tmp/tl_zoo/d04/source_model.h5 --targets mnist --seeds 1 2
 """
 
-import argparse
 import json
 import os
 import statistics
 
 from bench_zoo import TARGETS  # bench/: this folder is on sys.path when run as a script
 from bench_zoo import target_spec
+from common import parser_with_data_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(HERE)
 PER_CLASS = 10
 
 
@@ -41,13 +40,7 @@ def summarise(runs):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument(
-    "--data_dir",
-    default=os.environ.get(
-      "TL_KERAS_DATA_DIR", os.path.join(REPO_ROOT, "..", "shared", "datasets")
-    ),
-  )
+  parser = parser_with_data_dir(__doc__.split("\n\n")[0])
   parser.add_argument("--source", required=True)
   parser.add_argument("--work_dir", default="/tmp/tl_zoo")
   parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)

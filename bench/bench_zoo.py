@@ -15,7 +15,6 @@ only prints the tables of what --out holds.
   python bench/bench_zoo.py --targets=mnist --seeds 1 2 --out=bench/results/zoo.json
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -23,9 +22,9 @@ import time
 
 import domains  # bench/: this folder is on sys.path when run as a script
 import zoo_metrics
+from common import parser_with_data_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(HERE)
 
 # name: pretrain settings (MNIST classes, conv filters, epochs, training images drawn, augment,
 # seed, random weights); each trains in seconds on 2 cores.
@@ -220,13 +219,7 @@ def save(report, path):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument(
-    "--data_dir",
-    default=os.environ.get(
-      "TL_KERAS_DATA_DIR", os.path.join(REPO_ROOT, "..", "shared", "datasets")
-    ),
-  )
+  parser = parser_with_data_dir(__doc__.split("\n\n")[0])
   parser.add_argument("--work_dir", default="/tmp/tl_zoo", help="the zoo's models, kept")
   parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
   parser.add_argument("--sources", nargs="+", default=list(ZOO), choices=list(ZOO))
