@@ -36,9 +36,9 @@ def features_and_outputs(
 
 def check_probe_memory(examples: int, width: int, num_classes: int) -> None:
   """Refuses a probe whose arrays would exceed the memory budget: the standardised features
-  (float64 and float32), the kernel with its gradient and Adam's two slots, and the logits
-  with their softmax and gradient."""
-  need = 12 * examples * width + 16 * width * num_classes + 12 * examples * num_classes
+  (float64 and float32), the kernel with its gradient and Adam's two slots, and the one-hot
+  labels, logits, softmax and gradient (float32 each)."""
+  need = 12 * examples * width + 16 * width * num_classes + 16 * examples * num_classes
   if need > limits.MAX_TRAINING_STEP_BYTES:
     raise UserError(
       f"a linear probe on {examples:,} examples of {width:,} features for {num_classes:,} "
